@@ -1,0 +1,262 @@
+"""Per-interval aggregation of StatsD lines: the hot path.
+
+Theory of operation.  `Aggregator.ingest` splits each line into ``name``, ``value`` and
+``tail`` with two ``bytes.partition`` calls and looks ``(name, tail)`` up in a per-interval
+dict of *feeds*.  A feed is a ready callable, usually the bound ``add`` method of the series'
+accumulator, so a line that was seen before in this interval costs one dict lookup and one
+call.  A miss goes through `_feed_for`, which parses the shape (cached across intervals in a
+bounded dict), names the series through `Naming` and creates the accumulator.  A shape that
+cannot parse is cached too, as a feed that raises its `ParseError`, so a flood of the same bad
+line is as cheap as good lines.  (bench/core_bench.py measures this path.)
+
+Every feed raises only `ValueError` (a `ParseError` or ``float()``'s own) on bad input; the
+loop counts it by reason and goes on with the next line.  Runs on the loop thread; never
+awaits, never allocates per datagram beyond the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from statsd_ao.protocol import Kind, ParseError, parse_shape, parse_value
+from statsd_ao.sanitize import Naming, TagTuple
+
+# Distinct line shapes remembered across intervals.  Past this the memory is cleared and
+# rebuilt from traffic (a cost paid once per shape), so a flood of unique garbage cannot grow
+# memory without bound.  100k shapes hold ~10x the 10,000 series of a busy service.
+DEFAULT_SHAPE_LIMIT = 100_000
+
+SeriesKey = tuple[Kind, str, TagTuple]
+Feed = Callable[[bytes], None]
+
+
+class Counter:
+    """Sum of value / sample rate."""
+
+    __slots__ = ("total",)
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def add(self, raw: bytes) -> None:
+        number = float(raw)
+        if number - number:  # NaN or +-inf: finite numbers minus themselves are 0.0
+            raise ParseError("non-finite value")
+        self.total += number
+
+    def add_rated(self, rate: float, raw: bytes) -> None:
+        number = float(raw)
+        if number - number:
+            raise ParseError("non-finite value")
+        self.total += number / rate
+
+
+class Gauge:
+    """Last value; a value with a leading ``+``/``-`` is a delta on the current value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, start: float) -> None:
+        self.value = start
+
+    def add(self, raw: bytes) -> None:
+        number = float(raw)
+        if number - number:
+            raise ParseError("non-finite value")
+        first = raw[0]  # float() accepted it, so raw is not empty
+        if first in {43, 45}:  # b"+" or b"-"; a constant set, as fast as two ==
+            self.value += number
+        else:
+            self.value = number
+
+    def add_rated(self, rate: float, raw: bytes) -> None:
+        self.add(raw)  # sample rates do not apply to gauges
+
+
+class Summary:
+    """Every value of a timer, histogram or distribution, for exact percentiles.
+
+    ``weights`` stays None until a sampled value (``@rate`` < 1) arrives; then it holds
+    1 / rate for every value, so count and sum can be scaled.
+    """
+
+    __slots__ = ("values", "weights")
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.weights: list[float] | None = None
+
+    def add(self, raw: bytes) -> None:
+        number = float(raw)
+        if number - number:
+            raise ParseError("non-finite value")
+        self.values.append(number)
+        if self.weights is not None:
+            self.weights.append(1.0)
+
+    def add_rated(self, rate: float, raw: bytes) -> None:
+        number = float(raw)
+        if number - number:
+            raise ParseError("non-finite value")
+        if self.weights is None:
+            self.weights = [1.0] * len(self.values)
+        self.values.append(number)
+        self.weights.append(1.0 / rate)
+
+
+class SetOf:
+    """Unique members (raw bytes) seen in the interval."""
+
+    __slots__ = ("members",)
+
+    def __init__(self) -> None:
+        self.members: set[bytes] = set()
+
+    def add(self, raw: bytes) -> None:
+        if not raw:
+            raise ParseError("empty set member")
+        self.members.add(raw)
+
+    def add_rated(self, rate: float, raw: bytes) -> None:
+        self.add(raw)
+
+
+Accumulator = Counter | Gauge | Summary | SetOf
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A parsed and named line shape: which series, and at what sample rate."""
+
+    key: SeriesKey
+    rate: float
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """One interval's data, handed over by `Aggregator.swap`."""
+
+    series: dict[SeriesKey, Accumulator] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, bytes] = field(default_factory=dict)
+    lines: int = 0
+
+
+def _ignore(raw: bytes) -> None:
+    """The feed of blank lines (and of ``:``-only lines, which share their key)."""
+    if raw.strip():
+        raise ParseError("empty name")
+
+
+def _rejecter(reason: str) -> Feed:
+    def reject(raw: bytes) -> None:
+        raise ParseError(reason)
+
+    return reject
+
+
+class Aggregator:
+    """Accumulates StatsD lines for one flush interval at a time."""
+
+    def __init__(self, naming: Naming, *, shape_limit: int = DEFAULT_SHAPE_LIMIT) -> None:
+        self._naming = naming
+        self._shape_limit = shape_limit
+        self._shapes: dict[tuple[bytes, bytes], Resolved | ParseError] = {}
+        self._gauges: dict[SeriesKey, Gauge] = {}
+        self._feeds: dict[tuple[bytes, bytes], Feed] = {}
+        self._now = Snapshot()
+
+    def ingest(self, datagram: bytes) -> None:
+        """Aggregate every line of a datagram.  Never raises on any input."""
+        feeds = self._feeds
+        lines = datagram.split(b"\n")
+        self._now.lines += len(lines) - datagram.endswith(b"\n")
+        for line in lines:
+            name, _, rest = line.partition(b":")
+            value, _, tail = rest.partition(b"|")
+            key = (name, tail)
+            feed = feeds.get(key)
+            if feed is None:
+                feed = self._feed_for(key, value)
+            try:
+                feed(value)
+            except ValueError as error:
+                self._reject(error, line)
+
+    def swap(self) -> Snapshot:
+        """Hand over this interval's data and start a fresh interval, in O(1)."""
+        done, self._now, self._feeds = self._now, Snapshot(), {}
+        return done
+
+    @property
+    def series_count(self) -> int:
+        """Series with data in the current interval."""
+        return len(self._now.series)
+
+    def _reject(self, error: ValueError, line: bytes) -> None:
+        reason = error.reason if isinstance(error, ParseError) else "bad value"
+        now = self._now
+        now.rejected[reason] = now.rejected.get(reason, 0) + 1
+        now.examples.setdefault(reason, line)
+
+    def _feed_for(self, key: tuple[bytes, bytes], value: bytes) -> Feed:
+        """The feed for a line shape seen for the first time this interval (the slow path)."""
+        feed: Feed
+        if not key[0].strip() and not key[1]:
+            feed = _ignore
+        else:
+            resolved = self._resolve(key)
+            if isinstance(resolved, ParseError):
+                feed = _rejecter(resolved.reason)
+            else:
+                try:
+                    parse_value(resolved.key[0], value)
+                except ParseError as error:
+                    # Not cached: a series is only created by a valid value, so a series whose
+                    # every line was bad is never posted (as, say, a counter of 0).
+                    return _rejecter(error.reason)
+                feed = self._feed_of(resolved)
+        self._feeds[key] = feed
+        return feed
+
+    def _resolve(self, key: tuple[bytes, bytes]) -> Resolved | ParseError:
+        resolved = self._shapes.get(key)
+        if resolved is not None:
+            return resolved
+        try:
+            shape = parse_shape(*key)
+        except ParseError as error:
+            resolved = error
+        else:
+            name, tags = self._naming.series(shape.name, shape.tags)
+            resolved = Resolved((shape.kind, name, tags), shape.rate)
+        if len(self._shapes) >= self._shape_limit:
+            self._shapes.clear()
+        self._shapes[key] = resolved
+        return resolved
+
+    def _feed_of(self, resolved: Resolved) -> Feed:
+        series = self._now.series
+        acc = series.get(resolved.key)
+        if acc is None:
+            acc = series[resolved.key] = self._new_accumulator(resolved.key)
+        if resolved.rate == 1.0:
+            return acc.add
+        return partial(acc.add_rated, resolved.rate)
+
+    def _new_accumulator(self, key: SeriesKey) -> Accumulator:
+        kind = key[0]
+        if kind is Kind.COUNTER:
+            return Counter()
+        if kind is Kind.SUMMARY:
+            return Summary()
+        if kind is Kind.SET:
+            return SetOf()
+        # A gauge starts from the last value of its series, so deltas carry across intervals.
+        # The previous interval's Gauge is no longer written to: its value is final.
+        previous = self._gauges.get(key)
+        gauge = Gauge(previous.value if previous is not None else 0.0)
+        self._gauges[key] = gauge
+        return gauge

@@ -1,0 +1,155 @@
+"""Turn an interval's accumulators into AppOptics measurements.
+
+Names and tags arrive already sanitized (see `statsd_ao.sanitize`); only derived names
+(percentile suffixes) are fitted here.  Values the API cannot take (NaN, infinities, anything
+of magnitude 1e126 or more, which would abort the whole post with a 400) are dropped and
+counted in `Converter.dropped`, never posted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NotRequired, TypedDict
+
+from statsd_ao.aggregator import Accumulator, Counter, Gauge, SeriesKey, SetOf, Summary
+from statsd_ao.sanitize import fit_name
+
+# The API aborts a whole request over a value whose exponent exceeds 10^126 (seed 001,
+# "Float Restrictions"); anything at or above this magnitude is never posted.
+MAX_MAGNITUDE = 1e126
+
+# Counters are interval totals: AppOptics must sum them when it rolls points up to coarser
+# resolutions (its default is to average).  Used only when a post creates the metric.
+COUNTER_ATTRIBUTES = {"summarize_function": "sum"}
+
+DROPPED_VALUE = "value out of range"
+
+
+class Measurement(TypedDict):
+    """One entry of ``measurements`` in ``POST /v1/measurements``."""
+
+    name: str
+    tags: dict[str, str]
+    time: int
+    period: int
+    value: NotRequired[float]
+    count: NotRequired[int]
+    sum: NotRequired[float]
+    min: NotRequired[float]
+    max: NotRequired[float]
+    last: NotRequired[float]
+    stddev: NotRequired[float]
+    attributes: NotRequired[dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Summary fields of a timer, histogram or distribution."""
+
+    count: int
+    sum: float
+    min: float
+    max: float
+    last: float
+    stddev: float
+
+    def fields(self) -> tuple[float, ...]:
+        return (self.count, self.sum, self.min, self.max, self.last, self.stddev)
+
+
+def percentile_suffix(percentile: float) -> str:
+    """``.p90`` for 90, ``.p99.9`` for 99.9."""
+    return f".p{percentile:g}"
+
+
+def summarize(acc: Summary) -> Stats:
+    """Sample-rate scaled count and sum, min/max/last, and population stddev (weighted)."""
+    values, weights = acc.values, acc.weights
+    if weights is None:
+        total_weight = float(len(values))
+        total = math.fsum(values)
+        mean = total / total_weight
+        variance = math.fsum((x - mean) ** 2 for x in values) / total_weight
+    else:
+        total_weight = math.fsum(weights)
+        total = math.fsum(w * x for w, x in zip(weights, values, strict=True))
+        mean = total / total_weight
+        squares = (w * (x - mean) ** 2 for w, x in zip(weights, values, strict=True))
+        variance = math.fsum(squares) / total_weight
+    count = max(1, round(total_weight))
+    return Stats(count, total, min(values), max(values), values[-1], math.sqrt(variance))
+
+
+def nearest_rank(ordered: Sequence[float], percentile: float) -> float:
+    """The smallest value with at least ``percentile``% of the values at or below it."""
+    rank = math.ceil(percentile / 100.0 * len(ordered))
+    return ordered[max(rank, 1) - 1]
+
+
+def postable(number: float) -> bool:
+    """True when the API accepts the number (finite and below 1e126 in magnitude)."""
+    return math.isfinite(number) and abs(number) < MAX_MAGNITUDE
+
+
+class Converter:
+    """Builds measurements for one interval; counts what it had to drop, by reason."""
+
+    def __init__(self, percentiles: Sequence[float] = ()) -> None:
+        self._suffixes = [(p, percentile_suffix(p)) for p in percentiles]
+        self.dropped: dict[str, int] = {}
+
+    def convert(
+        self, items: Iterable[tuple[SeriesKey, Accumulator]], time: int, period: int
+    ) -> list[Measurement]:
+        """Measurements for ``items`` (e.g. a slice of `Snapshot.series`)."""
+        out: list[Measurement] = []
+        for (_kind, name, tag_pairs), acc in items:
+            base = Measurement(name=name, tags=dict(tag_pairs), time=time, period=period)
+            if isinstance(acc, Summary):
+                self._summary(out, base, acc)
+                continue
+            value = _single_value(acc)
+            if not postable(value):
+                self._drop(DROPPED_VALUE)
+                continue
+            base["value"] = value
+            if isinstance(acc, Counter):
+                base["attributes"] = COUNTER_ATTRIBUTES
+            out.append(base)
+        return out
+
+    def _summary(self, out: list[Measurement], base: Measurement, acc: Summary) -> None:
+        if not acc.values:
+            return
+        stats = summarize(acc)
+        if all(postable(x) for x in stats.fields()):
+            m = base.copy()
+            m["count"], m["sum"], m["stddev"] = stats.count, stats.sum, stats.stddev
+            m["min"], m["max"], m["last"] = stats.min, stats.max, stats.last
+            out.append(m)
+        else:
+            self._drop(DROPPED_VALUE)
+        if not self._suffixes:
+            return
+        ordered = sorted(acc.values)
+        for percentile, suffix in self._suffixes:
+            value = nearest_rank(ordered, percentile)
+            if not postable(value):
+                self._drop(DROPPED_VALUE)
+                continue
+            m = base.copy()
+            m["name"], m["value"] = fit_name(base["name"] + suffix), value
+            out.append(m)
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+def _single_value(acc: Counter | Gauge | SetOf) -> float:
+    if isinstance(acc, Counter):
+        return acc.total
+    if isinstance(acc, Gauge):
+        return acc.value
+    return float(len(acc.members))

@@ -1,0 +1,173 @@
+"""StatsD / DogStatsD line grammar: bytes in, a parsed shape or a `ParseError` out.
+
+A line is ``name:value|type[|@rate][|#tags][|other fields]``.  The hot path in
+`statsd_ao.aggregator` splits each line itself into ``name``, ``value`` and the
+*tail* (everything after the first ``|``) and caches what `parse_shape` makes of
+``(name, tail)``: the value is the only part that changes from line to line of a
+series, so names, tags and rates are parsed once per series, not once per line.
+
+Theory of operation: this module never raises anything but `ParseError` (a
+`ValueError`) on any input bytes; any other exception is a bug.  Hypothesis
+checks that in ``tests/test_protocol.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+# A DogStatsD tag without a value (``#canary``) is kept with this value, because
+# AppOptics needs a non-empty value for every tag.
+PRESENCE_VALUE = "true"
+
+
+class ParseError(ValueError):
+    """A line that cannot become a sample.  ``reason`` is short and stable (it is a counter key)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Kind(Enum):
+    """How samples of a series are aggregated.  ``ms``, ``h`` and ``d`` share one kind."""
+
+    COUNTER = "c"
+    GAUGE = "g"
+    SUMMARY = "ms"
+    SET = "s"
+
+
+_KINDS: dict[bytes, Kind] = {
+    b"c": Kind.COUNTER,
+    b"g": Kind.GAUGE,
+    b"ms": Kind.SUMMARY,
+    b"h": Kind.SUMMARY,
+    b"d": Kind.SUMMARY,
+    b"s": Kind.SET,
+}
+
+Tags = list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """Everything about a line except its value: what the parse cache stores."""
+
+    kind: Kind
+    name: str
+    tags: tuple[tuple[str, str], ...]
+    rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One parsed line (the slow, obvious path; used by tests and the cache-miss path)."""
+
+    shape: Shape
+    value: float | bytes
+    delta: bool = False
+
+
+def split_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """Split a line into ``(name, value, tail)`` exactly as the hot path does."""
+    name, _, rest = line.partition(b":")
+    value, _, tail = rest.partition(b"|")
+    return name, value, tail
+
+
+def parse_shape(name: bytes, tail: bytes) -> Shape:
+    """Parse a line's name and tail (type, rate, tags, ignored extra fields)."""
+    fields = tail.rstrip(b"\r\n\t ").split(b"|")
+    kind = _KINDS.get(fields[0])
+    if kind is None:
+        raise ParseError("missing type" if not fields[0] else "unknown type")
+    rate = 1.0
+    tags: Tags = []
+    for field in fields[1:]:
+        head = field[:1]
+        if head == b"@":
+            rate = _parse_rate(field[1:])
+        elif head == b"#":
+            tags.extend(_dogstatsd_tags(field[1:]))
+        # Any other field (container id, timestamp, cardinality, future ones) never fails a line.
+    metric, name_tags = _split_name(name)
+    return Shape(kind, metric, tuple(name_tags + tags), rate)
+
+
+def parse_value(kind: Kind, raw: bytes) -> tuple[float | bytes, bool]:
+    """Parse a value for ``kind``: ``(value, is_delta)``.  Sets keep the raw member bytes."""
+    if kind is Kind.SET:
+        if not raw:
+            raise ParseError("empty set member")
+        return raw, False
+    number = parse_number(raw)
+    delta = kind is Kind.GAUGE and raw[:1] in (b"+", b"-")
+    return number, delta
+
+
+def parse_number(raw: bytes) -> float:
+    """A finite float, or `ParseError`."""
+    try:
+        number = float(raw)
+    except ValueError:
+        raise ParseError("bad value") from None
+    if not math.isfinite(number):
+        raise ParseError("non-finite value")
+    return number
+
+
+def parse_line(line: bytes) -> Sample:
+    """Parse one complete line (no newline)."""
+    name, value, tail = split_line(line)
+    shape = parse_shape(name, tail)
+    parsed, delta = parse_value(shape.kind, value)
+    return Sample(shape, parsed, delta)
+
+
+def iter_lines(datagram: bytes) -> list[bytes]:
+    """The non-blank lines of a datagram; ``\\r\\n`` and trailing newlines are tolerated."""
+    return [line for line in datagram.split(b"\n") if line.strip()]
+
+
+def _parse_rate(raw: bytes) -> float:
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise ParseError("bad sample rate") from None
+    if not 0.0 < rate <= 1.0:  # also rejects NaN
+        raise ParseError("bad sample rate")
+    return rate
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace").strip()
+
+
+def _split_name(raw: bytes) -> tuple[str, Tags]:
+    """The metric name, and Librato-style tags in it (``name#k=v,k2=v2``)."""
+    base, hash_mark, librato = raw.partition(b"#")
+    metric = _decode(base)
+    if not metric:
+        raise ParseError("empty name")
+    if not hash_mark:
+        return metric, []
+    return metric, _pairs(librato, b"=")
+
+
+def _dogstatsd_tags(raw: bytes) -> Tags:
+    return _pairs(raw, b":")
+
+
+def _pairs(raw: bytes, separator: bytes) -> Tags:
+    """``k<sep>v,k2<sep>v2``; the value may contain the separator; empty items are skipped."""
+    pairs: Tags = []
+    for item in raw.split(b","):
+        key, has_value, value = item.partition(separator)
+        tag_key = _decode(key)
+        if not tag_key:
+            continue
+        tag_value = _decode(value) if has_value else ""
+        pairs.append((tag_key, tag_value or PRESENCE_VALUE))
+    return pairs

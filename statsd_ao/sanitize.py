@@ -1,0 +1,92 @@
+"""Fit metric names and tags to the AppOptics rules; merge the global tags.
+
+This is the only place names and tags are sanitized.  The aggregator calls `Naming.series`
+once per new line shape (never per line), so a series' identity is exactly what the API will
+see: two raw tag sets that the API would treat as one (``Env:Prod`` and ``env:prod``) are one
+series here too, and the cardinality guard counts what AppOptics counts.
+
+Rules (seed 001, "Measurement Restrictions"):
+- metric name: 1-255 chars of ``A-Za-z0-9.:-_``;
+- tag name ``/\\A[-.:_\\w]{1,64}\\z/``, tag value ``/\\A[-.:_?\\\\/\\w ]{1,255}\\z/`` (ASCII),
+  both lowercased by the API;
+- at most 50 tags per measurement, and at least one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+
+MAX_NAME = 255
+MAX_TAG_NAME = 64
+MAX_TAG_VALUE = 255
+MAX_TAGS = 50
+# Truncated names end in "." + this many hex digits of a hash of the full name, so two long
+# names that share a prefix (or a name plus a suffix such as ".p99") never collide silently.
+HASH_DIGITS = 10
+
+_BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9.:_\-]")
+_BAD_TAG_NAME_CHARS = re.compile(r"[^A-Za-z0-9.:_\-]")
+_BAD_TAG_VALUE_CHARS = re.compile(r"[^A-Za-z0-9.:_\-?\\/ ]")
+
+TagTuple = tuple[tuple[str, str], ...]
+
+
+def fit_name(name: str) -> str:
+    """A valid metric name for ``name``: bad characters become ``_``, long names are shortened."""
+    clean = _BAD_NAME_CHARS.sub("_", name)
+    if len(clean) <= MAX_NAME:
+        return clean
+    digest = hashlib.blake2b(name.encode("utf-8", "replace"), digest_size=8).hexdigest()
+    return clean[: MAX_NAME - HASH_DIGITS - 1] + "." + digest[:HASH_DIGITS]
+
+
+def fit_tag(key: str, value: str) -> tuple[str, str] | None:
+    """A valid ``(name, value)`` pair, or None when nothing of the name survives."""
+    clean_key = _BAD_TAG_NAME_CHARS.sub("_", key.strip()).lower()[:MAX_TAG_NAME]
+    clean_value = _BAD_TAG_VALUE_CHARS.sub("_", value).lower()[:MAX_TAG_VALUE].strip()
+    if not clean_key or not clean_value:
+        return None
+    return clean_key, clean_value
+
+
+class Naming:
+    """Turns a parsed name and tags into a series identity: sanitized, globals merged, sorted.
+
+    ``global_tags`` must hold at least one valid tag: that is what guarantees every
+    measurement at least one tag.  A metric's own tag wins over a global tag of the same
+    name.  Past 50 tags, the global tags are kept first and then the metric's own tags in
+    sorted order, so the choice is deterministic; the dropped tags are counted.
+    """
+
+    def __init__(self, global_tags: Mapping[str, str]) -> None:
+        fitted = [fit_tag(k, v) for k, v in global_tags.items()]
+        self.global_tags: dict[str, str] = dict(pair for pair in fitted if pair is not None)
+        if not self.global_tags:
+            raise ValueError("at least one valid global tag is required (e.g. host=...)")
+        self.tags_dropped = 0
+
+    def series(self, name: str, tags: Iterable[tuple[str, str]]) -> tuple[str, TagTuple]:
+        """``(metric name, sorted tag pairs)`` for a parsed name and its tags."""
+        own: dict[str, str] = {}
+        for key, value in tags:
+            pair = fit_tag(key, value)
+            if pair is None:
+                self.tags_dropped += 1
+            else:
+                own[pair[0]] = pair[1]
+        return fit_name(name), self._merge(own)
+
+    def _merge(self, own: dict[str, str]) -> TagTuple:
+        merged = dict(self.global_tags)
+        merged.update(own)
+        if len(merged) <= MAX_TAGS:
+            return tuple(sorted(merged.items()))
+        kept = {k: merged[k] for k in self.global_tags}
+        for key in sorted(own):
+            if len(kept) == MAX_TAGS:
+                break
+            kept.setdefault(key, own[key])
+        self.tags_dropped += len(merged) - len(kept)
+        return tuple(sorted(kept.items()))
