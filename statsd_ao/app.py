@@ -1,0 +1,79 @@
+"""Process lifecycle: startup -> main loop -> ordered shutdown.
+
+The only module that reads the Config; every component gets plain arguments.  Signal
+handlers only set an event.  Shutdown order: stop intake (after reading what the kernel
+already queued) -> final flush of the unfinished interval -> deliver what is pending within
+the shutdown timeout -> close.  A container stop therefore keeps the last interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from statsd_ao.aggregator import Aggregator
+from statsd_ao.config import Config
+from statsd_ao.flusher import Flusher
+from statsd_ao.listeners import UdpListener
+from statsd_ao.measurements import Converter
+from statsd_ao.sanitize import Naming
+from statsd_ao.sink import DryRunSink, HttpSink, Sink
+
+log = logging.getLogger("statsd_ao")
+
+
+def make_sink(config: Config) -> Sink:
+    if not config.posting:
+        return DryRunSink()
+    assert config.token is not None
+    return HttpSink(
+        config.api_url,
+        config.token,
+        concurrency=config.concurrency,
+        timeout=config.request_timeout,
+    )
+
+
+async def run(config: Config) -> int:
+    """Run the proxy until SIGTERM or SIGINT; the process exit status."""
+    loop = asyncio.get_running_loop()
+    log.info("statsd-ao starting: %s", config.describe())
+    if not config.posting:
+        why = "--dry-run" if config.dry_run else "no token (set APPOPTICS_TOKEN or --token)"
+        log.warning("dry run (%s): each flush's measurements are printed to stdout", why)
+    aggregator = Aggregator(Naming(config.global_tags))
+    sink = make_sink(config)
+    flusher = Flusher(
+        aggregator,
+        Converter(config.percentiles),
+        sink,
+        interval=config.flush_interval,
+        batch_size=config.batch_size,
+    )
+    listener = UdpListener(config.udp, aggregator.ingest, config.rcvbuf)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await sink.start()
+    try:
+        listener.open(loop)
+    except OSError as error:
+        log.error("cannot listen on udp %s: %s", config.udp, error.strerror or error)
+        await sink.close()
+        return 1
+    await flusher.run(stop)
+    log.info("shutting down: final flush, then up to %gs to deliver", config.shutdown_timeout)
+    listener.close()
+    report = await flusher.flush_final()
+    left = await sink.drain(config.shutdown_timeout)
+    await sink.close()
+    if left:
+        log.error("shutdown: %d measurements could not be delivered", left)
+    log.info(
+        "stopped: %d lines received, final flush of %d measurements, %d undelivered",
+        flusher.lines,
+        report.measurements,
+        left,
+    )
+    return 0

@@ -1,0 +1,57 @@
+"""The ``statsd-ao`` command line: parse flags, build the Config, run the app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvloop
+
+from statsd_ao import __version__
+from statsd_ao.app import run
+from statsd_ao.config import SETTINGS, ConfigError, build
+
+EXIT_CONFIG = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="statsd-ao",
+        description="StatsD/DogStatsD aggregation proxy for AppOptics. Every flag can also be "
+        "set by its environment variable or in a TOML file (--config).",
+    )
+    p.add_argument("--version", action="version", version=f"statsd-ao {__version__}")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    for setting in SETTINGS:
+        help_text = f"{setting.help} [env {setting.env}]"
+        if setting.name == "dry_run":
+            p.add_argument(setting.flag, dest=setting.name, action="store_true", help=help_text)
+        elif setting.name == "tags":
+            p.add_argument(setting.flag, dest=setting.name, action="append", help=help_text)
+        else:
+            p.add_argument(setting.flag, dest=setting.name, help=help_text)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    flags = {s.name: getattr(args, s.name) for s in SETTINGS}
+    try:
+        config = build(flags, config_file=args.config)
+    except ConfigError as error:
+        print(f"statsd-ao: error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    return uvloop.run(run(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

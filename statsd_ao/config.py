@@ -1,0 +1,279 @@
+"""The one frozen `Config`, built once at the edge: flags > environment > file > defaults.
+
+Every setting has a flag, an environment variable and a key in the optional TOML file
+(the flag name without ``--``, dashes as underscores).  A bad value raises `ConfigError`
+naming the setting; the token never appears in an error or in `Config.describe`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from statsd_ao.batching import DEFAULT_BATCH, MAX_BATCH
+
+DEFAULT_API_URL = "https://api.appoptics.com"
+# The port every StatsD client sends to by default.
+DEFAULT_UDP = "0.0.0.0:8125"
+# AppOptics' own examples and statsd's default interval: fine resolution, few posts.
+DEFAULT_FLUSH_INTERVAL = 10
+# etsy statsd's default percentThreshold, so timers look the same after a migration.
+DEFAULT_PERCENTILES = (90.0,)
+# Posts in flight at once: large flushes go out in parallel without flooding the API.
+DEFAULT_CONCURRENCY = 4
+# Per post; a post that takes longer is abandoned (and retried where that is safe).
+DEFAULT_REQUEST_TIMEOUT = 10.0
+# Kubernetes sends SIGKILL 30 s after SIGTERM by default: finish well before that.
+DEFAULT_SHUTDOWN_TIMEOUT = 20.0
+# Requested receive buffer: ~8 MiB absorbs ~0.1 s of a 1 M lines/s burst.  The kernel caps
+# it at net.core.rmem_max; the size granted is logged.
+DEFAULT_RCVBUF = 8 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    api_url: str = DEFAULT_API_URL
+    token: str | None = field(default=None, repr=False)
+    udp: Address = field(default_factory=lambda: parse_address(DEFAULT_UDP))
+    flush_interval: int = DEFAULT_FLUSH_INTERVAL
+    tags: Mapping[str, str] = field(default_factory=dict)
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+    batch_size: int = DEFAULT_BATCH
+    dry_run: bool = False
+    concurrency: int = DEFAULT_CONCURRENCY
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    rcvbuf: int = DEFAULT_RCVBUF
+
+    @property
+    def posting(self) -> bool:
+        """True when measurements go to the API (a token, and no --dry-run)."""
+        return self.token is not None and not self.dry_run
+
+    @property
+    def global_tags(self) -> dict[str, str]:
+        """The configured tags, with ``host`` = this machine's name unless set."""
+        return {"host": socket.gethostname(), **self.tags}
+
+    def describe(self) -> str:
+        """One line for the start-up log; the token is redacted."""
+        token = "<set>" if self.token else "<none>"
+        tags = ",".join(f"{k}={v}" for k, v in self.global_tags.items())
+        percentiles = ",".join(f"{p:g}" for p in self.percentiles)
+        return (
+            f"api_url={self.api_url} token={token} udp={self.udp} "
+            f"flush_interval={self.flush_interval}s tags={tags} percentiles={percentiles} "
+            f"batch_size={self.batch_size} concurrency={self.concurrency} "
+            f"request_timeout={self.request_timeout:g}s "
+            f"shutdown_timeout={self.shutdown_timeout:g}s rcvbuf={self.rcvbuf} "
+            f"dry_run={not self.posting}"
+        )
+
+
+def parse_address(text: str) -> Address:
+    """``host:port`` or ``[v6]:port``."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]:")
+        if not bracket:
+            raise ValueError(f"expected [IPv6]:PORT, got {text!r}")
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon or ":" in host:
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+    number = int(port) if port.isdigit() else -1
+    if not host or not 0 <= number <= 65535:
+        raise ValueError(f"expected HOST:PORT with a port 0-65535, got {text!r}")
+    return Address(host, number)
+
+
+def parse_tags(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` items (each may itself be a comma-separated list)."""
+    tags: dict[str, str] = {}
+    for item in items:
+        for pair in item.split(","):
+            key, equals, value = pair.strip().partition("=")
+            if not equals or not key.strip() or not value.strip():
+                raise ValueError(f"expected KEY=VALUE, got {pair.strip()!r}")
+            tags[key.strip()] = value.strip()
+    return tags
+
+
+def parse_percentiles(text: str) -> tuple[float, ...]:
+    """``90,95,99.9``: each above 0 and at most 100; an empty string means none."""
+    out: list[float] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        value = float(part)
+        if not 0 < value <= 100:
+            raise ValueError(f"percentile must be above 0 and at most 100, got {part!r}")
+        out.append(value)
+    return tuple(sorted(set(out)))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_BATCH:
+        raise ValueError(f"must be at most {MAX_BATCH} (the API's limit per post), got {value}")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its Config field, flag, environment variable and parser."""
+
+    name: str
+    flag: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("api_url", "--api-url", "STATSD_AO_API_URL", str, "AppOptics API base URL"),
+    Setting("token", "--token", "APPOPTICS_TOKEN", str, "AppOptics API token (else: dry run)"),
+    Setting("udp", "--udp", "STATSD_AO_UDP", parse_address, "UDP listen address HOST:PORT"),
+    Setting(
+        "flush_interval",
+        "--flush-interval",
+        "STATSD_AO_FLUSH_INTERVAL",
+        _positive_int,
+        "seconds between flushes",
+    ),
+    Setting("tags", "--tag", "STATSD_AO_TAGS", lambda s: parse_tags([s]), "global tag K=V"),
+    Setting(
+        "percentiles",
+        "--percentiles",
+        "STATSD_AO_PERCENTILES",
+        parse_percentiles,
+        "timer percentiles, e.g. 90,95,99.9",
+    ),
+    Setting("batch_size", "--batch-size", "STATSD_AO_BATCH_SIZE", _batch_size, "per post"),
+    Setting("dry_run", "--dry-run", "STATSD_AO_DRY_RUN", _boolean, "print, do not post"),
+    Setting(
+        "concurrency", "--concurrency", "STATSD_AO_CONCURRENCY", _positive_int, "posts in flight"
+    ),
+    Setting(
+        "request_timeout",
+        "--request-timeout",
+        "STATSD_AO_REQUEST_TIMEOUT",
+        _positive_float,
+        "seconds per post",
+    ),
+    Setting(
+        "shutdown_timeout",
+        "--shutdown-timeout",
+        "STATSD_AO_SHUTDOWN_TIMEOUT",
+        _positive_float,
+        "seconds to deliver what is pending at shutdown",
+    ),
+    Setting("rcvbuf", "--rcvbuf", "STATSD_AO_RCVBUF", _positive_int, "socket receive buffer"),
+)
+
+
+def build(
+    flags: Mapping[str, str | list[str] | bool | None],
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Config:
+    """The effective Config.  ``flags`` maps field names to raw flag values (None: unset)."""
+    environ = os.environ if environ is None else environ
+    from_file = _read_file(config_file) if config_file else {}
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw, source = _pick(setting, flags, environ, from_file)
+        if raw is None:
+            continue
+        try:
+            values[setting.name] = _convert(setting, raw)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {_safe(setting, error)}") from None
+    return Config(**values)
+
+
+def _pick(
+    setting: Setting,
+    flags: Mapping[str, str | list[str] | bool | None],
+    environ: Mapping[str, str],
+    from_file: Mapping[str, Any],
+) -> tuple[Any, str]:
+    flag = flags.get(setting.name)
+    if flag not in (None, [], False):
+        return flag, setting.flag
+    if setting.env in environ:
+        return environ[setting.env], f"{setting.env} (environment)"
+    key = setting.name
+    if key in from_file:
+        return from_file[key], f"{key} (config file)"
+    return None, ""
+
+
+def _convert(setting: Setting, raw: Any) -> Any:
+    """Flags and the environment give strings (tags: a list); TOML gives native values."""
+    if isinstance(raw, bool):
+        raw = "true" if raw else "false"
+    elif isinstance(raw, list):
+        raw = ",".join(str(item) for item in raw)
+    elif isinstance(raw, dict):
+        raw = ",".join(f"{key}={value}" for key, value in raw.items())
+    return setting.parse(str(raw))
+
+
+def _safe(setting: Setting, error: ValueError) -> str:
+    return "invalid value (not shown)" if setting.name == "token" else str(error)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"--config: cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"--config: {path} is not valid TOML: {error}") from None
+    known = {s.name for s in SETTINGS}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"--config: {path}: unknown settings {', '.join(unknown)}")
+    return data

@@ -1,0 +1,47 @@
+"""Logging helpers: a rate limit per message key, so repeated trouble logs once a while."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+
+class RateLimitedLog:
+    """Logs a message for a key at most once per ``interval`` seconds; counts the rest.
+
+    The next message for the key says how many were suppressed since the last one.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> bool:
+        """Log at WARNING unless ``key`` logged within the interval; True when logged."""
+        return self.log(logging.WARNING, key, message, *args)
+
+    def error(self, key: str, message: str, *args: object) -> bool:
+        return self.log(logging.ERROR, key, message, *args)
+
+    def log(self, level: int, key: str, message: str, *args: object) -> bool:
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            message += " (%d similar messages suppressed)"
+            args = (*args, suppressed)
+        self._logger.log(level, message, *args)
+        return True
