@@ -1,0 +1,111 @@
+"""Configuration: precedence, validation that names the setting, the token kept secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from statsd_ao import cli
+from statsd_ao.config import Address, ConfigError, build, parse_address
+
+
+def test_defaults() -> None:
+    config = build({}, environ={})
+    assert config.udp == Address("0.0.0.0", 8125)
+    assert config.flush_interval == 10
+    assert config.api_url == "https://api.appoptics.com"
+    assert config.batch_size <= 1000
+    assert not config.posting  # no token: dry run
+    assert "host" in config.global_tags
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:8125", Address("127.0.0.1", 8125)),
+        ("[::1]:9125", Address("::1", 9125)),
+        ("localhost:0", Address("localhost", 0)),
+    ],
+)
+def test_addresses(text: str, expected: Address) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8125", "host:", ":8125", "::1:8125", "[::1]8125", "h:70000"])
+def test_bad_addresses(text: str) -> None:
+    with pytest.raises(ValueError, match=":PORT"):
+        parse_address(text)
+
+
+def test_flag_beats_environment_beats_file(tmp_path: Path) -> None:
+    file = tmp_path / "statsd-ao.toml"
+    file.write_text(
+        'flush_interval = 30\nbatch_size = 100\npercentiles = [50, 99.9]\ntags = {team = "core"}\n'
+    )
+    env = {"STATSD_AO_FLUSH_INTERVAL": "20", "STATSD_AO_BATCH_SIZE": "200"}
+    config = build({"flush_interval": "5"}, environ=env, config_file=file)
+    assert config.flush_interval == 5  # flag
+    assert config.batch_size == 200  # environment
+    assert config.percentiles == (50.0, 99.9)  # file
+    assert config.tags == {"team": "core"}
+
+
+def test_repeated_tag_flags_and_env_list() -> None:
+    assert build({"tags": ["a=1", "b=2"]}, environ={}).tags == {"a": "1", "b": "2"}
+    env = {"STATSD_AO_TAGS": "region=us-east-1, az=b"}
+    assert build({}, environ=env).tags == {"region": "us-east-1", "az": "b"}
+
+
+def test_token_makes_it_post_unless_dry_run() -> None:
+    assert build({}, environ={"APPOPTICS_TOKEN": "t"}).posting
+    assert not build({"dry_run": True}, environ={"APPOPTICS_TOKEN": "t"}).posting
+
+
+def test_token_never_described() -> None:
+    config = build({"token": "s3cr3t-token"}, environ={})
+    assert "s3cr3t-token" not in config.describe()
+    assert "s3cr3t-token" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("flags", "names"),
+    [
+        ({"flush_interval": "-1"}, "--flush-interval"),
+        ({"flush_interval": "0"}, "--flush-interval"),
+        ({"udp": "nonsense"}, "--udp"),
+        ({"tags": ["novalue"]}, "--tag"),
+        ({"percentiles": "90,101"}, "--percentiles"),
+        ({"percentiles": "ninety"}, "--percentiles"),
+        ({"batch_size": "1001"}, "--batch-size"),
+        ({"request_timeout": "nan"}, "--request-timeout"),
+    ],
+)
+def test_invalid_settings_name_the_setting(flags: dict[str, str | list[str]], names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        build(flags, environ={})
+
+
+def test_invalid_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="STATSD_AO_FLUSH_INTERVAL"):
+        build({}, environ={"STATSD_AO_FLUSH_INTERVAL": "soon"})
+
+
+def test_bad_config_file(tmp_path: Path) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text("flush_intervl = 3\n")
+    with pytest.raises(ConfigError, match="unknown settings flush_intervl"):
+        build({}, environ={}, config_file=file)
+    file.write_text("flush_interval = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        build({}, environ={}, config_file=file)
+    with pytest.raises(ConfigError, match="cannot read"):
+        build({}, environ={}, config_file=tmp_path / "missing.toml")
+
+
+def test_cli_exits_non_zero_naming_the_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["--flush-interval", "-5", "--token", "s3cr3t-token"])
+    err = capsys.readouterr().err
+    assert status == cli.EXIT_CONFIG
+    assert "--flush-interval" in err
+    assert "s3cr3t-token" not in err

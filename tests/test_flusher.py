@@ -1,0 +1,126 @@
+"""The flush schedule: ticks on the wall-clock grid, no duplicate or skipped stamps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from statsd_ao.aggregator import Aggregator
+from statsd_ao.flusher import Flusher, next_tick
+from statsd_ao.measurements import Converter, Measurement
+from statsd_ao.sanitize import Naming
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.batches: list[Sequence[Measurement]] = []
+
+    async def start(self) -> None:
+        return None
+
+    def submit(self, batch: Sequence[Measurement]) -> None:
+        self.batches.append(batch)
+
+    async def drain(self, timeout: float) -> int:
+        return 0
+
+    async def close(self) -> None:
+        return None
+
+
+@given(st.floats(0, 2e9), st.integers(1, 3600))
+def test_next_tick_is_the_next_grid_point(now: float, interval: int) -> None:
+    tick = next_tick(now, interval)
+    assert tick % interval == 0
+    assert now < tick <= now + interval
+
+
+def make(
+    clock: FakeClock, interval: int = 10, batch: int = 500
+) -> tuple[Aggregator, Flusher, ListSink]:
+    aggregator = Aggregator(Naming({"host": "h"}))
+    sink = ListSink()
+    flusher = Flusher(
+        aggregator, Converter(), sink, interval=interval, batch_size=batch, clock=clock
+    )
+    return aggregator, flusher, sink
+
+
+def test_late_wakeups_keep_consecutive_stamps() -> None:
+    clock = FakeClock(1000.0 + 3.2)
+    aggregator, flusher, _ = make(clock)
+    stamps = []
+    for late in (0.0, 4.5, 9.9, 0.1):  # each wake-up this late past its tick
+        aggregator.ingest(b"c:1|c")
+        clock.now = flusher._tick + late
+        stamps.append(flusher._advance())
+    assert stamps == [1000, 1010, 1020, 1030]
+
+
+def test_stall_longer_than_an_interval_rejoins_the_grid_without_repeats() -> None:
+    clock = FakeClock(1000.0)
+    _, flusher, _ = make(clock)
+    clock.now = 1010.0 + 35.0  # the loop was stuck for 3.5 intervals
+    first = flusher._advance()
+    second_tick = flusher._tick
+    assert first == 1000
+    assert second_tick == 1050  # back on the grid, after now
+    clock.now = second_tick
+    assert flusher._advance() == 1040
+
+
+def test_flush_stamps_batches_and_counts() -> None:
+    clock = FakeClock(2000.0)
+    aggregator, flusher, sink = make(clock, batch=3)
+    aggregator.ingest(b"\n".join(f"m{i}:1|c".encode() for i in range(7)) + b"\nbad")
+    report = asyncio.run(flusher.flush(1990))
+    assert [len(b) for b in sink.batches] == [3, 3, 1]
+    assert {m["time"] for b in sink.batches for m in b} == {1990}
+    assert report.measurements == 7
+    assert report.rejected == 1
+    assert flusher.rejected == {"missing type": 1}
+    assert flusher.lines == 8
+
+
+def test_final_flush_stamps_the_unfinished_interval() -> None:
+    clock = FakeClock(2004.0)
+    aggregator, flusher, sink = make(clock)
+    aggregator.ingest(b"g:5|g")
+    asyncio.run(flusher.flush_final())
+    assert sink.batches[0][0]["time"] == 2000
+
+
+def test_run_flushes_at_ticks_until_stopped() -> None:
+    """Real loop, real (short) waits: 1 s interval, stop after two flushes."""
+
+    async def scenario() -> list[int]:
+        aggregator = Aggregator(Naming({"host": "h"}))
+        sink = ListSink()
+        flusher = Flusher(aggregator, Converter(), sink, interval=1, batch_size=10)
+        stop = asyncio.Event()
+        stamps: list[int] = []
+        original = flusher.flush
+
+        async def flush(stamp: int) -> object:
+            stamps.append(stamp)
+            if len(stamps) == 2:
+                stop.set()
+            return await original(stamp)
+
+        flusher.flush = flush  # type: ignore[method-assign,assignment]
+        await asyncio.wait_for(flusher.run(stop), 5)
+        return stamps
+
+    stamps = asyncio.run(scenario())
+    assert stamps[1] == stamps[0] + 1
