@@ -2,12 +2,13 @@
 
 Theory of operation.  `Aggregator.ingest` splits each line into ``name``, ``value`` and
 ``tail`` with two ``bytes.partition`` calls and looks ``(name, tail)`` up in a per-interval
-dict of *feeds*.  A feed is a ready callable, usually the bound ``add`` method of the series'
-accumulator, so a line that was seen before in this interval costs one dict lookup and one
-call.  A miss goes through `_feed_for`, which parses the shape (cached across intervals in a
-bounded dict), names the series through `Naming` and creates the accumulator.  A shape that
-cannot parse is cached too, as a feed that raises its `ParseError`, so a flood of the same bad
-line is as cheap as good lines.  (bench/core_bench.py measures this path.)
+dict of *feeds*.  A feed is a ready callable, usually the bound ``add`` method of the
+series' accumulator (`statsd_ao.accumulators`), so a line seen before in this interval costs
+one dict lookup and one call.  A miss goes through `_feed_for`, which parses the shape
+(cached across intervals in a bounded dict), names the series through `Naming` and creates
+the accumulator.  A shape that cannot parse is cached too, as a feed that raises its
+`ParseError`, so a flood of the same bad line is as cheap as good lines.
+(bench/core_bench.py measures this path.)
 
 Every feed raises only `ValueError` (a `ParseError` or ``float()``'s own) on bad input; the
 loop counts it by reason and goes on with the next line.  Runs on the loop thread; never
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
 from statsd_ao.protocol import Kind, ParseError, parse_shape, parse_value
 from statsd_ao.sanitize import Naming, TagTuple
 
@@ -27,103 +29,12 @@ from statsd_ao.sanitize import Naming, TagTuple
 # rebuilt from traffic (a cost paid once per shape), so a flood of unique garbage cannot grow
 # memory without bound.  100k shapes hold ~10x the 10,000 series of a busy service.
 DEFAULT_SHAPE_LIMIT = 100_000
+# Gauge series whose last value is remembered for deltas in later intervals; past this the
+# series idle the longest are forgotten (a delta then starts from 0, as for a new gauge).
+GAUGE_MEMORY = 200_000
 
 SeriesKey = tuple[Kind, str, TagTuple]
 Feed = Callable[[bytes], None]
-
-
-class Counter:
-    """Sum of value / sample rate."""
-
-    __slots__ = ("total",)
-
-    def __init__(self) -> None:
-        self.total = 0.0
-
-    def add(self, raw: bytes) -> None:
-        number = float(raw)
-        if number - number:  # NaN or +-inf: finite numbers minus themselves are 0.0
-            raise ParseError("non-finite value")
-        self.total += number
-
-    def add_rated(self, rate: float, raw: bytes) -> None:
-        number = float(raw)
-        if number - number:
-            raise ParseError("non-finite value")
-        self.total += number / rate
-
-
-class Gauge:
-    """Last value; a value with a leading ``+``/``-`` is a delta on the current value."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, start: float) -> None:
-        self.value = start
-
-    def add(self, raw: bytes) -> None:
-        number = float(raw)
-        if number - number:
-            raise ParseError("non-finite value")
-        first = raw[0]  # float() accepted it, so raw is not empty
-        if first in {43, 45}:  # b"+" or b"-"; a constant set, as fast as two ==
-            self.value += number
-        else:
-            self.value = number
-
-    def add_rated(self, rate: float, raw: bytes) -> None:
-        self.add(raw)  # sample rates do not apply to gauges
-
-
-class Summary:
-    """Every value of a timer, histogram or distribution, for exact percentiles.
-
-    ``weights`` stays None until a sampled value (``@rate`` < 1) arrives; then it holds
-    1 / rate for every value, so count and sum can be scaled.
-    """
-
-    __slots__ = ("values", "weights")
-
-    def __init__(self) -> None:
-        self.values: list[float] = []
-        self.weights: list[float] | None = None
-
-    def add(self, raw: bytes) -> None:
-        number = float(raw)
-        if number - number:
-            raise ParseError("non-finite value")
-        self.values.append(number)
-        if self.weights is not None:
-            self.weights.append(1.0)
-
-    def add_rated(self, rate: float, raw: bytes) -> None:
-        number = float(raw)
-        if number - number:
-            raise ParseError("non-finite value")
-        if self.weights is None:
-            self.weights = [1.0] * len(self.values)
-        self.values.append(number)
-        self.weights.append(1.0 / rate)
-
-
-class SetOf:
-    """Unique members (raw bytes) seen in the interval."""
-
-    __slots__ = ("members",)
-
-    def __init__(self) -> None:
-        self.members: set[bytes] = set()
-
-    def add(self, raw: bytes) -> None:
-        if not raw:
-            raise ParseError("empty set member")
-        self.members.add(raw)
-
-    def add_rated(self, rate: float, raw: bytes) -> None:
-        self.add(raw)
-
-
-Accumulator = Counter | Gauge | Summary | SetOf
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +56,7 @@ class Snapshot:
 
 
 def _ignore(raw: bytes) -> None:
-    """The feed of blank lines (and of ``:``-only lines, which share their key)."""
+    """The feed of whitespace-only lines (``\\r`` of ``\\r\\n``) and of ``:`` after spaces."""
     if raw.strip():
         raise ParseError("empty name")
 
@@ -170,10 +81,14 @@ class Aggregator:
 
     def ingest(self, datagram: bytes) -> None:
         """Aggregate every line of a datagram.  Never raises on any input."""
+        if not datagram:
+            return
         feeds = self._feeds
         lines = datagram.split(b"\n")
         self._now.lines += len(lines) - datagram.endswith(b"\n")
         for line in lines:
+            if not line:  # a blank line shares its key with ":" below; only ":" is an error
+                continue
             name, _, rest = line.partition(b":")
             value, _, tail = rest.partition(b"|")
             key = (name, tail)
@@ -204,7 +119,7 @@ class Aggregator:
     def _feed_for(self, key: tuple[bytes, bytes], value: bytes) -> Feed:
         """The feed for a line shape seen for the first time this interval (the slow path)."""
         feed: Feed
-        if not key[0].strip() and not key[1]:
+        if key[0] and not key[0].strip() and not key[1]:
             feed = _ignore
         else:
             resolved = self._resolve(key)
@@ -256,7 +171,9 @@ class Aggregator:
             return SetOf()
         # A gauge starts from the last value of its series, so deltas carry across intervals.
         # The previous interval's Gauge is no longer written to: its value is final.
-        previous = self._gauges.get(key)
-        gauge = Gauge(previous.value if previous is not None else 0.0)
-        self._gauges[key] = gauge
+        gauges = self._gauges
+        previous = gauges.pop(key, None)  # re-inserted last: the dict is ordered by activity
+        gauge = gauges[key] = Gauge(previous.value if previous is not None else 0.0)
+        if len(gauges) > GAUGE_MEMORY:
+            del gauges[next(iter(gauges))]
         return gauge

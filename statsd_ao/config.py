@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from statsd_ao.batching import DEFAULT_BATCH, MAX_BATCH
+from statsd_ao.sanitize import MAX_TAGS
 
 DEFAULT_API_URL = "https://api.appoptics.com"
 # The port every StatsD client sends to by default.
@@ -229,7 +230,10 @@ def build(
             values[setting.name] = _convert(setting, raw)
         except ValueError as error:
             raise ConfigError(f"{source}: {_safe(setting, error)}") from None
-    return Config(**values)
+    config = Config(**values)
+    if len(config.global_tags) > MAX_TAGS:
+        raise ConfigError(f"--tag: at most {MAX_TAGS} global tags (host included)")
+    return config
 
 
 def _pick(

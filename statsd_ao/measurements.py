@@ -13,12 +13,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NotRequired, TypedDict
 
-from statsd_ao.aggregator import Accumulator, Counter, Gauge, SeriesKey, SetOf, Summary
+from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
+from statsd_ao.aggregator import SeriesKey
 from statsd_ao.sanitize import fit_name
 
 # The API aborts a whole request over a value whose exponent exceeds 10^126 (seed 001,
 # "Float Restrictions"); anything at or above this magnitude is never posted.
 MAX_MAGNITUDE = 1e126
+
+# The largest count posted: JSON encoders (and the API) take 64-bit integers.  Only absurd
+# sample rates (@1e-20) get near it; such a summary is dropped and counted.
+MAX_COUNT = 2**63 - 1
 
 # Counters are interval totals: AppOptics must sum them when it rolls points up to coarser
 # resolutions (its default is to average).  Used only when a post creates the metric.
@@ -61,11 +66,26 @@ class Stats:
 
 def percentile_suffix(percentile: float) -> str:
     """``.p90`` for 90, ``.p99.9`` for 99.9."""
-    return f".p{percentile:g}"
+    return f".p{percentile:.15g}"
 
 
-def summarize(acc: Summary) -> Stats:
-    """Sample-rate scaled count and sum, min/max/last, and population stddev (weighted)."""
+def summarize(acc: Summary) -> Stats | None:
+    """Sample-rate scaled count and sum, min/max/last, and population stddev (weighted).
+
+    Count is rounded to a whole number (at least 1); sum keeps its fraction.  None when the
+    figures overflow a double (e.g. values near 1e308, or a sample rate like 1e-320).
+    """
+    try:
+        return _summarize(acc)
+    except (OverflowError, ValueError):
+        return None
+
+
+def _summarize(acc: Summary) -> Stats:
+    if acc.running is not None:
+        r = acc.running
+        stddev = math.sqrt(max(r.m2, 0.0) / r.weight)
+        return Stats(_count(r.weight), r.total, r.lo, r.hi, r.last, stddev)
     values, weights = acc.values, acc.weights
     if weights is None:
         total_weight = float(len(values))
@@ -78,8 +98,14 @@ def summarize(acc: Summary) -> Stats:
         mean = total / total_weight
         squares = (w * (x - mean) ** 2 for w, x in zip(weights, values, strict=True))
         variance = math.fsum(squares) / total_weight
-    count = max(1, round(total_weight))
-    return Stats(count, total, min(values), max(values), values[-1], math.sqrt(variance))
+    return Stats(
+        _count(total_weight), total, min(values), max(values), values[-1], math.sqrt(variance)
+    )
+
+
+def _count(weight: float) -> int:
+    """A whole count of at least 1 (rounded: the API's counts are whole numbers)."""
+    return max(1, round(weight))
 
 
 def nearest_rank(ordered: Sequence[float], percentile: float) -> float:
@@ -124,7 +150,7 @@ class Converter:
         if not acc.values:
             return
         stats = summarize(acc)
-        if all(postable(x) for x in stats.fields()):
+        if stats is not None and stats.count <= MAX_COUNT and all(map(postable, stats.fields())):
             m = base.copy()
             m["count"], m["sum"], m["stddev"] = stats.count, stats.sum, stats.stddev
             m["min"], m["max"], m["last"] = stats.min, stats.max, stats.last

@@ -55,14 +55,17 @@ class Naming:
     """Turns a parsed name and tags into a series identity: sanitized, globals merged, sorted.
 
     ``global_tags`` must hold at least one valid tag: that is what guarantees every
-    measurement at least one tag.  A metric's own tag wins over a global tag of the same
-    name.  Past 50 tags, the global tags are kept first and then the metric's own tags in
-    sorted order, so the choice is deterministic; the dropped tags are counted.
+    measurement at least one tag.  Past 50 global tags, the first 50 in sorted order are kept
+    (the configuration refuses more; this keeps the class safe on its own).  A metric's own
+    tag wins over a global tag of the same name.  Past 50 tags, the global tags are kept
+    first and then the metric's own tags in sorted order, so the choice is deterministic;
+    the dropped tags are counted.
     """
 
     def __init__(self, global_tags: Mapping[str, str]) -> None:
         fitted = [fit_tag(k, v) for k, v in global_tags.items()]
-        self.global_tags: dict[str, str] = dict(pair for pair in fitted if pair is not None)
+        valid = dict(pair for pair in fitted if pair is not None)
+        self.global_tags: dict[str, str] = dict(sorted(valid.items())[:MAX_TAGS])
         if not self.global_tags:
             raise ValueError("at least one valid global tag is required (e.g. host=...)")
         self.tags_dropped = 0

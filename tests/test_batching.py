@@ -1,0 +1,80 @@
+"""Measurements split into posts and encoded with orjson (`statsd_ao.batching`)."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from statsd_ao.batching import DEFAULT_BATCH, MAX_BATCH, chunked, encode, encode_batches
+from statsd_ao.measurements import Measurement
+
+
+def measurement(i: int) -> Measurement:
+    if i % 2:
+        return Measurement(name=f"m{i}", tags={"host": "h"}, time=60, period=10, value=i / 3)
+    return Measurement(
+        name=f"t{i}",
+        tags={"host": "h", "env": "prod"},
+        time=60,
+        period=10,
+        count=i + 1,
+        sum=i * 1.5,
+        min=-1e125,
+        max=1e-300,
+        last=0.1,
+        stddev=2.0,
+    )
+
+
+@settings(max_examples=300)
+@given(st.lists(st.integers(), max_size=60), st.integers(1, 25))
+def test_chunked_partitions_the_input_in_order(items: list[int], size: int) -> None:
+    chunks = [list(chunk) for chunk in chunked(items, size)]
+    assert [x for chunk in chunks for x in chunk] == items
+    assert len(chunks) == math.ceil(len(items) / size)
+    assert all(1 <= len(chunk) <= size for chunk in chunks)
+    assert all(len(chunk) == size for chunk in chunks[:-1])
+
+
+@pytest.mark.parametrize("size", [0, -1, -500])
+def test_a_size_below_one_raises(size: int) -> None:
+    with pytest.raises(ValueError):
+        list(chunked([1, 2, 3], size))
+    with pytest.raises(ValueError):
+        encode_batches([measurement(1)], size)
+
+
+def test_nothing_to_send_makes_no_post() -> None:
+    assert encode_batches([]) == []
+
+
+def test_encode_is_one_json_body_with_only_embedded_tags() -> None:
+    ms = [measurement(1), measurement(2)]
+    body = orjson.loads(encode(ms))
+    # Top-level tags would be replaced, not merged, by the measurements' own tags: never sent.
+    assert set(body) == {"measurements"}
+    assert body["measurements"] == ms
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 1200), st.integers(1, MAX_BATCH))
+def test_encode_batches_partitions_measurements(count: int, size: int) -> None:
+    ms = [measurement(i) for i in range(count)]
+    bodies = encode_batches(ms, size)
+    posts = [orjson.loads(body)["measurements"] for body in bodies]
+    assert all(1 <= len(post) <= size for post in posts)
+    assert [m for post in posts for m in post] == ms
+    assert len(posts) == math.ceil(count / size)
+
+
+def test_default_batch_respects_the_api_limit() -> None:
+    assert 1 <= DEFAULT_BATCH <= MAX_BATCH <= 1000
+    posts = [
+        orjson.loads(body)["measurements"]
+        for body in encode_batches([measurement(i) for i in range(2 * DEFAULT_BATCH + 1)])
+    ]
+    assert [len(post) for post in posts] == [DEFAULT_BATCH, DEFAULT_BATCH, 1]
