@@ -29,8 +29,10 @@ def main() -> None:
 
     lines = make_lines(make_series(args.series), args.lines)
     datagrams = pack(lines)
-    print(f"workload: {args.series} series, {len(lines)} lines, {len(datagrams)} datagrams "
-          f"({len(lines) / len(datagrams):.1f} lines each)")
+    print(
+        f"workload: {args.series} series, {len(lines)} lines, {len(datagrams)} datagrams "
+        f"({len(lines) / len(datagrams):.1f} lines each)"
+    )
     agg = Aggregator(Naming({"host": "bench"}))
     for round_no in range(1, args.rounds + 1):
         started = time.perf_counter()
@@ -39,16 +41,20 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         snapshot = agg.swap()
         rate = len(lines) / elapsed
-        print(f"round {round_no}: {rate / 1e6:.2f} M lines/s ({1e6 / rate:.3f} us/line), "
-              f"{len(snapshot.series)} series, rejected {sum(snapshot.rejected.values())}")
+        print(
+            f"round {round_no}: {rate / 1e6:.2f} M lines/s ({1e6 / rate:.3f} us/line), "
+            f"{len(snapshot.series)} series, rejected {sum(snapshot.rejected.values())}"
+        )
     started = time.perf_counter()
     measurements = Converter([90, 99]).convert(snapshot.series.items(), 0, 10)
     converted = time.perf_counter()
     bodies = encode_batches(measurements, 500)
     encoded = time.perf_counter()
-    print(f"flush: {len(measurements)} measurements converted in "
-          f"{(converted - started) * 1e3:.0f} ms, encoded into {len(bodies)} posts in "
-          f"{(encoded - converted) * 1e3:.0f} ms")
+    print(
+        f"flush: {len(measurements)} measurements converted in "
+        f"{(converted - started) * 1e3:.0f} ms, encoded into {len(bodies)} posts in "
+        f"{(encoded - converted) * 1e3:.0f} ms"
+    )
 
 
 if __name__ == "__main__":
