@@ -8,6 +8,7 @@ enqueues; it never awaits, so a flush never waits for the network.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import sys
@@ -61,6 +62,11 @@ class DryRunSink:
         return None
 
 
+def basic_auth(token: str) -> str:
+    """The Authorization header: the token is the user name, the password is empty."""
+    return "Basic " + base64.b64encode(f"{token}:".encode()).decode("ascii")
+
+
 class HttpSink:
     """Posts batches to ``<api_url>/v1/measurements`` with bounded concurrency."""
 
@@ -80,8 +86,7 @@ class HttpSink:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            auth=aiohttp.BasicAuth(self._token, ""),
-            headers={"Content-Type": "application/json"},
+            headers={"Authorization": basic_auth(self._token), "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=self._timeout),
         )
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]

@@ -1,0 +1,131 @@
+"""Run the real ``statsd-ao`` program in a subprocess for end-to-end tests.
+
+The proxy binds UDP port 0; `Proxy.start` reads its stderr until the "listening on udp"
+line and takes the port from it (an event, not a sleep).  Stderr keeps being collected in
+the background so the pipe never fills; stdout (the dry run's JSON) is collected too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Self
+
+_LISTENING = re.compile(r"listening on udp (\S+):(\d+) ")
+START_TIMEOUT = 20.0
+
+
+class Proxy:
+    """One ``python -m statsd_ao`` process with its output."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = ["--udp", "127.0.0.1:0", *args]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("STATSD_AO_")}
+        self.env.pop("APPOPTICS_TOKEN", None)
+        self.env.update(env or {})
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.stderr: list[str] = []
+        self.stdout: list[bytes] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._sock: socket.socket | None = None  # created by the first send()
+
+    async def start(self) -> Self:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "statsd_ao",
+            *self.args,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        listening = asyncio.get_running_loop().create_future()
+        assert self.process.stderr is not None and self.process.stdout is not None
+        self._readers = [
+            asyncio.create_task(self._read_stderr(self.process.stderr, listening)),
+            asyncio.create_task(self._read_stdout(self.process.stdout)),
+        ]
+        try:
+            self.port = await asyncio.wait_for(listening, START_TIMEOUT)
+        except RuntimeError:  # it exited on its own: keep its status
+            await asyncio.wait_for(self.process.wait(), START_TIMEOUT)
+            await asyncio.gather(*self._readers)
+            raise
+        except BaseException:
+            await self.kill()
+            raise
+        return self
+
+    async def _read_stderr(
+        self, stream: asyncio.StreamReader, listening: asyncio.Future[int]
+    ) -> None:
+        async for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            self.stderr.append(line)
+            match = _LISTENING.search(line)
+            if match and not listening.done():
+                listening.set_result(int(match.group(2)))
+        if not listening.done():
+            listening.set_exception(RuntimeError("proxy exited:\n" + self.log))
+
+    async def _read_stdout(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            self.stdout.append(raw)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.stderr)
+
+    def send(self, lines: Iterable[bytes], per_datagram: int = 20) -> int:
+        """Send lines in datagrams of ``per_datagram`` lines; returns datagrams sent."""
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        batch: list[bytes] = []
+        sent = 0
+        for line in lines:
+            batch.append(line)
+            if len(batch) == per_datagram:
+                self._sock.sendto(b"\n".join(batch), ("127.0.0.1", self.port))
+                batch, sent = [], sent + 1
+        if batch:
+            self._sock.sendto(b"\n".join(batch), ("127.0.0.1", self.port))
+            sent += 1
+        return sent
+
+    async def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``signum`` and wait for the exit status."""
+        assert self.process is not None
+        self.process.send_signal(signum)
+        status = await asyncio.wait_for(self.process.wait(), timeout)
+        await asyncio.gather(*self._readers)
+        return status
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        for reader in self._readers:
+            reader.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            await self.kill()
+        if self._sock is not None:
+            self._sock.close()

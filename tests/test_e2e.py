@@ -1,0 +1,184 @@
+"""End to end: the real program, real UDP on loopback, a strict local AppOptics, real signals.
+
+Most tests use a day-long flush interval and let SIGTERM's final flush deliver everything
+in one interval, so exact values can be asserted without racing a tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
+from tests.proxy import Proxy
+
+TOKEN = "e2e-secret-token"
+DAY = "86400"
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())
+
+
+def by_name(accepted: list[AcceptedMeasurement]) -> dict[str, AcceptedMeasurement]:
+    named = {m["name"]: m for m in accepted}
+    assert len(named) == len(accepted), "one measurement per series expected"
+    return named
+
+
+async def deliver(lines: list[bytes], *args: str) -> tuple[list[AcceptedMeasurement], Proxy]:
+    """Send ``lines``, stop the proxy with SIGTERM, return what the API accepted."""
+    async with FakeAppOptics(token=TOKEN) as api:
+        flags = ("--api-url", api.url, "--flush-interval", DAY, *args)
+        async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
+            proxy.send(lines)
+            assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
+        assert not api.rejected, api.rejected
+        return api.accepted, proxy
+
+
+def test_exact_values_for_each_type() -> None:
+    lines = [
+        b"hits:1|c",
+        b"hits:2|c|@0.5",
+        b"temp:20|g",
+        b"temp:+5|g",
+        b"temp:-2|g",
+        b"users:alice|s",
+        b"users:bob|s",
+        b"users:alice|s",
+        b"lat:10|ms",
+        b"lat:20|ms",
+        b"lat:30|ms|@0.5",
+        b"size:100|h",
+        b"dist:7|d",
+        b"garbage line",
+    ]
+
+    async def scenario() -> None:
+        accepted, proxy = await deliver(lines, "--percentiles", "50,90")
+        got = by_name(accepted)
+        assert got["hits"]["value"] == 5.0
+        assert got["hits"]["attributes"] == {"summarize_function": "sum"}
+        assert got["temp"]["value"] == 23.0
+        assert got["users"]["value"] == 2.0
+        lat = got["lat"]
+        assert (lat["count"], lat["sum"]) == (4, 10 + 20 + 2 * 30)
+        assert (lat["min"], lat["max"], lat["last"]) == (10, 30, 30)
+        mean = (10 + 20 + 2 * 30) / 4  # weighted by 1 / rate
+        variance = ((10 - mean) ** 2 + (20 - mean) ** 2 + 2 * (30 - mean) ** 2) / 4
+        assert lat["stddev"] == pytest.approx(variance**0.5)
+        assert "value" not in lat
+        assert got["lat.p50"]["value"] == 20
+        assert got["lat.p90"]["value"] == 30
+        assert got["size"]["count"] == 1
+        assert got["dist"]["sum"] == 7
+        assert "rejected 1 lines" in proxy.log
+
+    run(scenario)
+
+
+def test_global_tags_merged_and_time_on_the_grid() -> None:
+    lines = [b"a:1|c|#env:prod", b"b:1|c|#region:eu-west-1", b"c:1|c"]
+
+    async def scenario() -> None:
+        accepted, _ = await deliver(
+            lines, "--tag", "region=us-east-1", "--tag", "host=web-1", "--flush-interval", "60"
+        )
+        got = by_name(accepted)
+        assert got["a"]["tags"] == {"env": "prod", "region": "us-east-1", "host": "web-1"}
+        assert got["b"]["tags"] == {"region": "eu-west-1", "host": "web-1"}  # own tag wins
+        assert got["c"]["tags"] == {"region": "us-east-1", "host": "web-1"}
+        for m in accepted:
+            assert m["period"] == 60
+            assert m["time"] is not None and m["time"] % 60 == 0
+
+    run(scenario)
+
+
+def test_five_thousand_series_go_out_in_posts_of_at_most_a_thousand() -> None:
+    lines = [f"series.{i}:1|c|#shard:{i % 7}".encode() for i in range(5000)]
+
+    async def scenario() -> None:
+        async with FakeAppOptics(token=TOKEN) as api:
+            flags = ("--api-url", api.url, "--flush-interval", DAY, "--batch-size", "1000")
+            async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
+                proxy.send(lines, per_datagram=25)
+                assert await proxy.stop() == 0, proxy.log
+            sizes = [r.measurements for r in api.requests]
+            assert sum(sizes) == 5000 and max(sizes) <= 1000
+            assert all(r.status == 202 for r in api.requests)
+            assert {m["name"] for m in api.accepted} == {f"series.{i}" for i in range(5000)}
+            assert all(m["value"] == 1.0 for m in api.accepted)
+
+    run(scenario)
+
+
+def test_periodic_flush_without_stopping() -> None:
+    async def scenario() -> None:
+        async with FakeAppOptics(token=TOKEN) as api:
+            flags = ("--api-url", api.url, "--flush-interval", "1")
+            async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
+                proxy.send([b"tick:1|c"])
+                await api.wait_for(lambda a: len(a.accepted) >= 1, timeout=10)
+                assert api.accepted[0]["name"] == "tick"
+                assert await proxy.stop() == 0
+
+    run(scenario)
+
+
+def test_wrong_token_is_never_logged() -> None:
+    async def scenario() -> None:
+        async with FakeAppOptics(token="the-right-one") as api:
+            flags = ("--api-url", api.url, "--flush-interval", DAY)
+            async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
+                proxy.send([b"x:1|c"])
+                assert await proxy.stop() == 0
+            assert [r.status for r in api.requests] == [401]
+            assert TOKEN not in proxy.log
+            assert "401" in proxy.log
+
+    run(scenario)
+
+
+def test_dry_run_prints_measurements_and_sigint_exits_zero() -> None:
+    async def scenario() -> None:
+        async with Proxy("--flush-interval", DAY) as proxy:
+            proxy.send([b"page.views:1|c|#env:prod"])
+            assert await proxy.stop(signal.SIGINT) == 0
+        assert sum("dry run" in line for line in proxy.stderr) == 1
+        bodies: list[dict[str, Any]] = [orjson.loads(line) for line in proxy.stdout]
+        measurements = [m for body in bodies for m in body["measurements"]]
+        assert [(m["name"], m["value"], m["tags"]["env"]) for m in measurements] == [
+            ("page.views", 1.0, "prod")
+        ]
+
+    run(scenario)
+
+
+def test_invalid_setting_stops_the_program_with_a_named_error() -> None:
+    async def scenario() -> None:
+        proxy = Proxy("--batch-size", "5000")
+        with pytest.raises(RuntimeError, match="--batch-size"):
+            await proxy.start()
+        assert proxy.process is not None and proxy.process.returncode == 2
+
+    run(scenario)
+
+
+def test_port_in_use_fails_at_start() -> None:
+    async def scenario() -> None:
+        async with Proxy("--flush-interval", DAY) as first:
+            second = Proxy("--flush-interval", DAY)
+            second.args[1] = f"127.0.0.1:{first.port}"
+            with pytest.raises(RuntimeError, match="cannot listen on udp"):
+                await second.start()
+            assert second.process is not None and second.process.returncode == 1
+            await first.stop()
+
+    run(scenario)
