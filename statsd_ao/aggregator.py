@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
+from statsd_ao.cardinality import OVERFLOW_TAG, CardinalityGuard
 from statsd_ao.protocol import Kind, ParseError, parse_shape, parse_value
 from statsd_ao.sanitize import Naming, TagTuple
 
@@ -29,6 +30,10 @@ from statsd_ao.sanitize import Naming, TagTuple
 # rebuilt from traffic (a cost paid once per shape), so a flood of unique garbage cannot grow
 # memory without bound.  100k shapes hold ~10x the 10,000 series of a busy service.
 DEFAULT_SHAPE_LIMIT = 100_000
+# Feeds cached per interval.  Normally one per line shape; under a cardinality attack every
+# line may be a new shape, so past this the cache is cleared (memory stays bounded; those
+# lines then pay the slow path).
+DEFAULT_FEED_LIMIT = 200_000
 # Gauge series whose last value is remembered for deltas in later intervals; past this the
 # series idle the longest are forgotten (a delta then starts from 0, as for a new gauge).
 GAUGE_MEMORY = 200_000
@@ -71,9 +76,20 @@ def _rejecter(reason: str) -> Feed:
 class Aggregator:
     """Accumulates StatsD lines for one flush interval at a time."""
 
-    def __init__(self, naming: Naming, *, shape_limit: int = DEFAULT_SHAPE_LIMIT) -> None:
+    def __init__(
+        self,
+        naming: Naming,
+        *,
+        guard: CardinalityGuard | None = None,
+        shape_limit: int = DEFAULT_SHAPE_LIMIT,
+        feed_limit: int = DEFAULT_FEED_LIMIT,
+    ) -> None:
         self._naming = naming
+        self.guard = guard
+        self._overflow_tags = naming.series("overflow", [OVERFLOW_TAG])[1]
+        self.folded_samples: dict[str, int] = {}  # per metric, since start
         self._shape_limit = shape_limit
+        self._feed_limit = feed_limit
         self._shapes: dict[tuple[bytes, bytes], Resolved | ParseError] = {}
         self._gauges: dict[SeriesKey, Gauge] = {}
         self._feeds: dict[tuple[bytes, bytes], Feed] = {}
@@ -132,9 +148,30 @@ class Aggregator:
                     # Not cached: a series is only created by a valid value, so a series whose
                     # every line was bad is never posted (as, say, a counter of 0).
                     return _rejecter(error.reason)
-                feed = self._feed_of(resolved)
+                feed = self._guarded_feed(resolved)
+        if len(self._feeds) >= self._feed_limit:
+            self._feeds.clear()
         self._feeds[key] = feed
         return feed
+
+    def _guarded_feed(self, resolved: Resolved) -> Feed:
+        """The series' feed, or, past the metric's tag-set budget, its overflow's feed."""
+        kind, metric, tags = resolved.key
+        if self.guard is None or self.guard.admit(metric, tags):
+            return self._feed_of(resolved.key, resolved.rate)
+        overflow = self._feed_of((kind, metric, self._overflow_tags), resolved.rate)
+        folded = self.folded_samples
+
+        def fold(raw: bytes) -> None:
+            overflow(raw)
+            folded[metric] = folded.get(metric, 0) + 1
+
+        return fold
+
+    def maintain(self) -> None:
+        """Housekeeping between flushes (expire the guard's old tag sets); not the hot path."""
+        if self.guard is not None:
+            self.guard.sweep()
 
     def _resolve(self, key: tuple[bytes, bytes]) -> Resolved | ParseError:
         resolved = self._shapes.get(key)
@@ -152,14 +189,14 @@ class Aggregator:
         self._shapes[key] = resolved
         return resolved
 
-    def _feed_of(self, resolved: Resolved) -> Feed:
+    def _feed_of(self, key: SeriesKey, rate: float) -> Feed:
         series = self._now.series
-        acc = series.get(resolved.key)
+        acc = series.get(key)
         if acc is None:
-            acc = series[resolved.key] = self._new_accumulator(resolved.key)
-        if resolved.rate == 1.0:
+            acc = series[key] = self._new_accumulator(key)
+        if rate == 1.0:
             return acc.add
-        return partial(acc.add_rated, resolved.rate)
+        return partial(acc.add_rated, rate)
 
     def _new_accumulator(self, key: SeriesKey) -> Accumulator:
         kind = key[0]

@@ -13,6 +13,7 @@ import logging
 import signal
 
 from statsd_ao.aggregator import Aggregator
+from statsd_ao.cardinality import CardinalityGuard
 from statsd_ao.config import Config
 from statsd_ao.flusher import Flusher
 from statsd_ao.listeners import UdpListener
@@ -42,7 +43,8 @@ async def run(config: Config) -> int:
     if not config.posting:
         why = "--dry-run" if config.dry_run else "no token (set APPOPTICS_TOKEN or --token)"
         log.warning("dry run (%s): each flush's measurements are printed to stdout", why)
-    aggregator = Aggregator(Naming(config.global_tags))
+    guard = CardinalityGuard(config.cardinality_limit, config.cardinality_total_limit)
+    aggregator = Aggregator(Naming(config.global_tags), guard=guard)
     sink = make_sink(config)
     flusher = Flusher(
         aggregator,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from statsd_ao.batching import DEFAULT_BATCH, MAX_BATCH
+from statsd_ao.cardinality import DEFAULT_LIMIT, DEFAULT_TOTAL_LIMIT
 from statsd_ao.sanitize import MAX_TAGS
 
 DEFAULT_API_URL = "https://api.appoptics.com"
@@ -64,6 +65,8 @@ class Config:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     rcvbuf: int = DEFAULT_RCVBUF
+    cardinality_limit: int = DEFAULT_LIMIT
+    cardinality_total_limit: int = DEFAULT_TOTAL_LIMIT
 
     @property
     def posting(self) -> bool:
@@ -86,6 +89,8 @@ class Config:
             f"batch_size={self.batch_size} concurrency={self.concurrency} "
             f"request_timeout={self.request_timeout:g}s "
             f"shutdown_timeout={self.shutdown_timeout:g}s rcvbuf={self.rcvbuf} "
+            f"cardinality_limit={self.cardinality_limit} "
+            f"cardinality_total_limit={self.cardinality_total_limit} "
             f"dry_run={not self.posting}"
         )
 
@@ -141,6 +146,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _cardinality(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise ValueError(f"must be at least 2 (one tag set and the overflow series), got {value}")
     return value
 
 
@@ -210,6 +222,20 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds to deliver what is pending at shutdown",
     ),
     Setting("rcvbuf", "--rcvbuf", "STATSD_AO_RCVBUF", _positive_int, "socket receive buffer"),
+    Setting(
+        "cardinality_limit",
+        "--cardinality-limit",
+        "STATSD_AO_CARDINALITY_LIMIT",
+        _cardinality,
+        "tag sets per metric per hour (overflow series included)",
+    ),
+    Setting(
+        "cardinality_total_limit",
+        "--cardinality-total-limit",
+        "STATSD_AO_CARDINALITY_TOTAL_LIMIT",
+        _positive_int,
+        "tag sets per hour across all metrics",
+    ),
 )
 
 

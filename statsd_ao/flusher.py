@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from statsd_ao.aggregator import Aggregator, Snapshot
 from statsd_ao.batching import chunked
+from statsd_ao.logs import RateLimitedLog
 from statsd_ao.measurements import Converter, Measurement
 from statsd_ao.sink import Sink
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 CONVERT_CHUNK = 2000
 # Bytes of a rejected line quoted in the log.
 EXAMPLE_BYTES = 120
+# A metric over its tag-set budget is named in the log at most this often.
+FOLD_LOG_INTERVAL = 300.0
 
 
 def next_tick(now: float, interval: int) -> float:
@@ -68,6 +71,8 @@ class Flusher:
         self.flushes = 0
         self.lines = 0
         self.rejected: dict[str, int] = {}
+        self._folds_seen = 0
+        self._fold_log = RateLimitedLog(log, FOLD_LOG_INTERVAL)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush at every tick until ``stop`` is set (the final flush is `flush_final`)."""
@@ -105,6 +110,8 @@ class Flusher:
             await asyncio.sleep(0)  # let the listener read between chunks
         for batch in chunked(measurements, self._batch_size):
             self._sink.submit(batch)
+        self._aggregator.maintain()
+        self._report_folds()
         self.flushes += 1
         report = FlushReport(
             stamp,
@@ -130,4 +137,27 @@ class Flusher:
                 "rejected %d lines in the last interval: %s",
                 sum(snapshot.rejected.values()),
                 detail,
+            )
+
+    def _report_folds(self) -> None:
+        """Name the metrics whose new tag sets were folded since the last flush."""
+        guard = self._aggregator.guard
+        if guard is None:
+            return
+        folds = guard.folded_tag_sets.total()
+        if folds == self._folds_seen:
+            return
+        self._folds_seen = folds
+        samples = self._aggregator.folded_samples
+        for offender in guard.offenders():
+            self._fold_log.warning(
+                offender.metric,
+                "cardinality limit: metric %r has %d tag sets this hour; %d new tag sets "
+                "(%d samples) folded into its overflow=true series so far; tag key with the "
+                "most values: %s",
+                offender.metric,
+                offender.admitted,
+                offender.folded_tag_sets,
+                samples.get(offender.metric, 0),
+                offender.busiest_key,
             )

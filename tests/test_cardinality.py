@@ -1,0 +1,188 @@
+"""The cardinality guard: a tag-set budget per metric per rolling hour, totals kept exact."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from statsd_ao.aggregator import Aggregator
+from statsd_ao.cardinality import CardinalityGuard
+from statsd_ao.measurements import Converter, Measurement
+from statsd_ao.sanitize import Naming
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tags(value: str) -> tuple[tuple[str, str], ...]:
+    return (("host", "h"), ("user", value))
+
+
+def test_admits_up_to_limit_minus_one_then_folds() -> None:
+    guard = CardinalityGuard(4, None, clock=Clock())
+    assert [guard.admit("m", tags(str(i))) for i in range(5)] == [True, True, True, False, False]
+    assert guard.admit("m", tags("1"))  # admitted this hour: keeps flowing
+    assert guard.admit("other", tags("9"))  # other metrics are unaffected
+    assert guard.folded_tag_sets == Counter({"m": 2})
+
+
+def test_window_rolls_and_frees_slots() -> None:
+    clock = Clock()
+    guard = CardinalityGuard(2, None, window=3600, clock=clock)
+    assert guard.admit("m", tags("a"))
+    clock.now = 1800
+    assert not guard.admit("m", tags("b"))
+    clock.now = 3599
+    assert guard.admit("m", tags("a"))  # seen again: its hour starts over
+    clock.now = 3599 + 3600
+    assert guard.admit("m", tags("b"))  # a unseen for an hour: its slot is free
+    assert guard.count("m") == 1
+
+
+def test_total_limit_across_metrics() -> None:
+    guard = CardinalityGuard(100, 3, clock=Clock())
+    assert [guard.admit(f"m{i}", tags("x")) for i in range(4)] == [True, True, True, False]
+    assert guard.tracked == 3
+
+
+def test_sweep_expires_metrics_that_went_quiet() -> None:
+    clock = Clock()
+    guard = CardinalityGuard(10, 2, window=60, clock=clock)
+    guard.admit("a", tags("1"))
+    guard.admit("b", tags("1"))
+    clock.now = 61
+    guard.sweep()
+    assert guard.tracked == 0
+    assert guard.admit("c", tags("1")) and guard.admit("d", tags("1"))
+
+
+def test_busiest_key_and_offenders() -> None:
+    guard = CardinalityGuard(5, None, clock=Clock())
+    for i in range(6):
+        guard.admit("api.latency", (("env", "prod"), ("user", str(i))))
+    [offender] = guard.offenders()
+    assert offender.metric == "api.latency"
+    assert offender.busiest_key == "user"
+    assert (offender.admitted, offender.folded_tag_sets) == (4, 2)
+
+
+def test_limit_below_two_is_refused() -> None:
+    with pytest.raises(ValueError, match="overflow"):
+        CardinalityGuard(1)
+
+
+def convert(aggregator: Aggregator, stamp: int = 0) -> list[Measurement]:
+    return Converter([50]).convert(aggregator.swap().series.items(), stamp, 10)
+
+
+def test_folded_samples_keep_counter_and_timer_totals_exact() -> None:
+    naming = Naming({"host": "h"})
+    aggregator = Aggregator(naming, guard=CardinalityGuard(3, None, clock=Clock()))
+    lines = [f"hits:{i}|c|#user:{i}\nlat:{i}|ms|#user:{i}".encode() for i in range(1, 11)]
+    for line in lines:
+        aggregator.ingest(line)
+    out = convert(aggregator)
+    hits = [m for m in out if m["name"] == "hits"]
+    lat = [m for m in out if m["name"] == "lat"]
+    assert len(hits) == 3  # two ordinary tag sets and the overflow series
+    assert sum(m["value"] for m in hits) == sum(range(1, 11))
+    overflow = next(m for m in hits if m["tags"].get("overflow") == "true")
+    assert overflow["tags"] == {"host": "h", "overflow": "true"}
+    assert overflow["value"] == sum(range(3, 11))
+    assert sum(m["count"] for m in lat) == 10
+    assert sum(m["sum"] for m in lat) == sum(range(1, 11))
+    assert aggregator.folded_samples == {"hits": 8, "lat": 8}
+
+
+def test_guard_sees_tags_as_the_api_does() -> None:
+    """Case and tag order do not make new tag sets: they are one series to the API too."""
+    aggregator = Aggregator(Naming({"host": "h"}), guard=CardinalityGuard(2, None, clock=Clock()))
+    aggregator.ingest(b"m:1|c|#Env:Prod,Az:B\nm:1|c|#az:b,env:prod\nm:1|c|#az:b,env:prod|@0.5")
+    assert [m["value"] for m in convert(aggregator)] == [4.0]
+
+
+INTERVAL = 10
+LIMIT = 4
+
+
+class GuardMachine(RuleBasedStateMachine):
+    """Random traffic, flushes and clock jumps against a guard of 4 tag sets per metric."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.guard = CardinalityGuard(LIMIT, None, window=3600 + INTERVAL, clock=self.clock)
+        self.aggregator = Aggregator(Naming({"host": "h"}), guard=self.guard)
+        self.sent: Counter[str] = Counter()
+        self.posted: list[tuple[int, str, frozenset[tuple[str, str]], float]] = []
+
+    @rule(metric=st.sampled_from(["a", "b"]), user=st.integers(0, 4), value=st.integers(1, 9))
+    def send(self, metric: str, user: int, value: int) -> None:
+        self.aggregator.ingest(f"{metric}:{value}|c|#user:{user}".encode())
+        self.sent[metric] += value
+
+    @rule(value=st.integers(1, 9))
+    def send_quiet(self, value: int) -> None:
+        """A metric with two tag sets only: never limited."""
+        self.aggregator.ingest(f"quiet:{value}|c|#zone:{value % 2}".encode())
+        self.sent["quiet"] += value
+
+    @rule(intervals=st.sampled_from([1, 6, 60, 359, 360, 361, 720]))
+    def flush_and_wait(self, intervals: int) -> None:
+        self.flush()
+        self.clock.now += intervals * INTERVAL
+
+    def flush(self) -> None:
+        stamp = math.floor(self.clock.now / INTERVAL) * INTERVAL
+        for m in convert(self.aggregator, stamp):
+            self.posted.append((stamp, m["name"], frozenset(m["tags"].items()), m["value"]))
+        self.aggregator.maintain()
+
+    @invariant()
+    def at_most_limit_tag_sets_per_metric_per_hour(self) -> None:
+        for stamp, metric, _, _ in self.posted:
+            window = {
+                t for s, name, t, _ in self.posted if name == metric and stamp - 3600 < s <= stamp
+            }
+            assert len(window) <= LIMIT, (metric, stamp, window)
+
+    @invariant()
+    def folds_only_when_the_budget_is_really_used(self) -> None:
+        """Liveness: the window rolls; a fold means LIMIT - 1 ordinary tag sets were active."""
+        window = 3600 + INTERVAL
+        for stamp, metric, tag_set, _ in self.posted:
+            if ("overflow", "true") not in tag_set:
+                continue
+            active = {
+                t
+                for s, name, t, _ in self.posted
+                if name == metric and stamp - window < s <= stamp and ("overflow", "true") not in t
+            }
+            assert len(active) >= LIMIT - 1, (metric, stamp, active)
+
+    @invariant()
+    def unrelated_metric_never_folded(self) -> None:
+        assert all(
+            ("overflow", "true") not in t for _, name, t, _ in self.posted if name == "quiet"
+        )
+
+    def teardown(self) -> None:
+        self.flush()
+        totals: Counter[str] = Counter()
+        for _, name, _, value in self.posted:
+            totals[name] += int(value)
+        assert totals == self.sent
+
+
+TestGuardMachine = GuardMachine.TestCase
+TestGuardMachine.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
