@@ -23,7 +23,8 @@ from functools import partial
 
 from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
 from statsd_ao.cardinality import OVERFLOW_TAG, CardinalityGuard
-from statsd_ao.protocol import Kind, ParseError, parse_shape, parse_value
+from statsd_ao.events import CHECK_PREFIX, EVENT_PREFIX, Event, parse_event, parse_service_check
+from statsd_ao.protocol import Kind, ParseError, parse_shape, parse_value, parse_values
 from statsd_ao.sanitize import Naming, TagTuple
 
 # Distinct line shapes remembered across intervals.  Past this the memory is cleared and
@@ -34,6 +35,9 @@ DEFAULT_SHAPE_LIMIT = 100_000
 # line may be a new shape, so past this the cache is cleared (memory stays bounded; those
 # lines then pay the slow path).
 DEFAULT_FEED_LIMIT = 200_000
+# DogStatsD events kept per interval (they become annotations); past this they are dropped
+# and counted: events are for deploys and incidents, not a stream.
+MAX_EVENTS = 1000
 # Gauge series whose last value is remembered for deltas in later intervals; past this the
 # series idle the longest are forgotten (a delta then starts from 0, as for a new gauge).
 GAUGE_MEMORY = 200_000
@@ -55,6 +59,7 @@ class Snapshot:
     """One interval's data, handed over by `Aggregator.swap`."""
 
     series: dict[SeriesKey, Accumulator] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)
     examples: dict[str, bytes] = field(default_factory=dict)
     lines: int = 0
@@ -64,6 +69,28 @@ def _ignore(raw: bytes) -> None:
     """The feed of whitespace-only lines (``\\r`` of ``\\r\\n``) and of ``:`` after spaces."""
     if raw.strip():
         raise ParseError("empty name")
+
+
+def _first_value_error(kind: Kind, value: bytes) -> ParseError | None:
+    """None when the line has at least one valid value (of possibly several)."""
+    try:
+        parse_values(kind, value)
+    except ParseError as error:
+        parts = value.split(b":") if kind is not Kind.SET else []
+        return None if any(_valid(kind, part) for part in parts) else error
+    return None
+
+
+def _valid(kind: Kind, part: bytes) -> bool:
+    try:
+        parse_value(kind, part)
+    except ParseError:
+        return False
+    return True
+
+
+def _done(raw: bytes) -> None:
+    """The feed of a line already handled whole (an event or a service check)."""
 
 
 def _rejecter(reason: str) -> Feed:
@@ -81,11 +108,13 @@ class Aggregator:
         naming: Naming,
         *,
         guard: CardinalityGuard | None = None,
+        container_tag: str | None = None,
         shape_limit: int = DEFAULT_SHAPE_LIMIT,
         feed_limit: int = DEFAULT_FEED_LIMIT,
     ) -> None:
         self._naming = naming
         self.guard = guard
+        self._container_tag = container_tag
         self._overflow_tags = naming.series("overflow", [OVERFLOW_TAG])[1]
         self.folded_samples: dict[str, int] = {}  # per metric, since start
         self._shape_limit = shape_limit
@@ -110,11 +139,14 @@ class Aggregator:
             key = (name, tail)
             feed = feeds.get(key)
             if feed is None:
-                feed = self._feed_for(key, value)
+                feed = self._feed_for(key, value, line)
             try:
                 feed(value)
             except ValueError as error:
-                self._reject(error, line)
+                if type(error) is ValueError and b":" in value:  # float() refused "1:2:3"
+                    self._feed_each(feed, value, line)
+                else:
+                    self._reject(error, line)
 
     def swap(self) -> Snapshot:
         """Hand over this interval's data and start a fresh interval, in O(1)."""
@@ -126,15 +158,25 @@ class Aggregator:
         """Series with data in the current interval."""
         return len(self._now.series)
 
+    def _feed_each(self, feed: Feed, value: bytes, line: bytes) -> None:
+        """A DogStatsD 1.1 multi-value line: each value on its own."""
+        for part in value.split(b":"):
+            try:
+                feed(part)
+            except ValueError as error:
+                self._reject(error, line)
+
     def _reject(self, error: ValueError, line: bytes) -> None:
         reason = error.reason if isinstance(error, ParseError) else "bad value"
         now = self._now
         now.rejected[reason] = now.rejected.get(reason, 0) + 1
         now.examples.setdefault(reason, line)
 
-    def _feed_for(self, key: tuple[bytes, bytes], value: bytes) -> Feed:
+    def _feed_for(self, key: tuple[bytes, bytes], value: bytes, line: bytes) -> Feed:
         """The feed for a line shape seen for the first time this interval (the slow path)."""
         feed: Feed
+        if key[0].startswith((EVENT_PREFIX, CHECK_PREFIX)):
+            return self._special(line)
         if key[0] and not key[0].strip() and not key[1]:
             feed = _ignore
         else:
@@ -142,9 +184,8 @@ class Aggregator:
             if isinstance(resolved, ParseError):
                 feed = _rejecter(resolved.reason)
             else:
-                try:
-                    parse_value(resolved.key[0], value)
-                except ParseError as error:
+                error = _first_value_error(resolved.key[0], value)
+                if error is not None:
                     # Not cached: a series is only created by a valid value, so a series whose
                     # every line was bad is never posted (as, say, a counter of 0).
                     return _rejecter(error.reason)
@@ -153,6 +194,25 @@ class Aggregator:
             self._feeds.clear()
         self._feeds[key] = feed
         return feed
+
+    def _special(self, line: bytes) -> Feed:
+        """An event or a service check: handled whole, never cached (each line differs)."""
+        try:
+            if line.startswith(EVENT_PREFIX):
+                self._event(parse_event(line))
+            else:
+                check = parse_service_check(line)
+                tags = check.tags + ((("host", check.host),) if check.host else ())
+                name, tags = self._naming.series(check.name, tags)
+                self._guarded_feed(Resolved((Kind.GAUGE, name, tags), 1.0))(b"%d" % check.status)
+        except ParseError as error:
+            return _rejecter(error.reason)
+        return _done
+
+    def _event(self, event: Event) -> None:
+        if len(self._now.events) >= MAX_EVENTS:
+            raise ParseError("too many events in one interval")
+        self._now.events.append(event)
 
     def _guarded_feed(self, resolved: Resolved) -> Feed:
         """The series' feed, or, past the metric's tag-set budget, its overflow's feed."""
@@ -178,7 +238,7 @@ class Aggregator:
         if resolved is not None:
             return resolved
         try:
-            shape = parse_shape(*key)
+            shape = parse_shape(*key, self._container_tag)
         except ParseError as error:
             resolved = error
         else:

@@ -61,13 +61,25 @@ class Shape:
     rate: float
 
 
+Value = tuple[float | bytes, bool]  # a parsed value and whether it is a gauge delta
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One parsed line (the slow, obvious path; used by tests and the cache-miss path)."""
+    """One parsed line (the slow, obvious path; used by tests and the cache-miss path).
+
+    ``value`` and ``delta`` are the line's first value; ``more`` holds the further values of a
+    DogStatsD 1.1 multi-value line (``name:1:2:3|h``).
+    """
 
     shape: Shape
     value: float | bytes
     delta: bool = False
+    more: tuple[Value, ...] = ()
+
+    @property
+    def values(self) -> tuple[Value, ...]:
+        return ((self.value, self.delta), *self.more)
 
 
 def split_line(line: bytes) -> tuple[bytes, bytes, bytes]:
@@ -77,8 +89,12 @@ def split_line(line: bytes) -> tuple[bytes, bytes, bytes]:
     return name, value, tail
 
 
-def parse_shape(name: bytes, tail: bytes) -> Shape:
-    """Parse a line's name and tail (type, rate, tags, ignored extra fields)."""
+def parse_shape(name: bytes, tail: bytes, container_tag: str | None = None) -> Shape:
+    """Parse a line's name and tail (type, rate, tags, ignored extra fields).
+
+    With ``container_tag``, a DogStatsD 1.2 container id field (``|c:<id>``) becomes a tag of
+    that name; otherwise it is ignored like every unknown field.
+    """
     fields = tail.rstrip(b"\r\n\t ").split(b"|")
     kind = _KINDS.get(fields[0])
     if kind is None:
@@ -90,14 +106,16 @@ def parse_shape(name: bytes, tail: bytes) -> Shape:
         if head == b"@":
             rate = _parse_rate(field[1:])
         elif head == b"#":
-            tags.extend(_dogstatsd_tags(field[1:]))
+            tags.extend(_pairs(field[1:], b":", b","))
+        elif container_tag and field[:2] == b"c:" and len(field) > 2:
+            tags.append((container_tag, _decode(field[2:])))
         # Any other field (container id, timestamp, cardinality, future ones) never fails a line.
     metric, name_tags = _split_name(name)
     return Shape(kind, metric, tuple(name_tags + tags), rate)
 
 
-def parse_value(kind: Kind, raw: bytes) -> tuple[float | bytes, bool]:
-    """Parse a value for ``kind``: ``(value, is_delta)``.  Sets keep the raw member bytes."""
+def parse_value(kind: Kind, raw: bytes) -> Value:
+    """Parse one value for ``kind``: ``(value, is_delta)``.  Sets keep the raw member bytes."""
     if kind is Kind.SET:
         if not raw:
             raise ParseError("empty set member")
@@ -105,6 +123,14 @@ def parse_value(kind: Kind, raw: bytes) -> tuple[float | bytes, bool]:
     number = parse_number(raw)
     delta = kind is Kind.GAUGE and raw[:1] in (b"+", b"-")
     return number, delta
+
+
+def parse_values(kind: Kind, raw: bytes) -> list[Value]:
+    """All values of a line: several ``:``-separated ones (DogStatsD 1.1) for every type but
+    sets, whose member is the whole value, ``:`` included."""
+    if kind is Kind.SET or b":" not in raw:
+        return [parse_value(kind, raw)]
+    return [parse_value(kind, part) for part in raw.split(b":")]
 
 
 def parse_number(raw: bytes) -> float:
@@ -122,8 +148,8 @@ def parse_line(line: bytes) -> Sample:
     """Parse one complete line (no newline)."""
     name, value, tail = split_line(line)
     shape = parse_shape(name, tail)
-    parsed, delta = parse_value(shape.kind, value)
-    return Sample(shape, parsed, delta)
+    (first, delta), *more = parse_values(shape.kind, value)
+    return Sample(shape, first, delta, tuple(more))
 
 
 def iter_lines(datagram: bytes) -> list[bytes]:
@@ -146,24 +172,29 @@ def _decode(raw: bytes) -> str:
 
 
 def _split_name(raw: bytes) -> tuple[str, Tags]:
-    """The metric name, and Librato-style tags in it (``name#k=v,k2=v2``)."""
+    """The metric name and the tags written into it, in any of three dialects.
+
+    Librato / AppOptics backend ``name#k=v,k2=v2``, Graphite (etsy statsd 0.9 clients)
+    ``name;k=v;k2=v2`` and InfluxDB ``name,k=v,k2=v2``.
+    """
     base, hash_mark, librato = raw.partition(b"#")
+    tags = _pairs(librato, b"=", b",") if hash_mark else []
+    if b";" in base:
+        base, _, graphite = base.partition(b";")
+        tags = _pairs(graphite, b"=", b";") + tags
+    elif b"," in base:
+        base, _, influx = base.partition(b",")
+        tags = _pairs(influx, b"=", b",") + tags
     metric = _decode(base)
     if not metric:
         raise ParseError("empty name")
-    if not hash_mark:
-        return metric, []
-    return metric, _pairs(librato, b"=")
+    return metric, tags
 
 
-def _dogstatsd_tags(raw: bytes) -> Tags:
-    return _pairs(raw, b":")
-
-
-def _pairs(raw: bytes, separator: bytes) -> Tags:
-    """``k<sep>v,k2<sep>v2``; the value may contain the separator; empty items are skipped."""
+def _pairs(raw: bytes, separator: bytes, between: bytes) -> Tags:
+    """``k<sep>v<between>k2<sep>v2``; a value may contain ``sep``; empty items are skipped."""
     pairs: Tags = []
-    for item in raw.split(b","):
+    for item in raw.split(between):
         key, has_value, value = item.partition(separator)
         tag_key = _decode(key)
         if not tag_key:

@@ -1,0 +1,223 @@
+"""Every StatsD dialect clients send: DogStatsD 1.1/1.2 fields, events, service checks,
+Graphite and InfluxDB tags in names."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from statsd_ao.aggregator import Aggregator, Snapshot
+from statsd_ao.events import Event, ServiceCheck, parse_event, parse_service_check
+from statsd_ao.measurements import Converter, Measurement
+from statsd_ao.protocol import Kind, ParseError, parse_line
+from statsd_ao.sanitize import Naming
+
+
+def aggregate(datagram: bytes, **options: str) -> tuple[list[Measurement], Snapshot]:
+    aggregator = Aggregator(Naming({"host": "h"}), **options)  # type: ignore[arg-type]
+    aggregator.ingest(datagram)
+    snapshot = aggregator.swap()
+    return Converter([50]).convert(snapshot.series.items(), 0, 10), snapshot
+
+
+def values(measurements: list[Measurement]) -> dict[str, float]:
+    return {m["name"]: m.get("value", m.get("sum", 0.0)) for m in measurements}
+
+
+@pytest.mark.parametrize(
+    ("line", "name", "expected"),
+    [
+        (b"h:1:2:3|h", "h", 6.0),  # summary sum
+        (b"c:1:2|c", "c", 3.0),
+        (b"c:1:2|c|@0.5", "c", 6.0),
+        (b"g:5:7|g", "g", 7.0),
+        (b"s:a:b|s", "s", 1.0),  # a set member keeps its colon: one member "a:b"
+    ],
+)
+def test_multi_value_lines(line: bytes, name: str, expected: float) -> None:
+    got, snapshot = aggregate(line)
+    assert values(got)[name] == expected
+    assert not snapshot.rejected
+
+
+def test_multi_value_gauge_deltas_apply_in_order() -> None:
+    got, _ = aggregate(b"g:10|g\ng:+5:-2:+1|g")
+    assert values(got)["g"] == 14.0
+
+
+def test_multi_value_with_one_bad_value_keeps_the_others() -> None:
+    got, snapshot = aggregate(b"c:1:x:2|c")
+    assert values(got)["c"] == 3.0
+    assert snapshot.rejected == {"bad value": 1}
+
+
+def test_parse_line_returns_every_value() -> None:
+    sample = parse_line(b"t:1:2.5:3|ms")
+    assert sample.values == ((1.0, False), (2.5, False), (3.0, False))
+    assert parse_line(b"s:a:b|s").values == ((b"a:b", False),)
+
+
+@pytest.mark.parametrize(
+    ("line", "tags"),
+    [
+        (b"x;env=prod;az=b:1|c", {"env": "prod", "az": "b"}),  # Graphite (etsy statsd 0.9)
+        (b"x,env=prod,az=b:1|c", {"env": "prod", "az": "b"}),  # InfluxDB
+        (b"x#env=prod:1|c", {"env": "prod"}),  # Librato / AppOptics backend
+        (b"x;env=prod:1|c|#az:b", {"env": "prod", "az": "b"}),  # mixed with DogStatsD
+        (b"x;canary:1|c", {"canary": "true"}),
+    ],
+)
+def test_tags_written_into_the_name(line: bytes, tags: dict[str, str]) -> None:
+    sample = parse_line(line)
+    assert sample.shape.name == "x"
+    assert dict(sample.shape.tags) == tags
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"|c:abc123", b"|T1700000000", b"|e:entity", b"|card:high", b"|xyz", b"|c:", b"|"],
+)
+def test_newer_fields_never_fail_a_line(tail: bytes) -> None:
+    got, snapshot = aggregate(b"x:1|c|#a:b" + tail)
+    assert values(got) == {"x": 1.0}
+    assert not snapshot.rejected
+
+
+def test_container_id_becomes_a_tag_when_asked() -> None:
+    got, _ = aggregate(b"x:1|c|c:abc123", container_tag="container_id")
+    assert got[0]["tags"] == {"container_id": "abc123", "host": "h"}
+    plain, _ = aggregate(b"x:1|c|c:abc123")
+    assert plain[0]["tags"] == {"host": "h"}
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"_e{5,4}:Hello|text", Event("Hello", "text")),
+        (b"_e{5,6}:Hello|a|b|cd", Event("Hello", "a|b|cd")),  # lengths, not separators
+        (b"_e{2,6}:hi|l1\\nl2", Event("hi", "l1\nl2")),
+        (
+            b"_e{6,2}:deploy|ok|d:1700000000|h:web1|p:low|t:success|s:ci|#env:prod,canary",
+            Event(
+                "deploy",
+                "ok",
+                1700000000,
+                "web1",
+                "low",
+                "success",
+                "ci",
+                (("env", "prod"), ("canary", "true")),
+            ),
+        ),
+        ("_e{6,5}:héllo|ünï".encode(), Event("héllo", "ünï")),  # UTF-8 byte lengths
+    ],
+)
+def test_events(line: bytes, expected: Event) -> None:
+    assert parse_event(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"_e{5,4}:Hell|text", "bad event lengths"),
+        (b"_e{5,9}:Hello|text", "bad event lengths"),
+        (b"_e{5,2}:Hello|text", "bad event lengths"),
+        (b"_e{x,4}:Hello|text", "bad event header"),
+        (b"_e{5}:Hello|text", "bad event header"),
+        (b"_e{5,4}Hello|text", "bad event header"),
+        (b"_e{5,4}:Hello|text|d:soon", "bad timestamp"),
+    ],
+)
+def test_malformed_events(line: bytes, reason: str) -> None:
+    with pytest.raises(ParseError) as caught:
+        parse_event(line)
+    assert caught.value.reason == reason
+    _, snapshot = aggregate(line + b"\nok:1|c")
+    assert snapshot.rejected == {reason: 1}
+    assert not snapshot.events
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"_sc|db.up|0", ServiceCheck("db.up", 0)),
+        (
+            b"_sc|db.up|2|d:1700000000|h:db1|#env:prod|m:down: disk | full",
+            ServiceCheck("db.up", 2, 1700000000, "db1", "down: disk | full", (("env", "prod"),)),
+        ),
+    ],
+)
+def test_service_checks(line: bytes, expected: ServiceCheck) -> None:
+    assert parse_service_check(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"_sc|db.up|4", "unknown service check status"),
+        (b"_sc|db.up|ok", "unknown service check status"),
+        (b"_sc|db.up", "bad service check"),
+        (b"_sc||0", "bad service check"),
+        (b"_sc|db.up|1|d:yesterday", "bad timestamp"),
+    ],
+)
+def test_malformed_service_checks(line: bytes, reason: str) -> None:
+    _, snapshot = aggregate(line)
+    assert snapshot.rejected == {reason: 1}
+
+
+def test_service_check_becomes_a_gauge_of_its_status() -> None:
+    got, _ = aggregate(b"_sc|db.up|0|#env:prod\n_sc|db.up|2|h:db1|#env:prod|m:disk full")
+    by_host = {m["tags"]["host"]: m for m in got}
+    assert by_host["h"]["value"] == 0.0 and by_host["h"]["tags"]["env"] == "prod"
+    assert by_host["db1"]["value"] == 2.0  # the check's host tag wins over the global one
+
+
+def test_events_are_kept_for_the_interval_and_bounded() -> None:
+    datagram = b"\n".join(b"_e{1,1}:t|%d" % (i % 10) for i in range(1005))
+    _, snapshot = aggregate(datagram)
+    assert len(snapshot.events) == 1000
+    assert snapshot.rejected == {"too many events in one interval": 5}
+
+
+_text = st.text(
+    st.characters(blacklist_categories=["Cs", "Cc", "Zl", "Zp"], blacklist_characters="\\"),
+    min_size=1,
+    max_size=20,
+).filter(lambda s: s == s.strip())
+_key = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+_tags = st.lists(st.tuples(_key, _key), max_size=4).map(tuple)
+
+
+@given(_text, _text, st.none() | st.integers(0, 2**31), st.none() | _key, _tags)
+def test_event_round_trip(
+    title: str, text: str, ts: int | None, host: str | None, tags: tuple[tuple[str, str], ...]
+) -> None:
+    t, x = title.encode(), text.encode()
+    line = b"_e{%d,%d}:%s|%s" % (len(t), len(x), t, x)
+    line += b"|d:%d" % ts if ts is not None else b""
+    line += b"|h:" + host.encode() if host else b""
+    line += b"|#" + ",".join(f"{k}:{v}" for k, v in tags).encode() if tags else b""
+    assert parse_event(line) == Event(title, text, ts, host or None, tags=tags)
+
+
+@given(_key, st.integers(0, 3), _tags, st.none() | _text)
+def test_service_check_round_trip(
+    name: str, status: int, tags: tuple[tuple[str, str], ...], message: str | None
+) -> None:
+    line = f"_sc|{name}|{status}".encode()
+    line += b"|#" + ",".join(f"{k}:{v}" for k, v in tags).encode() if tags else b""
+    line += b"|m:" + message.encode() if message is not None else b""
+    assert parse_service_check(line) == ServiceCheck(name, status, tags=tags, message=message)
+
+
+@given(
+    st.sampled_from([b"c", b"g", b"ms", b"h", b"d"]),
+    st.lists(st.integers(-1000, 1000), min_size=1, max_size=6),
+)
+def test_multi_value_round_trip(kind: bytes, numbers: list[int]) -> None:
+    line = b"m:" + b":".join(str(abs(n)).encode() for n in numbers) + b"|" + kind
+    sample = parse_line(line)
+    assert [v for v, _ in sample.values] == [float(abs(n)) for n in numbers]
+    assert sample.shape.kind is not Kind.SET
