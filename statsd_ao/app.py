@@ -16,10 +16,11 @@ from statsd_ao.aggregator import Aggregator
 from statsd_ao.cardinality import CardinalityGuard
 from statsd_ao.config import Config
 from statsd_ao.flusher import Flusher
-from statsd_ao.listeners import UdpListener
+from statsd_ao.listeners import DatagramListener
 from statsd_ao.measurements import Converter
 from statsd_ao.sanitize import Naming
 from statsd_ao.sink import DryRunSink, HttpSink, Sink
+from statsd_ao.tcp import TcpListener
 
 log = logging.getLogger("statsd_ao")
 
@@ -44,7 +45,9 @@ async def run(config: Config) -> int:
         why = "--dry-run" if config.dry_run else "no token (set APPOPTICS_TOKEN or --token)"
         log.warning("dry run (%s): each flush's measurements are printed to stdout", why)
     guard = CardinalityGuard(config.cardinality_limit, config.cardinality_total_limit)
-    aggregator = Aggregator(Naming(config.global_tags), guard=guard)
+    aggregator = Aggregator(
+        Naming(config.global_tags), guard=guard, container_tag=config.container_tag
+    )
     sink = make_sink(config)
     flusher = Flusher(
         aggregator,
@@ -53,20 +56,34 @@ async def run(config: Config) -> int:
         interval=config.flush_interval,
         batch_size=config.batch_size,
     )
-    listener = UdpListener(config.udp, aggregator.ingest, config.rcvbuf)
+    datagrams = [
+        DatagramListener(target, aggregator.ingest, config.rcvbuf)
+        for target in (config.udp, config.unix)
+        if target is not None
+    ]
+    tcp = (
+        TcpListener(
+            config.tcp,
+            aggregator.ingest,
+            max_line=config.tcp_max_line,
+            idle_timeout=config.tcp_idle_timeout,
+        )
+        if config.tcp
+        else None
+    )
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await sink.start()
-    try:
-        listener.open(loop)
-    except OSError as error:
-        log.error("cannot listen on udp %s: %s", config.udp, error.strerror or error)
+    if not await _open_intake(loop, datagrams, tcp):
+        await _close_intake(datagrams, tcp)
         await sink.close()
         return 1
+    where = "stdout" if not config.posting else config.api_url
+    log.info("ready: flushing every %ds to %s", config.flush_interval, where)
     await flusher.run(stop)
     log.info("shutting down: final flush, then up to %gs to deliver", config.shutdown_timeout)
-    listener.close()
+    await _close_intake(datagrams, tcp)
     report = await flusher.flush_final()
     left = await sink.drain(config.shutdown_timeout)
     await sink.close()
@@ -79,3 +96,29 @@ async def run(config: Config) -> int:
         left,
     )
     return 0
+
+
+async def _open_intake(
+    loop: asyncio.AbstractEventLoop, datagrams: list[DatagramListener], tcp: TcpListener | None
+) -> bool:
+    """Open every listener; False (logged) when one cannot bind."""
+    listener: DatagramListener | TcpListener | None = None
+    try:
+        for listener in datagrams:
+            listener.open(loop)
+        if tcp is not None:
+            listener = tcp
+            await tcp.open()
+    except OSError as error:
+        where = listener.describe() if listener is not None else "?"
+        log.error("cannot listen on %s: %s", where, error.strerror or error)
+        return False
+    return True
+
+
+async def _close_intake(datagrams: list[DatagramListener], tcp: TcpListener | None) -> None:
+    """Stop every listener, taking in what was already received."""
+    for listener in datagrams:
+        listener.close()
+    if tcp is not None:
+        await tcp.close()

@@ -33,6 +33,10 @@ DEFAULT_CONCURRENCY = 4
 DEFAULT_REQUEST_TIMEOUT = 10.0
 # Kubernetes sends SIGKILL 30 s after SIGTERM by default: finish well before that.
 DEFAULT_SHUTDOWN_TIMEOUT = 20.0
+# A StatsD line longer than the largest UDP datagram is garbage, not a metric.
+DEFAULT_TCP_MAX_LINE = 65536
+# Clients keep TCP connections open between sends; one silent for 10 minutes is gone.
+DEFAULT_TCP_IDLE_TIMEOUT = 600.0
 # Requested receive buffer: ~8 MiB absorbs ~0.1 s of a 1 M lines/s burst.  The kernel caps
 # it at net.core.rmem_max; the size granted is logged.
 DEFAULT_RCVBUF = 8 * 1024 * 1024
@@ -55,7 +59,12 @@ class Address:
 class Config:
     api_url: str = DEFAULT_API_URL
     token: str | None = field(default=None, repr=False)
-    udp: Address = field(default_factory=lambda: parse_address(DEFAULT_UDP))
+    udp: Address | None = field(default_factory=lambda: parse_address(DEFAULT_UDP))
+    tcp: Address | None = None
+    unix: str | None = None
+    tcp_max_line: int = DEFAULT_TCP_MAX_LINE
+    tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+    container_tag: str | None = None
     flush_interval: int = DEFAULT_FLUSH_INTERVAL
     tags: Mapping[str, str] = field(default_factory=dict)
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
@@ -84,7 +93,9 @@ class Config:
         tags = ",".join(f"{k}={v}" for k, v in self.global_tags.items())
         percentiles = ",".join(f"{p:g}" for p in self.percentiles)
         return (
-            f"api_url={self.api_url} token={token} udp={self.udp} "
+            f"api_url={self.api_url} token={token} udp={self.udp or 'off'} "
+            f"tcp={self.tcp or 'off'} unix={self.unix or 'off'} "
+            f"container_tag={self.container_tag or 'off'} "
             f"flush_interval={self.flush_interval}s tags={tags} percentiles={percentiles} "
             f"batch_size={self.batch_size} concurrency={self.concurrency} "
             f"request_timeout={self.request_timeout:g}s "
@@ -110,6 +121,19 @@ def parse_address(text: str) -> Address:
     if not host or not 0 <= number <= 65535:
         raise ValueError(f"expected HOST:PORT with a port 0-65535, got {text!r}")
     return Address(host, number)
+
+
+def parse_listen(text: str) -> Address | None:
+    """A listen address, or None for ``off`` / an empty value (that listener is not opened)."""
+    if text.strip().lower() in ("", "off", "none", "false"):
+        return None
+    return parse_address(text)
+
+
+def parse_optional(text: str) -> str | None:
+    """A string setting that ``off`` or an empty value turns off."""
+    stripped = text.strip()
+    return None if stripped.lower() in ("", "off", "none") else stripped
 
 
 def parse_tags(items: list[str]) -> dict[str, str]:
@@ -186,7 +210,30 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("api_url", "--api-url", "STATSD_AO_API_URL", str, "AppOptics API base URL"),
     Setting("token", "--token", "APPOPTICS_TOKEN", str, "AppOptics API token (else: dry run)"),
-    Setting("udp", "--udp", "STATSD_AO_UDP", parse_address, "UDP listen address HOST:PORT"),
+    Setting("udp", "--udp", "STATSD_AO_UDP", parse_listen, "UDP listen HOST:PORT, or off"),
+    Setting("tcp", "--tcp", "STATSD_AO_TCP", parse_listen, "TCP listen HOST:PORT (default off)"),
+    Setting("unix", "--unix", "STATSD_AO_UNIX", parse_optional, "Unix datagram socket PATH"),
+    Setting(
+        "tcp_max_line",
+        "--tcp-max-line",
+        "STATSD_AO_TCP_MAX_LINE",
+        _positive_int,
+        "longest TCP line in bytes; longer ones are dropped",
+    ),
+    Setting(
+        "tcp_idle_timeout",
+        "--tcp-idle-timeout",
+        "STATSD_AO_TCP_IDLE_TIMEOUT",
+        _positive_float,
+        "seconds before an idle TCP connection is closed",
+    ),
+    Setting(
+        "container_tag",
+        "--container-tag",
+        "STATSD_AO_CONTAINER_TAG",
+        parse_optional,
+        "tag name for DogStatsD's |c:<container id> field (default: ignored)",
+    ),
     Setting(
         "flush_interval",
         "--flush-interval",
@@ -259,6 +306,8 @@ def build(
     config = Config(**values)
     if len(config.global_tags) > MAX_TAGS:
         raise ConfigError(f"--tag: at most {MAX_TAGS} global tags (host included)")
+    if not (config.udp or config.tcp or config.unix):
+        raise ConfigError("--udp, --tcp, --unix: at least one listener must be on")
     return config
 
 

@@ -1,4 +1,4 @@
-"""UDP intake: a non-blocking socket drained by a reader callback until it would block.
+"""Datagram intake (UDP, Unix datagram sockets): drained by a reader callback until EAGAIN.
 
 One readiness callback reads many datagrams (per-datagram protocol callbacks cost ~2x as
 much, see ARCHITECTURE.md), hands each to ``ingest`` synchronously and never awaits or
@@ -10,8 +10,11 @@ stays readable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
+import stat
 from collections.abc import Callable
 
 from statsd_ao.config import Address
@@ -22,13 +25,21 @@ log = logging.getLogger(__name__)
 DRAIN_LIMIT = 1000
 # The largest UDP payload, so no datagram is ever truncated.
 MAX_DATAGRAM = 65535
+# Unix socket permissions: the owner and its group may send (clients in a pod share a group
+# via fsGroup); others may not.
+UNIX_MODE = 0o660
 
 
-class UdpListener:
-    """Reads StatsD datagrams from one UDP address into ``ingest``."""
+class DatagramListener:
+    """Reads StatsD datagrams from one UDP address or Unix datagram socket into ``ingest``."""
 
-    def __init__(self, address: Address, ingest: Callable[[bytes], None], rcvbuf: int) -> None:
-        self._address = address
+    def __init__(
+        self,
+        target: Address | str,
+        ingest: Callable[[bytes], None],
+        rcvbuf: int,
+    ) -> None:
+        self._target = target  # an Address for UDP, a filesystem path for a Unix socket
         self._ingest = ingest
         self._rcvbuf = rcvbuf
         self._sock: socket.socket | None = None
@@ -36,34 +47,53 @@ class UdpListener:
         self.datagrams = 0
         self.bytes = 0
 
+    def describe(self) -> str:
+        """``udp HOST:PORT`` or ``unix PATH``, as configured."""
+        target = self._target
+        return f"udp {target}" if isinstance(target, Address) else f"unix {target}"
+
     @property
     def bound(self) -> Address:
-        """The address actually bound (the real port when 0 was asked for)."""
-        if self._sock is None:
-            raise RuntimeError("listener is not open")
+        """The UDP address actually bound (the real port when 0 was asked for)."""
+        if self._sock is None or not isinstance(self._target, Address):
+            raise RuntimeError("not an open UDP listener")
         host, port = self._sock.getsockname()[:2]
         return Address(host, port)
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind and start reading.  Raises OSError (e.g. address in use) to the caller."""
-        family = socket.AF_INET6 if ":" in self._address.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
-            sock.bind((self._address.host, self._address.port))
-        except OSError:
-            sock.close()
-            raise
+        sock = self._bind()
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self._sock, self._loop = sock, loop
         loop.add_reader(sock.fileno(), self._on_readable)
+        where = f"udp {self.bound}" if isinstance(self._target, Address) else self.describe()
         log.info(
-            "listening on udp %s (receive buffer %d bytes granted, %d asked for)",
-            self.bound,
+            "listening on %s (receive buffer %d bytes granted, %d asked for)",
+            where,
             granted,
             self._rcvbuf,
         )
+
+    def _bind(self) -> socket.socket:
+        target = self._target
+        if isinstance(target, Address):
+            family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        else:
+            _remove_stale_socket(target)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
+            if isinstance(target, Address):
+                sock.bind((target.host, target.port))
+            else:
+                sock.bind(target)
+                os.chmod(target, UNIX_MODE)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def close(self) -> None:
         """Stop reading, after taking in what the kernel already queued for us."""
@@ -74,6 +104,9 @@ class UdpListener:
             pass
         self._sock.close()
         self._sock = None
+        if isinstance(self._target, str):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._target)
 
     def _on_readable(self) -> None:
         self._drain()
@@ -96,3 +129,14 @@ class UdpListener:
         self.datagrams += count
         self.bytes += size
         return count >= DRAIN_LIMIT
+
+
+def _remove_stale_socket(path: str) -> None:
+    """A socket file left by a previous run is removed; any other file is an error."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    os.unlink(path)

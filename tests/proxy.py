@@ -1,8 +1,9 @@
 """Run the real ``statsd-ao`` program in a subprocess for end-to-end tests.
 
-The proxy binds UDP port 0; `Proxy.start` reads its stderr until the "listening on udp"
-line and takes the port from it (an event, not a sleep).  Stderr keeps being collected in
-the background so the pipe never fills; stdout (the dry run's JSON) is collected too.
+The proxy binds port 0; `Proxy.start` reads its stderr until the "ready:" line, taking
+the ports from the "listening on udp|tcp HOST:PORT" lines before it (events, not sleeps).
+Stderr keeps being collected in the background so the pipe never fills; stdout (the dry
+run's JSON) is collected too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
 
-_LISTENING = re.compile(r"listening on udp (\S+):(\d+) ")
+_LISTENING = re.compile(r"listening on (udp|tcp) (\S+):(\d+)")
+_READY = "ready: "
 START_TIMEOUT = 20.0
 
 
@@ -31,7 +33,8 @@ class Proxy:
         self.env.pop("APPOPTICS_TOKEN", None)
         self.env.update(env or {})
         self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
+        self.port = 0  # UDP
+        self.ports: dict[str, int] = {}
         self.stderr: list[str] = []
         self.stdout: list[bytes] = []
         self._readers: list[asyncio.Task[None]] = []
@@ -54,7 +57,8 @@ class Proxy:
             asyncio.create_task(self._read_stdout(self.process.stdout)),
         ]
         try:
-            self.port = await asyncio.wait_for(listening, START_TIMEOUT)
+            await asyncio.wait_for(listening, START_TIMEOUT)
+            self.port = self.ports.get("udp", 0)
         except RuntimeError:  # it exited on its own: keep its status
             await asyncio.wait_for(self.process.wait(), START_TIMEOUT)
             await asyncio.gather(*self._readers)
@@ -71,8 +75,10 @@ class Proxy:
             line = raw.decode(errors="replace").rstrip()
             self.stderr.append(line)
             match = _LISTENING.search(line)
-            if match and not listening.done():
-                listening.set_result(int(match.group(2)))
+            if match:
+                self.ports[match.group(1)] = int(match.group(3))
+            if _READY in line and not listening.done():
+                listening.set_result(0)
         if not listening.done():
             listening.set_exception(RuntimeError("proxy exited:\n" + self.log))
 
