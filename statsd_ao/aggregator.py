@@ -17,6 +17,7 @@ awaits, never allocates per datagram beyond the split.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,6 +39,11 @@ DEFAULT_FEED_LIMIT = 200_000
 # DogStatsD events kept per interval (they become annotations); past this they are dropped
 # and counted: events are for deploys and incidents, not a stream.
 MAX_EVENTS = 1000
+# DogStatsD 1.3 timestamped samples: older than this they are dropped (a past interval's
+# data waits in memory until the next flush; replaying older history is not a proxy's job),
+# and a timestamp this far ahead of our clock is refused as a client clock problem.
+DEFAULT_MAX_SAMPLE_AGE = 600.0
+FUTURE_TOLERANCE = 60.0
 # Gauge series whose last value is remembered for deltas in later intervals; past this the
 # series idle the longest are forgotten (a delta then starts from 0, as for a new gauge).
 GAUGE_MEMORY = 200_000
@@ -48,10 +54,11 @@ Feed = Callable[[bytes], None]
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
-    """A parsed and named line shape: which series, and at what sample rate."""
+    """A parsed and named line shape: which series, at what sample rate, and when if given."""
 
     key: SeriesKey
     rate: float
+    timestamp: int | None = None
 
 
 @dataclass(slots=True)
@@ -59,6 +66,8 @@ class Snapshot:
     """One interval's data, handed over by `Aggregator.swap`."""
 
     series: dict[SeriesKey, Accumulator] = field(default_factory=dict)
+    # Timestamped samples of earlier intervals, by interval start: posted with that time.
+    past: dict[int, dict[SeriesKey, Accumulator]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)
     examples: dict[str, bytes] = field(default_factory=dict)
@@ -109,12 +118,18 @@ class Aggregator:
         *,
         guard: CardinalityGuard | None = None,
         container_tag: str | None = None,
+        interval: int = 10,
+        clock: Callable[[], float] = time.time,
+        max_sample_age: float = DEFAULT_MAX_SAMPLE_AGE,
         shape_limit: int = DEFAULT_SHAPE_LIMIT,
         feed_limit: int = DEFAULT_FEED_LIMIT,
     ) -> None:
         self._naming = naming
         self.guard = guard
         self._container_tag = container_tag
+        self._interval = interval
+        self._clock = clock
+        self._max_sample_age = max_sample_age
         self._overflow_tags = naming.series("overflow", [OVERFLOW_TAG])[1]
         self.folded_samples: dict[str, int] = {}  # per metric, since start
         self._shape_limit = shape_limit
@@ -184,12 +199,15 @@ class Aggregator:
             if isinstance(resolved, ParseError):
                 feed = _rejecter(resolved.reason)
             else:
-                error = _first_value_error(resolved.key[0], value)
-                if error is not None:
+                bad = _first_value_error(resolved.key[0], value)
+                if bad is not None:
                     # Not cached: a series is only created by a valid value, so a series whose
                     # every line was bad is never posted (as, say, a counter of 0).
-                    return _rejecter(error.reason)
-                feed = self._guarded_feed(resolved)
+                    return _rejecter(bad.reason)
+                try:
+                    feed = self._guarded_feed(resolved)
+                except ParseError as error:  # a timestamp out of range: same for the key
+                    feed = _rejecter(error.reason)
         if len(self._feeds) >= self._feed_limit:
             self._feeds.clear()
         self._feeds[key] = feed
@@ -217,9 +235,10 @@ class Aggregator:
     def _guarded_feed(self, resolved: Resolved) -> Feed:
         """The series' feed, or, past the metric's tag-set budget, its overflow's feed."""
         kind, metric, tags = resolved.key
+        table = self._table_for(resolved.timestamp)
         if self.guard is None or self.guard.admit(metric, tags):
-            return self._feed_of(resolved.key, resolved.rate)
-        overflow = self._feed_of((kind, metric, self._overflow_tags), resolved.rate)
+            return self._feed_of(table, resolved.key, resolved.rate)
+        overflow = self._feed_of(table, (kind, metric, self._overflow_tags), resolved.rate)
         folded = self.folded_samples
 
         def fold(raw: bytes) -> None:
@@ -227,6 +246,20 @@ class Aggregator:
             folded[metric] = folded.get(metric, 0) + 1
 
         return fold
+
+    def _table_for(self, timestamp: int | None) -> dict[SeriesKey, Accumulator]:
+        """The series table of the interval a sample belongs to."""
+        if timestamp is None:
+            return self._now.series
+        now = self._clock()
+        if timestamp > now + FUTURE_TOLERANCE:
+            raise ParseError("timestamp in the future")
+        if now - timestamp > self._max_sample_age:
+            raise ParseError("timestamp too old")
+        stamp = timestamp - timestamp % self._interval
+        if stamp >= now - now % self._interval:
+            return self._now.series
+        return self._now.past.setdefault(stamp, {})
 
     def maintain(self) -> None:
         """Housekeeping between flushes (expire the guard's old tag sets); not the hot path."""
@@ -243,22 +276,21 @@ class Aggregator:
             resolved = error
         else:
             name, tags = self._naming.series(shape.name, shape.tags)
-            resolved = Resolved((shape.kind, name, tags), shape.rate)
+            resolved = Resolved((shape.kind, name, tags), shape.rate, shape.timestamp)
         if len(self._shapes) >= self._shape_limit:
             self._shapes.clear()
         self._shapes[key] = resolved
         return resolved
 
-    def _feed_of(self, key: SeriesKey, rate: float) -> Feed:
-        series = self._now.series
-        acc = series.get(key)
+    def _feed_of(self, table: dict[SeriesKey, Accumulator], key: SeriesKey, rate: float) -> Feed:
+        acc = table.get(key)
         if acc is None:
-            acc = series[key] = self._new_accumulator(key)
+            acc = table[key] = self._new_accumulator(key, table is self._now.series)
         if rate == 1.0:
             return acc.add
         return partial(acc.add_rated, rate)
 
-    def _new_accumulator(self, key: SeriesKey) -> Accumulator:
+    def _new_accumulator(self, key: SeriesKey, current: bool) -> Accumulator:
         kind = key[0]
         if kind is Kind.COUNTER:
             return Counter()

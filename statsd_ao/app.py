@@ -46,7 +46,10 @@ async def run(config: Config) -> int:
         log.warning("dry run (%s): each flush's measurements are printed to stdout", why)
     guard = CardinalityGuard(config.cardinality_limit, config.cardinality_total_limit)
     aggregator = Aggregator(
-        Naming(config.global_tags), guard=guard, container_tag=config.container_tag
+        Naming(config.global_tags),
+        guard=guard,
+        container_tag=config.container_tag,
+        interval=config.flush_interval,
     )
     sink = make_sink(config)
     flusher = Flusher(

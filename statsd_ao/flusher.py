@@ -104,10 +104,14 @@ class Flusher:
         snapshot = self._aggregator.swap()
         self._account(snapshot)
         measurements: list[Measurement] = []
-        items = list(snapshot.series.items())
-        for chunk in chunked(items, CONVERT_CHUNK):
-            measurements.extend(self._converter.convert(chunk, stamp, self._interval))
-            await asyncio.sleep(0)  # let the listener read between chunks
+        groups = [(stamp, snapshot.series), *sorted(snapshot.past.items())]
+        series = 0
+        for group_stamp, table in groups:
+            items = list(table.items())
+            series += len(items)
+            for chunk in chunked(items, CONVERT_CHUNK):
+                measurements.extend(self._converter.convert(chunk, group_stamp, self._interval))
+                await asyncio.sleep(0)  # let the listener read between chunks
         for batch in chunked(measurements, self._batch_size):
             self._sink.submit(batch)
         self._aggregator.maintain()
@@ -115,7 +119,7 @@ class Flusher:
         self.flushes += 1
         report = FlushReport(
             stamp,
-            len(items),
+            series,
             len(measurements),
             sum(snapshot.rejected.values()),
             time.perf_counter() - started,

@@ -59,6 +59,7 @@ class Shape:
     name: str
     tags: tuple[tuple[str, str], ...]
     rate: float
+    timestamp: int | None = None  # DogStatsD 1.3 ``|T<unix seconds>``
 
 
 Value = tuple[float | bytes, bool]  # a parsed value and whether it is a gauge delta
@@ -100,6 +101,7 @@ def parse_shape(name: bytes, tail: bytes, container_tag: str | None = None) -> S
     if kind is None:
         raise ParseError("missing type" if not fields[0] else "unknown type")
     rate = 1.0
+    timestamp = None
     tags: Tags = []
     for field in fields[1:]:
         head = field[:1]
@@ -107,11 +109,13 @@ def parse_shape(name: bytes, tail: bytes, container_tag: str | None = None) -> S
             rate = _parse_rate(field[1:])
         elif head == b"#":
             tags.extend(_pairs(field[1:], b":", b","))
+        elif head == b"T":
+            timestamp = _parse_timestamp(field[1:])
         elif container_tag and field[:2] == b"c:" and len(field) > 2:
             tags.append((container_tag, _decode(field[2:])))
         # Any other field (container id, timestamp, cardinality, future ones) never fails a line.
     metric, name_tags = _split_name(name)
-    return Shape(kind, metric, tuple(name_tags + tags), rate)
+    return Shape(kind, metric, tuple(name_tags + tags), rate, timestamp)
 
 
 def parse_value(kind: Kind, raw: bytes) -> Value:
@@ -165,6 +169,12 @@ def _parse_rate(raw: bytes) -> float:
     if not 0.0 < rate <= 1.0:  # also rejects NaN
         raise ParseError("bad sample rate")
     return rate
+
+
+def _parse_timestamp(raw: bytes) -> int:
+    if not raw.isdigit():
+        raise ParseError("bad timestamp")
+    return int(raw)
 
 
 def _decode(raw: bytes) -> str:

@@ -262,7 +262,7 @@ def test_percentile_measurements_share_tags_time_and_period() -> None:
         b"x#a=1,b=2:1|c\nx:2|c|#b:2,a:1",
         b"x#b=2:1|c|#a:1\nx:2|c|#a:1,b:2",
         b"x:1|c|#A:1,b:2\nx:2|c|#b:2,a:1",
-        b"x:1|c|#a:1,b:2|T1\nx:2|c|c:abc|#b:2,a:1",
+        b"x:1|c|#a:1,b:2|e:x\nx:2|c|c:abc|#b:2,a:1",
     ],
 )
 def test_tag_order_and_form_do_not_change_series_identity(datagram: bytes) -> None:
@@ -493,7 +493,7 @@ def lines(draw: st.DrawFn) -> bytes:
         line += b"|@" + repr(rate).encode()
     if tags and not librato:
         line += b"|#" + render_tags(tags, ":")
-    return line + draw(st.sampled_from((b"", b"|c:abc123", b"|T1700000000", b"|card:low")))
+    return line + draw(st.sampled_from((b"", b"|c:abc123", b"|e:entity", b"|card:low")))
 
 
 @st.composite

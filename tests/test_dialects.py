@@ -76,7 +76,7 @@ def test_tags_written_into_the_name(line: bytes, tags: dict[str, str]) -> None:
 
 @pytest.mark.parametrize(
     "tail",
-    [b"|c:abc123", b"|T1700000000", b"|e:entity", b"|card:high", b"|xyz", b"|c:", b"|"],
+    [b"|c:abc123", b"|e:entity", b"|card:high", b"|xyz", b"|c:", b"|"],
 )
 def test_newer_fields_never_fail_a_line(tail: bytes) -> None:
     got, snapshot = aggregate(b"x:1|c|#a:b" + tail)
@@ -221,3 +221,52 @@ def test_multi_value_round_trip(kind: bytes, numbers: list[int]) -> None:
     sample = parse_line(line)
     assert [v for v, _ in sample.values] == [float(abs(n)) for n in numbers]
     assert sample.shape.kind is not Kind.SET
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("field", "timestamp"), [(b"|T1700000000", 1700000000), (b"|T0", 0), (b"", None)]
+)
+def test_timestamp_field_is_parsed(field: bytes, timestamp: int | None) -> None:
+    assert parse_line(b"x:1|c" + field).shape.timestamp == timestamp
+
+
+@pytest.mark.parametrize("field", [b"|T", b"|Tsoon", b"|T-5", b"|T1.5"])
+def test_bad_timestamp_rejects_the_line(field: bytes) -> None:
+    with pytest.raises(ParseError, match="bad timestamp"):
+        parse_line(b"x:1|c" + field)
+
+
+def test_timestamped_samples_go_to_the_interval_of_their_timestamp() -> None:
+    now = 1_700_000_007.0  # the current interval started at ...000
+    aggregator = Aggregator(Naming({"host": "h"}), interval=10, clock=Clock(now))
+    aggregator.ingest(
+        b"\n".join(
+            [
+                b"x:1|c|T1700000003",  # this interval
+                b"x:2|c",  # no timestamp: this interval
+                b"x:4|c|T1699999995",  # the previous interval
+                b"x:8|c|T1699999700",  # five minutes ago
+                b"x:16|c|T1699990000",  # too old
+                b"x:32|c|T1700000300",  # in the future
+                b"x:64|c|T1700000030",  # slightly ahead of our clock: this interval
+            ]
+        )
+    )
+    snapshot = aggregator.swap()
+    converter = Converter()
+    current = converter.convert(snapshot.series.items(), 1_700_000_000, 10)
+    assert [m["value"] for m in current] == [1 + 2 + 64]
+    past = {
+        stamp: [m["value"] for m in converter.convert(table.items(), stamp, 10)]
+        for stamp, table in snapshot.past.items()
+    }
+    assert past == {1_699_999_990: [4.0], 1_699_999_700: [8.0]}
+    assert snapshot.rejected == {"timestamp too old": 1, "timestamp in the future": 1}

@@ -124,3 +124,14 @@ def test_run_flushes_at_ticks_until_stopped() -> None:
 
     stamps = asyncio.run(scenario())
     assert stamps[1] == stamps[0] + 1
+
+
+def test_flush_posts_timestamped_samples_under_their_own_interval() -> None:
+    clock = FakeClock(2004.0)
+    aggregator = Aggregator(Naming({"host": "h"}), interval=10, clock=clock)
+    sink = ListSink()
+    flusher = Flusher(aggregator, Converter(), sink, interval=10, batch_size=10, clock=clock)
+    aggregator.ingest(b"late:1|c|T1985\nnow:1|c")
+    asyncio.run(flusher.flush(2000))
+    stamps = {m["name"]: m["time"] for batch in sink.batches for m in batch}
+    assert stamps == {"now": 2000, "late": 1980}

@@ -176,7 +176,7 @@ def test_tag_order_is_kept_as_sent() -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    [b"|c:abc123", b"|T1700000000", b"|card:low", b"|xfoo", b"|", b"|e:1|T5|c:abc"],
+    [b"|c:abc123", b"|card:low", b"|xfoo", b"|", b"|e:1|c:abc"],
 )
 def test_unknown_extra_fields_are_ignored(extra: bytes) -> None:
     line = b"x:2|ms|@0.5|#a:b" + extra
