@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
@@ -230,6 +230,8 @@ class Aggregator:
     def _event(self, event: Event) -> None:
         if len(self._now.events) >= MAX_EVENTS:
             raise ParseError("too many events in one interval")
+        if event.timestamp is None:  # an event without d: happened when it arrived
+            event = replace(event, timestamp=int(self._clock()))
         self._now.events.append(event)
 
     def _guarded_feed(self, resolved: Resolved) -> Feed:
