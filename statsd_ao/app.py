@@ -3,7 +3,8 @@
 The only module that reads the Config; every component gets plain arguments.  Signal
 handlers only set an event.  Shutdown order: stop intake (after reading what the kernel
 already queued) -> final flush of the unfinished interval -> deliver what is pending within
-the shutdown timeout -> close.  A container stop therefore keeps the last interval.
+the shutdown timeout -> close the sink -> close the HTTP endpoint (so /ready says "not
+ready" while draining).  A container stop therefore keeps the last interval.
 """
 
 from __future__ import annotations
@@ -11,21 +12,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 from statsd_ao.aggregator import Aggregator
-from statsd_ao.cardinality import CardinalityGuard
+from statsd_ao.cardinality import WINDOW, CardinalityGuard
 from statsd_ao.config import Config
-from statsd_ao.flusher import Flusher
+from statsd_ao.flusher import Flusher, FlushReport
+from statsd_ao.health import HealthState, HttpServer, assess, cardinality_status, start_http
 from statsd_ao.listeners import DatagramListener
-from statsd_ao.measurements import Converter
+from statsd_ao.measurements import Converter, Measurement
 from statsd_ao.sanitize import Naming
-from statsd_ao.sink import DryRunSink, HttpSink, Sink
+from statsd_ao.selfmetrics import SelfMetrics, Timings, standard_metrics
+from statsd_ao.sink import DryRunSink, HttpSink
 from statsd_ao.tcp import TcpListener
 
 log = logging.getLogger("statsd_ao")
 
 
-def make_sink(config: Config) -> Sink:
+def make_sink(config: Config) -> DryRunSink | HttpSink:
     if not config.posting:
         return DryRunSink()
     assert config.token is not None
@@ -34,94 +38,200 @@ def make_sink(config: Config) -> Sink:
         config.token,
         concurrency=config.concurrency,
         timeout=config.request_timeout,
+        max_pending=config.max_pending,
+        max_age=config.max_age,
+        max_attempts=config.max_attempts,
+        resend_unconfirmed=config.resend_unconfirmed,
     )
 
 
 async def run(config: Config) -> int:
     """Run the proxy until SIGTERM or SIGINT; the process exit status."""
-    loop = asyncio.get_running_loop()
-    log.info("statsd-ao starting: %s", config.describe())
-    if not config.posting:
-        why = "--dry-run" if config.dry_run else "no token (set APPOPTICS_TOKEN or --token)"
-        log.warning("dry run (%s): each flush's measurements are printed to stdout", why)
-    guard = CardinalityGuard(config.cardinality_limit, config.cardinality_total_limit)
-    aggregator = Aggregator(
-        Naming(config.global_tags),
-        guard=guard,
-        container_tag=config.container_tag,
-        interval=config.flush_interval,
-    )
-    sink = make_sink(config)
-    flusher = Flusher(
-        aggregator,
-        Converter(config.percentiles),
-        sink,
-        interval=config.flush_interval,
-        batch_size=config.batch_size,
-    )
-    datagrams = [
-        DatagramListener(target, aggregator.ingest, config.rcvbuf)
-        for target in (config.udp, config.unix)
-        if target is not None
-    ]
-    tcp = (
-        TcpListener(
-            config.tcp,
-            aggregator.ingest,
-            max_line=config.tcp_max_line,
-            idle_timeout=config.tcp_idle_timeout,
+    return await App(config).run()
+
+
+class App:
+    """The proxy's components, wired from one Config, and their lifecycle."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        # Tag sets free their slot an hour plus an interval after they were last seen, so the
+        # hour the API counts by measurement time (interval starts) is respected.
+        window = WINDOW + config.flush_interval
+        self.guard = CardinalityGuard(
+            config.cardinality_limit, config.cardinality_total_limit, window=window
         )
-        if config.tcp
-        else None
-    )
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await sink.start()
-    if not await _open_intake(loop, datagrams, tcp):
-        await _close_intake(datagrams, tcp)
-        await sink.close()
-        return 1
-    where = "stdout" if not config.posting else config.api_url
-    log.info("ready: flushing every %ds to %s", config.flush_interval, where)
-    await flusher.run(stop)
-    log.info("shutting down: final flush, then up to %gs to deliver", config.shutdown_timeout)
-    await _close_intake(datagrams, tcp)
-    report = await flusher.flush_final()
-    left = await sink.drain(config.shutdown_timeout)
-    await sink.close()
-    if left:
-        log.error("shutdown: %d measurements could not be delivered", left)
-    log.info(
-        "stopped: %d lines received, final flush of %d measurements, %d undelivered",
-        flusher.lines,
-        report.measurements,
-        left,
-    )
-    return 0
+        self.aggregator = Aggregator(
+            Naming(config.global_tags),
+            guard=self.guard,
+            container_tag=config.container_tag,
+            interval=config.flush_interval,
+        )
+        self.converter = Converter(config.percentiles)
+        self.sink = make_sink(config)
+        self.flusher = Flusher(
+            self.aggregator,
+            self.converter,
+            self.sink,
+            interval=config.flush_interval,
+            batch_size=config.batch_size,
+        )
+        self.datagrams = [
+            DatagramListener(target, self.aggregator.ingest, config.rcvbuf)
+            for target in (config.udp, config.unix)
+            if target is not None
+        ]
+        self.tcp = (
+            TcpListener(
+                config.tcp,
+                self.aggregator.ingest,
+                max_line=config.tcp_max_line,
+                idle_timeout=config.tcp_idle_timeout,
+            )
+            if config.tcp
+            else None
+        )
+        self.stop = asyncio.Event()
+        self.flush_timings = Timings()
+        self.last_report: FlushReport | None = None
+        self.last_flush_at = time.monotonic()
+        self.listening = False
+        self.sink_open = False
+        self.metrics: SelfMetrics | None = None
+        self.http: HttpServer | None = None
 
+    async def run(self) -> int:
+        if not await self.start():
+            return 1
+        await self.flusher.run(self.stop)
+        return await self.shutdown()
 
-async def _open_intake(
-    loop: asyncio.AbstractEventLoop, datagrams: list[DatagramListener], tcp: TcpListener | None
-) -> bool:
-    """Open every listener; False (logged) when one cannot bind."""
-    listener: DatagramListener | TcpListener | None = None
-    try:
-        for listener in datagrams:
-            listener.open(loop)
-        if tcp is not None:
-            listener = tcp
-            await tcp.open()
-    except OSError as error:
-        where = listener.describe() if listener is not None else "?"
-        log.error("cannot listen on %s: %s", where, error.strerror or error)
-        return False
-    return True
+    async def start(self) -> bool:
+        """Open everything; False (logged, closed again) when a listener cannot bind."""
+        config = self.config
+        log.info("statsd-ao starting: %s", config.describe())
+        if not config.posting:
+            why = "--dry-run" if config.dry_run else "no token (set APPOPTICS_TOKEN or --token)"
+            log.warning("dry run (%s): each flush's measurements are printed to stdout", why)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop.set)
+        await self.sink.start()
+        self.sink_open = True
+        if not await self._open_intake(loop):
+            await self._close_intake()
+            await self.sink.close()
+            return False
+        self.listening = True
+        self._observe()
+        if config.http is not None and not await self._start_http():
+            await self._close_intake()
+            await self.sink.close()
+            return False
+        where = "stdout" if not config.posting else config.api_url
+        log.info("ready: flushing every %ds to %s", config.flush_interval, where)
+        return True
 
+    async def shutdown(self) -> int:
+        config = self.config
+        log.info("shutting down: final flush, then up to %gs to deliver", config.shutdown_timeout)
+        await self._close_intake()
+        self.listening = False
+        report = await self.flusher.flush_final()
+        self.sink_open = False
+        left = await self.sink.drain(config.shutdown_timeout)
+        await self.sink.close()
+        if self.http is not None:
+            await self.http.close()
+        if left:
+            log.error("shutdown: %d measurements could not be delivered", left)
+        log.info(
+            "stopped: %d lines received, final flush of %d measurements, %d undelivered",
+            self.flusher.lines,
+            report.measurements,
+            left,
+        )
+        return 0
 
-async def _close_intake(datagrams: list[DatagramListener], tcp: TcpListener | None) -> None:
-    """Stop every listener, taking in what was already received."""
-    for listener in datagrams:
-        listener.close()
-    if tcp is not None:
-        await tcp.close()
+    async def _open_intake(self, loop: asyncio.AbstractEventLoop) -> bool:
+        listener: DatagramListener | TcpListener | None = None
+        try:
+            for listener in self.datagrams:
+                listener.open(loop)
+            if self.tcp is not None:
+                listener = self.tcp
+                await self.tcp.open()
+        except OSError as error:
+            where = listener.describe() if listener is not None else "?"
+            log.error("cannot listen on %s: %s", where, error.strerror or error)
+            return False
+        return True
+
+    async def _close_intake(self) -> None:
+        """Stop every listener, taking in what was already received."""
+        for listener in self.datagrams:
+            listener.close()
+        if self.tcp is not None:
+            await self.tcp.close()
+
+    async def _start_http(self) -> bool:
+        address = self.config.http
+        assert address is not None
+        try:
+            self.http = await start_http(
+                address.host,
+                address.port,
+                health=self._health,
+                metrics_text=self._metrics_text,
+                status=self._status,
+            )
+        except OSError as error:
+            log.error("cannot listen on http %s: %s", address, error.strerror or error)
+            return False
+        log.info(
+            "http endpoint on %s:%d (/health /ready /metrics /status)", address.host, self.http.port
+        )
+        return True
+
+    def _observe(self) -> None:
+        """Self-metrics and flush hooks, once the listeners are bound."""
+        udp = next((d for d in self.datagrams if d.is_udp), None)
+        self.metrics = standard_metrics(
+            self.config.global_tags,
+            listener=udp,
+            udp_port=udp.bound.port if udp is not None else None,
+            flusher=self.flusher,
+            aggregator=self.aggregator,
+            converter=self.converter,
+            sink=self.sink if isinstance(self.sink, HttpSink) else None,
+            series_active=lambda: self.last_report.series if self.last_report else None,
+            flush_duration=self.flush_timings.distribution,
+        )
+        self.flusher.on_flush = self._flushed
+        if self.config.self_metrics:
+            self.flusher.extra = self._self_measurements
+
+    def _flushed(self, report: FlushReport) -> None:
+        self.last_report = report
+        self.last_flush_at = time.monotonic()
+        self.flush_timings.observe(report.seconds)
+
+    def _self_measurements(self, stamp: int, period: int) -> list[Measurement]:
+        assert self.metrics is not None
+        return self.metrics.measurements(stamp, period)
+
+    def _health(self) -> HealthState:
+        return assess(
+            listening=self.listening,
+            sink_open=self.sink_open and self.sink.is_open,
+            since_flush=time.monotonic() - self.last_flush_at,
+            flush_interval=self.config.flush_interval,
+        )
+
+    def _metrics_text(self) -> str:
+        return self.metrics.prometheus() if self.metrics is not None else ""
+
+    def _status(self) -> dict[str, object]:
+        status = cardinality_status(self.guard.tag_sets())
+        status["over_budget"] = [vars(o) for o in self.guard.offenders()]
+        return status

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 # AppOptics' documented ceiling per metric per hour.
@@ -88,6 +88,12 @@ class CardinalityGuard:
         seen[tags] = now
         self._total += 1
         return True
+
+    def tag_sets(self) -> Iterator[tuple[str, Tags]]:
+        """Every ``(metric, tags)`` counted in the window (for the status page)."""
+        for metric, seen in self._seen.items():
+            for tags in seen:
+                yield metric, tags
 
     def count(self, metric: str) -> int:
         """Ordinary tag sets of ``metric`` in the window (the overflow series not included)."""

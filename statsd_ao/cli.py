@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ import uvloop
 from statsd_ao import __version__
 from statsd_ao.app import run
 from statsd_ao.config import SETTINGS, ConfigError, build
+from statsd_ao.logs import configure
 
 EXIT_CONFIG = 2
 
@@ -26,6 +26,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"statsd-ao {__version__}")
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration, print it (token redacted) and exit",
+    )
     for setting in SETTINGS:
         help_text = f"{setting.help} [env {setting.env}]"
         if setting.name == "dry_run":
@@ -39,17 +44,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     flags = {s.name: getattr(args, s.name) for s in SETTINGS}
     try:
         config = build(flags, config_file=args.config)
     except ConfigError as error:
         print(f"statsd-ao: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.check_config:
+        print(f"configuration OK: {config.describe()}")
+        return 0
+    configure(args.log_level, config.log_format == "json")
     return uvloop.run(run(config))
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from statsd_ao.batching import DEFAULT_BATCH, MAX_BATCH
 from statsd_ao.cardinality import DEFAULT_LIMIT, DEFAULT_TOTAL_LIMIT
+from statsd_ao.outbox import MAX_PENDING
+from statsd_ao.retry import MAX_AGE, MAX_ATTEMPTS
 from statsd_ao.sanitize import MAX_TAGS
 
 DEFAULT_API_URL = "https://api.appoptics.com"
@@ -65,6 +67,13 @@ class Config:
     tcp_max_line: int = DEFAULT_TCP_MAX_LINE
     tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
     container_tag: str | None = None
+    http: Address | None = None
+    max_pending: int = MAX_PENDING
+    max_age: float = MAX_AGE
+    max_attempts: int = MAX_ATTEMPTS
+    resend_unconfirmed: bool = True
+    self_metrics: bool = True
+    log_format: str = "text"
     flush_interval: int = DEFAULT_FLUSH_INTERVAL
     tags: Mapping[str, str] = field(default_factory=dict)
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
@@ -95,11 +104,14 @@ class Config:
         return (
             f"api_url={self.api_url} token={token} udp={self.udp or 'off'} "
             f"tcp={self.tcp or 'off'} unix={self.unix or 'off'} "
-            f"container_tag={self.container_tag or 'off'} "
+            f"container_tag={self.container_tag or 'off'} http={self.http or 'off'} "
+            f"self_metrics={'on' if self.self_metrics else 'off'} log_format={self.log_format} "
             f"flush_interval={self.flush_interval}s tags={tags} percentiles={percentiles} "
             f"batch_size={self.batch_size} concurrency={self.concurrency} "
             f"request_timeout={self.request_timeout:g}s "
             f"shutdown_timeout={self.shutdown_timeout:g}s rcvbuf={self.rcvbuf} "
+            f"max_pending={self.max_pending} max_age={self.max_age:g}s "
+            f"max_attempts={self.max_attempts} resend_unconfirmed={self.resend_unconfirmed} "
             f"cardinality_limit={self.cardinality_limit} "
             f"cardinality_total_limit={self.cardinality_total_limit} "
             f"dry_run={not self.posting}"
@@ -187,6 +199,13 @@ def _batch_size(text: str) -> int:
     return value
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {text!r}")
+    return value
+
+
 def _boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -227,6 +246,49 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_float,
         "seconds before an idle TCP connection is closed",
     ),
+    Setting(
+        "max_pending",
+        "--max-pending",
+        "STATSD_AO_MAX_PENDING",
+        _positive_int,
+        "measurements kept for delivery while the API is down (oldest dropped past it)",
+    ),
+    Setting(
+        "max_age",
+        "--max-age",
+        "STATSD_AO_MAX_AGE",
+        _positive_float,
+        "seconds a batch may wait for delivery before it is dropped as too old",
+    ),
+    Setting(
+        "max_attempts",
+        "--max-attempts",
+        "STATSD_AO_MAX_ATTEMPTS",
+        _positive_int,
+        "posts of one batch before it is given up",
+    ),
+    Setting(
+        "resend_unconfirmed",
+        "--resend-unconfirmed",
+        "STATSD_AO_RESEND_UNCONFIRMED",
+        _boolean,
+        "re-send a post that got no answer (true: no loss, rare duplicates; false: the reverse)",
+    ),
+    Setting(
+        "http",
+        "--http",
+        "STATSD_AO_HTTP",
+        parse_listen,
+        "HTTP HOST:PORT for /health /ready /metrics /status (default off)",
+    ),
+    Setting(
+        "self_metrics",
+        "--self-metrics",
+        "STATSD_AO_SELF_METRICS",
+        _boolean,
+        "post statsd_ao.* self-metrics (on/off, default on)",
+    ),
+    Setting("log_format", "--log-format", "STATSD_AO_LOG_FORMAT", _log_format, "text or json logs"),
     Setting(
         "container_tag",
         "--container-tag",
@@ -306,6 +368,8 @@ def build(
     config = Config(**values)
     if len(config.global_tags) > MAX_TAGS:
         raise ConfigError(f"--tag: at most {MAX_TAGS} global tags (host included)")
+    if config.max_pending < config.batch_size:
+        raise ConfigError("--max-pending: must hold at least one batch (--batch-size)")
     if not (config.udp or config.tcp or config.unix):
         raise ConfigError("--udp, --tcp, --unix: at least one listener must be on")
     return config

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from statsd_ao.aggregator import Aggregator, Snapshot
@@ -73,6 +73,10 @@ class Flusher:
         self.rejected: dict[str, int] = {}
         self._folds_seen = 0
         self._fold_log = RateLimitedLog(log, FOLD_LOG_INTERVAL)
+        # Hooks set by the app: measurements added to each flush (self-metrics), and a
+        # callback with each flush's report.
+        self.extra: Callable[[int, int], Sequence[Measurement]] | None = None
+        self.on_flush: Callable[[FlushReport], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush at every tick until ``stop`` is set (the final flush is `flush_final`)."""
@@ -112,6 +116,8 @@ class Flusher:
             for chunk in chunked(items, CONVERT_CHUNK):
                 measurements.extend(self._converter.convert(chunk, group_stamp, self._interval))
                 await asyncio.sleep(0)  # let the listener read between chunks
+        if self.extra is not None:
+            measurements.extend(self.extra(stamp, self._interval))
         for batch in chunked(measurements, self._batch_size):
             self._sink.submit(batch)
         self._aggregator.maintain()
@@ -125,6 +131,8 @@ class Flusher:
             time.perf_counter() - started,
         )
         log.debug("flush %s", report)
+        if self.on_flush is not None:
+            self.on_flush(report)
         return report
 
     def _account(self, snapshot: Snapshot) -> None:

@@ -47,6 +47,10 @@ class DatagramListener:
         self.datagrams = 0
         self.bytes = 0
 
+    @property
+    def is_udp(self) -> bool:
+        return isinstance(self._target, Address)
+
     def describe(self) -> str:
         """``udp HOST:PORT`` or ``unix PATH``, as configured."""
         target = self._target

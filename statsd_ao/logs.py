@@ -6,6 +6,8 @@ import logging
 import time
 from collections.abc import Callable
 
+import orjson
+
 
 class RateLimitedLog:
     """Logs a message for a key at most once per ``interval`` seconds; counts the rest.
@@ -45,3 +47,31 @@ class RateLimitedLog:
             args = (*args, suppressed)
         self._logger.log(level, message, *args)
         return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors: time, level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure(level: str, json_format: bool) -> None:
+    """Logs go to stderr, as text or JSON lines, with UTC timestamps."""
+    handler = logging.StreamHandler()
+    if json_format:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.Formatter.converter = time.gmtime
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

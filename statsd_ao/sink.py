@@ -1,8 +1,17 @@
 """Where measurements go: the AppOptics API (aiohttp), or stdout in a dry run.
 
-`HttpSink` keeps one aiohttp session (basic auth with the token, JSON content type) and a
-fixed number of worker tasks, so at most ``concurrency`` posts are in flight.  `submit` only
-enqueues; it never awaits, so a flush never waits for the network.
+`HttpSink` theory of operation.  `submit` encodes a batch once and queues it in the
+`Outbox` (bounded by measurements; when full, the oldest data is dropped and counted); it
+never awaits, so a flush never waits for the network.  One dispatcher task starts posts
+while the `Gate` allows (at most ``concurrency`` in flight, one while the API is failing)
+and sleeps until the next parcel is ready, the gate opens, a parcel expires, or something
+changes.  Each post's answer goes through `statsd_ao.retry`: delivered, partly delivered
+(the refused part is counted, nothing is re-sent), split in two (a 400 that judged no
+measurement), rejected, or posted again later within the batch's bounds.  `drain` gives the
+rest a deadline; whatever is still pending then is counted as lost at shutdown.
+
+Every measurement handed to `submit` ends up in exactly one of: `posted`, a reason in
+`lost`, or `pending`.  The counters are plain attributes for self-metrics.
 """
 
 from __future__ import annotations
@@ -10,20 +19,57 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import logging
+import random as _random
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import IO, Protocol
 
 import aiohttp
+import orjson
 
 from statsd_ao.batching import encode
 from statsd_ao.logs import RateLimitedLog
 from statsd_ao.measurements import Measurement
+from statsd_ao.outbox import MAX_PENDING, Outbox, Parcel
+from statsd_ao.retry import (
+    ANSWERED,
+    DEFAULT_BACKOFF,
+    DENIED_BACKOFF,
+    MAX_AGE,
+    MAX_ATTEMPTS,
+    Answer,
+    Backoff,
+    Gate,
+    GiveUp,
+    Kind,
+    Loss,
+    Policy,
+    Verdict,
+    classify,
+)
 
 log = logging.getLogger(__name__)
 
 Batch = Sequence[Measurement]
+
+# While draining at shutdown our own backoff waits at most a second (waits the API asks for
+# are still honoured): the deadline is short, and an API coming back should get the data.
+DRAIN_BACKOFF_CAP = 1.0
+# At most one log line per kind of trouble this often; the next one says how many were
+# suppressed.  Counters carry the exact numbers.
+LOG_INTERVAL = 10.0
+# A post that got no answer after it was sent may have been stored.  Re-sending it risks a
+# duplicate point; not re-sending risks losing it.  We re-send (docs/delivery.md, "Never
+# two copies") and count those measurements in `HttpSink.unconfirmed`.
+RESEND_UNCONFIRMED = True
+# Errors before any byte of the request left: a re-send can never be a duplicate.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# Reasons from the API quoted in one log line.
+QUOTED_ERRORS = 3
 
 
 class Sink(Protocol):
@@ -47,6 +93,10 @@ class DryRunSink:
         self._stream = stream if stream is not None else sys.stdout.buffer
         self.measurements = 0
 
+    @property
+    def is_open(self) -> bool:
+        return True  # stdout is always there
+
     async def start(self) -> None:
         return None
 
@@ -68,67 +118,336 @@ def basic_auth(token: str) -> str:
 
 
 class HttpSink:
-    """Posts batches to ``<api_url>/v1/measurements`` with bounded concurrency."""
+    """Posts batches to ``<api_url>/v1/measurements``; retries, splits, buffers, counts.
 
-    def __init__(self, api_url: str, token: str, *, concurrency: int, timeout: float) -> None:
+    ``max_pending`` bounds the measurements held (queued and in flight); ``max_age`` (seconds
+    since `submit`) and ``max_attempts`` bound each batch (see `statsd_ao.retry`).
+    ``random``, ``clock`` (monotonic, for scheduling and ages) and ``wall`` (epoch seconds,
+    for HTTP dates and rate-limit resets) are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        *,
+        concurrency: int,
+        timeout: float,
+        max_pending: int = MAX_PENDING,
+        max_age: float = MAX_AGE,
+        max_attempts: int = MAX_ATTEMPTS,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        denied_backoff: Backoff = DENIED_BACKOFF,
+        resend_unconfirmed: bool = RESEND_UNCONFIRMED,
+        random: Callable[[], float] = _random.random,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._url = api_url.rstrip("/") + "/v1/measurements"
         self._token = token
         self._concurrency = concurrency
         self._timeout = timeout
-        self._queue: asyncio.Queue[Batch] = asyncio.Queue()
-        self._workers: list[asyncio.Task[None]] = []
+        self._policy = Policy(backoff, max_attempts, max_age)
+        self._gate = Gate(backoff, denied_backoff, random)
+        self._denied_cap = denied_backoff.cap
+        self._outbox = Outbox(max_pending)
+        self._resend_unconfirmed = resend_unconfirmed
+        self._random = random
+        self._clock = clock
+        self._wall = wall
+        self._seq = itertools.count()
         self._session: aiohttp.ClientSession | None = None
-        self._errors = RateLimitedLog(log, interval=10.0)
-        self.pending = 0  # measurements queued or in flight
-        self.posted = 0
-        self.failed = 0
-        self.outcomes: dict[str, int] = {}
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._posts: set[asyncio.Task[None]] = set()
+        self._flying = 0  # posts started and not finished
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = False
+        self._deadline = 0.0
+        self._closed = False
+        self._log = RateLimitedLog(log, interval=LOG_INTERVAL)
+        self.posted = 0  # measurements the API confirmed it stored
+        self.lost: dict[str, int] = {}  # measurements given up, by `Loss` reason
+        self.outcomes: dict[str, int] = {}  # posts by answer: "202", "503", "TimeoutError"
+        self.retries = 0  # posts queued again after a failure
+        self.splits = 0  # batches split in two after a 400 that judged no measurement
+        # Measurements re-sent after a post that got no answer although it was sent: an
+        # upper bound on the duplicates AppOptics may hold.
+        self.unconfirmed = 0
+
+    @property
+    def pending(self) -> int:
+        """Measurements queued or in flight."""
+        return self._outbox.pending
+
+    @property
+    def is_open(self) -> bool:
+        """Started and not shutting down: able to post (for the readiness check)."""
+        return self._session is not None and not (self._draining or self._closed)
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
             headers={"Authorization": basic_auth(self._token), "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=self._timeout),
         )
-        self._workers = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
+        self._dispatcher = asyncio.create_task(self._dispatch())
+        self._dispatcher.add_done_callback(_report_crash)
 
     def submit(self, batch: Batch) -> None:
-        self.pending += len(batch)
-        self._queue.put_nowait(batch)
+        if not batch:
+            return
+        if self._closed:
+            self._lose(Loss.SHUTDOWN, len(batch))
+            return
+        now = self._clock()
+        expires = now + self._policy.max_age
+        self._queue(Parcel(encode(batch), len(batch), expires, next(self._seq), not_before=now))
+        self._changed()
 
     async def drain(self, timeout: float) -> int:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout)
-        return self.pending
+        """Deliver what is pending within ``timeout`` seconds, then stop.  Returns the
+        measurements left undelivered, which are counted as lost at shutdown.
+
+        Ends early once nothing more can be delivered in time: the API denied the token,
+        or it asked for a wait past the deadline."""
+        if not self._closed and self._dispatcher is not None:
+            self._draining = True
+            now = self._clock()
+            self._deadline = now + timeout
+            self._gate.hurry(now, DRAIN_BACKOFF_CAP)
+            self._outbox.hurry(now + DRAIN_BACKOFF_CAP)
+            self._changed()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._idle.wait()
+        return await self._stop()
 
     async def close(self) -> None:
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self._stop()
         if self._session is not None:
-            await self._session.close()
+            session, self._session = self._session, None
+            await session.close()
 
-    async def _work(self) -> None:
+    # -- scheduling ---------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        """Start every post the gate allows, then sleep until something may change that."""
         while True:
-            batch = await self._queue.get()
-            try:
-                await self._post(batch)
-            finally:
-                self.pending -= len(batch)
-                self._queue.task_done()
+            self._wake.clear()
+            now = self._clock()
+            for expired in self._outbox.expire(now):
+                self._lose(Loss.TOO_OLD, expired.count)
+            while self._room() and self._gate.is_open(now):
+                parcel = self._outbox.take(now)
+                if parcel is None:
+                    break
+                self._launch(parcel)
+            self._update_idle()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._sleep(now))
 
-    async def _post(self, batch: Batch) -> None:
+    def _room(self) -> bool:
+        return self._flying < self._gate.limit(self._concurrency)
+
+    def _sleep(self, now: float) -> float | None:
+        """Seconds until the next expiry or, with room for a post, the next possible one.
+        None: nothing is queued, and only a submit or a finished post can change that."""
+        expiry, ready = self._outbox.next_expiry(), self._outbox.next_ready()
+        if expiry is None or ready is None:
+            return None
+        when = min(expiry, max(self._gate.open_at, ready)) if self._room() else expiry
+        return max(when - now, 0.0)
+
+    def _launch(self, parcel: Parcel) -> None:
+        self._flying += 1
+        task = asyncio.create_task(self._deliver(parcel, charged=not self._gate.probing))
+        self._posts.add(task)
+        task.add_done_callback(self._posts.discard)
+
+    def _changed(self) -> None:
+        self._wake.set()
+        self._update_idle()
+
+    def _update_idle(self) -> None:
+        """``_idle`` is what `drain` waits for: nothing pending, or nothing deliverable."""
+        if self._outbox.pending and not self._hopeless():
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    def _hopeless(self) -> bool:
+        """Draining, nothing in flight, and the gate stays shut until the deadline."""
+        if not self._draining or self._flying:
+            return False
+        return self._gate.denied or self._gate.open_at >= self._deadline
+
+    # -- one post -----------------------------------------------------------------------
+
+    async def _deliver(self, parcel: Parcel, *, charged: bool) -> None:
+        """One post and what follows from it.  Cancelled (at the drain deadline), the parcel
+        stays in flight, and `_stop` counts it."""
+        settled = False
+        try:
+            answer = await self._post(parcel.body)
+            self._outbox.settle(parcel)
+            settled = True
+            self._settle(parcel, answer, charged=charged)
+        except Exception:  # a bug in this module: say so loudly, count the data, go on
+            log.exception("internal error delivering %d measurements", parcel.count)
+            if not settled:
+                self._outbox.settle(parcel)
+            self._lose(Loss.INTERNAL, parcel.count)
+        finally:
+            self._flying -= 1
+            self._changed()
+
+    async def _post(self, body: bytes) -> Answer:
+        """Post one body; every network failure becomes an `Answer`, never an exception."""
         assert self._session is not None
         try:
-            async with self._session.post(self._url, data=encode(batch)) as response:
-                body = await response.read()
-                outcome = str(response.status)
+            async with self._session.post(self._url, data=body) as response:
+                headers = {name.lower(): value for name, value in response.headers.items()}
+                try:
+                    raw = await response.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    raw = b""  # the status line and headers already say what happened
+                return Answer(response.status, headers, raw)
+        except _NOT_SENT as error:
+            return Answer(error=type(error).__name__)
         except (aiohttp.ClientError, TimeoutError) as error:
-            outcome, body = type(error).__name__, b""
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        if outcome.startswith("2"):
-            self.posted += len(batch)
+            # Conservative: any failure once connected may have followed a complete send.
+            return Answer(error=type(error).__name__, sent=True)
+
+    def _settle(self, parcel: Parcel, answer: Answer, *, charged: bool) -> None:
+        now = self._clock()
+        verdict = classify(answer, parcel.count, self._wall())
+        self.outcomes[answer.label] = self.outcomes.get(answer.label, 0) + 1
+        failures = self._gate.failures
+        self._gate.record(verdict, now)
+        if failures and verdict.kind in ANSWERED:
+            self._log.log(
+                logging.INFO,
+                "recovered",
+                "AppOptics answers again after %d failed posts; %d measurements pending",
+                failures,
+                self.pending,
+            )
+        match verdict.kind:
+            case Kind.DELIVERED:
+                self.posted += parcel.count
+            case Kind.PARTIAL:
+                self.posted += verdict.accepted
+                self._lose(Loss.REJECTED, verdict.refused, verdict.errors)
+            case Kind.REJECTED:
+                self._lose(Loss.REJECTED, parcel.count, verdict.errors)
+            case Kind.SPLIT:
+                self._split(parcel, verdict, now)
+            case _:
+                self._retry(parcel, answer, charged and verdict.kind is Kind.TRANSIENT, now)
+                self._report_failure(parcel, answer, verdict)
+
+    def _split(self, parcel: Parcel, verdict: Verdict, now: float) -> None:
+        """Bisect a batch the API refused as a whole: the halves without a bad measurement
+        are stored, and the search narrows down to the bad ones (about 2*log2(n) posts)."""
+        if parcel.count == 1:
+            self._lose(Loss.REJECTED, 1, verdict.errors)
             return
-        self.failed += len(batch)
-        self._errors.warning(
-            outcome, "post of %d measurements failed: %s %s", len(batch), outcome, body[:300]
+        measurements = orjson.loads(parcel.body)["measurements"]
+        middle = len(measurements) // 2
+        self.splits += 1
+        for half in (measurements[:middle], measurements[middle:]):
+            self._queue(replace(parcel, body=encode(half), count=len(half), not_before=now))
+
+    def _retry(self, parcel: Parcel, answer: Answer, charged: bool, now: float) -> None:
+        if answer.unconfirmed and not self._resend_unconfirmed:
+            self._lose(Loss.UNCONFIRMED, parcel.count)
+            return
+        decision = self._policy.after_failure(
+            parcel.attempts,
+            parcel.expires,
+            now,
+            charged=charged,
+            random=self._random,
+            max_delay=DRAIN_BACKOFF_CAP if self._draining else None,
         )
+        if isinstance(decision, GiveUp):
+            self._lose(decision.reason, parcel.count)
+            return
+        self.retries += 1
+        self.unconfirmed += parcel.count if answer.unconfirmed else 0
+        self._queue(parcel.retry(decision.at, decision.attempts))
+
+    def _queue(self, parcel: Parcel) -> None:
+        for evicted in self._outbox.put(parcel):
+            self._lose(Loss.BUFFER_FULL, evicted.count)
+
+    # -- accounting ---------------------------------------------------------------------
+
+    def _lose(self, reason: Loss, count: int, errors: Sequence[str] = ()) -> None:
+        if count <= 0:
+            return
+        self.lost[reason.value] = self.lost.get(reason.value, 0) + count
+        quoted = "; ".join(errors[:QUOTED_ERRORS])
+        self._log.warning(
+            f"lost:{reason}",
+            "gave up %d measurements (%s)%s; %d lost for this reason so far",
+            count,
+            reason,
+            f": {quoted}" if quoted else "",
+            self.lost[reason.value],
+        )
+
+    def _report_failure(self, parcel: Parcel, answer: Answer, verdict: Verdict) -> None:
+        detail = "; ".join(verdict.errors[:QUOTED_ERRORS]) or answer.body[:200].decode(
+            errors="replace"
+        )
+        if verdict.kind is Kind.DENIED:
+            self._log.error(
+                "denied",
+                "AppOptics refused the post (%s %s): check the token (APPOPTICS_TOKEN or "
+                "--token) and the account; holding %d measurements for up to %gs, "
+                "trying again with a backoff of up to %gs",
+                answer.label,
+                detail,
+                self.pending,
+                self._policy.max_age,
+                self._denied_cap,
+            )
+            return
+        self._log.warning(
+            f"failed:{verdict.kind}",
+            "post of %d measurements failed (%s%s); %d measurements pending",
+            parcel.count,
+            answer.label,
+            f" {detail}" if detail else "",
+            self.pending,
+        )
+
+    async def _stop(self) -> int:
+        """Cancel the dispatcher and posts in flight; count what is left as lost."""
+        if self._closed:
+            return 0
+        self._closed = True
+        tasks = [*self._posts, *([self._dispatcher] if self._dispatcher else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        left = self._outbox.abandon()
+        if left:
+            self._lose(Loss.SHUTDOWN, left)
+        log.info(
+            "delivery: %d measurements posted, lost %s, %d retries, %d splits, %d unconfirmed",
+            self.posted,
+            dict(self.lost) or "none",
+            self.retries,
+            self.splits,
+            self.unconfirmed,
+        )
+        self._changed()
+        return left
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the delivery dispatcher stopped", exc_info=task.exception())

@@ -29,6 +29,8 @@ class Proxy:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = ["--udp", "127.0.0.1:0", *args]
+        if "--self-metrics" not in args:  # tests assert exact contents unless they ask
+            self.args += ["--self-metrics", "off"]
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("STATSD_AO_")}
         self.env.pop("APPOPTICS_TOKEN", None)
         self.env.update(env or {})

@@ -34,9 +34,6 @@ EXPECTED_KINDS = {
     "daemonset.yaml": ["DaemonSet", "Service"],
     "secret.example.yaml": ["Secret"],
 }
-# Variables the manifests use before config.py declares them: STATSD_AO_HTTP (the HTTP
-# endpoint, issue 8) is being added.  Remove it from here once it is in SETTINGS.
-NOT_YET_IN_SETTINGS = {"STATSD_AO_HTTP": parse_address}
 OUR_PREFIXES = ("STATSD_AO_", "APPOPTICS_")
 IMAGE_USER = 10001  # the Dockerfile's USER
 STATSD_PORT = 8125
@@ -96,7 +93,7 @@ def test_every_manifest_parses_and_has_the_expected_kinds() -> None:
 
 @pytest.mark.parametrize(("name", "doc"), workloads())
 def test_statsd_ao_env_vars_are_known_settings_with_valid_values(name: str, doc: Doc) -> None:
-    parsers = {s.env: s.parse for s in SETTINGS} | NOT_YET_IN_SETTINGS
+    parsers = {s.env: s.parse for s in SETTINGS}
     container = statsd_ao(doc)
     names = [item["name"] for item in container["env"]]
     ours = [n for n in names if n.startswith(OUR_PREFIXES)]
@@ -242,7 +239,7 @@ def test_the_image_exposes_statsd_over_udp() -> None:
     assert f"{STATSD_PORT}/udp" in exposed
 
 
-# What the Dockerfile should say (python:3.11-slim has no curl).  The image also needs
+# What the Dockerfile says (python:3.11-slim has no curl).  The image also sets
 # ENV STATSD_AO_HTTP=127.0.0.1:8080 so the endpoint is on inside the container; the
 # manifests override it with 0.0.0.0:8080 for the kubelet.  Endpoint off: nothing to check.
 RECOMMENDED_HEALTHCHECK = (
@@ -307,10 +304,6 @@ def test_the_recommended_health_check_asks_health(
     assert (code == 0) is healthy
 
 
-@pytest.mark.xfail(
-    reason="Dockerfile has no HEALTHCHECK yet (owner: Dockerfile); remove this marker with it",
-    strict=True,
-)
 def test_the_image_has_a_working_health_check() -> None:
     check = last("HEALTHCHECK")
     assert check is not None

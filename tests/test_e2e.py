@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -180,5 +182,64 @@ def test_port_in_use_fails_at_start() -> None:
                 await second.start()
             assert second.process is not None and second.process.returncode == 1
             await first.stop()
+
+    run(scenario)
+
+
+def test_self_metrics_are_posted_and_accepted() -> None:
+    async def scenario() -> None:
+        async with FakeAppOptics(token=TOKEN) as api:
+            flags = ("--api-url", api.url, "--flush-interval", DAY, "--self-metrics", "on")
+            async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
+                proxy.send([b"x:1|c", b"bad line", b"y:2|c"])
+                assert await proxy.stop() == 0, proxy.log
+            assert not api.rejected
+            got = {(m["name"], m["tags"].get("reason")): m.get("value") for m in api.accepted}
+            assert got[("statsd_ao.lines.received", None)] == 3
+            assert got[("statsd_ao.lines.bad", "missing type")] == 1
+            assert got[("statsd_ao.udp.packets", None)] == 1
+            assert ("x", None) in got
+
+    run(scenario)
+
+
+def test_http_endpoint_answers_health_ready_and_metrics() -> None:
+    async def scenario() -> None:
+        async with Proxy("--flush-interval", DAY, "--http", "127.0.0.1:0") as proxy:
+            port = next(
+                int(line.rsplit(":", 1)[1].split()[0])
+                for line in proxy.stderr
+                if "http endpoint on" in line
+            )
+            async with aiohttp.ClientSession() as session:
+                base = f"http://127.0.0.1:{port}"
+                async with session.get(base + "/health") as health:
+                    assert health.status == 200
+                async with session.get(base + "/ready") as ready:
+                    assert ready.status == 200
+                async with session.get(base + "/metrics") as metrics:
+                    assert "statsd_ao_udp_packets_total" in await metrics.text()
+            assert await proxy.stop() == 0
+
+    run(scenario)
+
+
+def test_check_config_validates_and_exits() -> None:
+    async def scenario() -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "statsd_ao",
+            "--check-config",
+            "--token",
+            "t0ken",
+            "--flush-interval",
+            "30",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await process.communicate()
+        assert process.returncode == 0
+        assert b"configuration OK" in out and b"flush_interval=30s" in out
+        assert b"t0ken" not in out
 
     run(scenario)
