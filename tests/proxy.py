@@ -27,9 +27,14 @@ START_TIMEOUT = 20.0
 class Proxy:
     """One ``python -m statsd_ao`` process with its output."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.args = ["--udp", "127.0.0.1:0", *args]
-        if "--self-metrics" not in args:  # tests assert exact contents unless they ask
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, command: list[str] | None = None
+    ) -> None:
+        """``command``: run that instead of ``python -m statsd_ao --udp 127.0.0.1:0 ...``,
+        configured by ``env`` alone (as the container image is)."""
+        self.command = command or [sys.executable, "-m", "statsd_ao"]
+        self.args = [] if command else ["--udp", "127.0.0.1:0", *args]
+        if not command and "--self-metrics" not in args:  # exact contents unless asked
             self.args += ["--self-metrics", "off"]
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("STATSD_AO_")}
         self.env.pop("APPOPTICS_TOKEN", None)
@@ -44,9 +49,7 @@ class Proxy:
 
     async def start(self) -> Self:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "statsd_ao",
+            *self.command,
             *self.args,
             env=self.env,
             stdout=asyncio.subprocess.PIPE,

@@ -12,7 +12,9 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
@@ -25,6 +27,7 @@ import yaml
 
 from statsd_ao.config import SETTINGS, parse_address
 from statsd_ao.health import HealthState, start_http
+from tests.proxy import Proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -322,3 +325,38 @@ def test_hadolint_finds_nothing() -> None:
         [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def image_env() -> dict[str, str]:
+    """The ENV instructions of the image's final stage."""
+    env: dict[str, str] = {}
+    for keyword, args in instructions():
+        if keyword == "ENV":
+            for pair in shlex.split(args):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def test_the_image_command_runs_from_its_environment_and_passes_its_health_check() -> None:
+    """The ENTRYPOINT, configured only by the image's ENV (ports moved to free ones)."""
+    entrypoint = json.loads(last("ENTRYPOINT") or "[]")
+    command = [str(Path(sys.executable).parent / entrypoint[0]), *entrypoint[1:]]
+    check = health_check_command(last("HEALTHCHECK") or "")
+    check[0] = sys.executable if check[0] in ("python", "python3") else check[0]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        http_port = probe.getsockname()[1]
+    env = image_env() | {
+        "STATSD_AO_UDP": "127.0.0.1:0",  # 8125 may be taken on a test machine
+        "STATSD_AO_HTTP": f"127.0.0.1:{http_port}",
+    }
+
+    async def scenario() -> None:
+        async with Proxy(command=command, env=env) as proxy:
+            process = await asyncio.create_subprocess_exec(*check, env=proxy.env)
+            assert await process.wait() == 0, proxy.log
+            assert await proxy.stop() == 0
+        assert "dry run" in proxy.log  # no token in the image: it says so and runs
+
+    asyncio.run(scenario())
