@@ -15,8 +15,10 @@ import signal
 import time
 
 from statsd_ao.aggregator import Aggregator
+from statsd_ao.annotations import to_annotation
 from statsd_ao.cardinality import WINDOW, CardinalityGuard
 from statsd_ao.config import Config
+from statsd_ao.events import Event
 from statsd_ao.flusher import Flusher, FlushReport
 from statsd_ao.health import HealthState, HttpServer, assess, cardinality_status, start_http
 from statsd_ao.listeners import DatagramListener
@@ -208,6 +210,7 @@ class App:
             flush_duration=self.flush_timings.distribution,
         )
         self.flusher.on_flush = self._flushed
+        self.flusher.on_event = self._annotate
         if self.config.self_metrics:
             self.flusher.extra = self._self_measurements
 
@@ -215,6 +218,11 @@ class App:
         self.last_report = report
         self.last_flush_at = time.monotonic()
         self.flush_timings.observe(report.seconds)
+
+    def _annotate(self, event: Event) -> None:
+        host = self.config.global_tags.get("host", "statsd-ao")
+        annotation = to_annotation(event, host, int(time.time()))
+        self.sink.annotate(self.config.annotation_stream, annotation)
 
     def _self_measurements(self, stamp: int, period: int) -> list[Measurement]:
         assert self.metrics is not None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from statsd_ao.annotations import DEFAULT_STREAM, stream_name
 from statsd_ao.batching import DEFAULT_BATCH, MAX_BATCH
 from statsd_ao.cardinality import DEFAULT_LIMIT, DEFAULT_TOTAL_LIMIT
 from statsd_ao.outbox import MAX_PENDING
@@ -67,6 +68,7 @@ class Config:
     tcp_max_line: int = DEFAULT_TCP_MAX_LINE
     tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
     container_tag: str | None = None
+    annotation_stream: str = DEFAULT_STREAM
     http: Address | None = None
     max_pending: int = MAX_PENDING
     max_age: float = MAX_AGE
@@ -105,6 +107,7 @@ class Config:
             f"api_url={self.api_url} token={token} udp={self.udp or 'off'} "
             f"tcp={self.tcp or 'off'} unix={self.unix or 'off'} "
             f"container_tag={self.container_tag or 'off'} http={self.http or 'off'} "
+            f"annotation_stream={self.annotation_stream} "
             f"self_metrics={'on' if self.self_metrics else 'off'} log_format={self.log_format} "
             f"flush_interval={self.flush_interval}s tags={tags} percentiles={percentiles} "
             f"batch_size={self.batch_size} concurrency={self.concurrency} "
@@ -289,6 +292,13 @@ SETTINGS: tuple[Setting, ...] = (
         "post statsd_ao.* self-metrics (on/off, default on)",
     ),
     Setting("log_format", "--log-format", "STATSD_AO_LOG_FORMAT", _log_format, "text or json logs"),
+    Setting(
+        "annotation_stream",
+        "--annotation-stream",
+        "STATSD_AO_ANNOTATION_STREAM",
+        stream_name,
+        "AppOptics annotation stream for DogStatsD events",
+    ),
     Setting(
         "container_tag",
         "--container-tag",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from statsd_ao.aggregator import Aggregator, Snapshot
 from statsd_ao.batching import chunked
+from statsd_ao.events import Event
 from statsd_ao.logs import RateLimitedLog
 from statsd_ao.measurements import Converter, Measurement
 from statsd_ao.sink import Sink
@@ -76,6 +77,7 @@ class Flusher:
         # Hooks set by the app: measurements added to each flush (self-metrics), and a
         # callback with each flush's report.
         self.extra: Callable[[int, int], Sequence[Measurement]] | None = None
+        self.on_event: Callable[[Event], None] | None = None  # DogStatsD events
         self.on_flush: Callable[[FlushReport], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -118,6 +120,9 @@ class Flusher:
                 await asyncio.sleep(0)  # let the listener read between chunks
         if self.extra is not None:
             measurements.extend(self.extra(stamp, self._interval))
+        if self.on_event is not None:
+            for event in snapshot.events:
+                self.on_event(event)
         for batch in chunked(measurements, self._batch_size):
             self._sink.submit(batch)
         self._aggregator.maintain()

@@ -27,10 +27,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import IO, Protocol
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
+from statsd_ao.annotations import Annotation
 from statsd_ao.batching import encode
 from statsd_ao.logs import RateLimitedLog
 from statsd_ao.measurements import Measurement
@@ -100,6 +102,10 @@ class DryRunSink:
     async def start(self) -> None:
         return None
 
+    def annotate(self, stream: str, annotation: Annotation) -> None:
+        self._stream.write(orjson.dumps({"annotation": annotation, "stream": stream}) + b"\n")
+        self._stream.flush()
+
     def submit(self, batch: Batch) -> None:
         self._stream.write(encode(batch) + b"\n")
         self._stream.flush()
@@ -110,6 +116,11 @@ class DryRunSink:
 
     async def close(self) -> None:
         return None
+
+
+# Annotation posts: attempts on 5xx / 429 / network errors, and the first backoff (doubling).
+ANNOTATION_ATTEMPTS = 4
+ANNOTATION_BACKOFF = 1.0
 
 
 def basic_auth(token: str) -> str:
@@ -159,6 +170,7 @@ class HttpSink:
         self._session: aiohttp.ClientSession | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._posts: set[asyncio.Task[None]] = set()
+        self._annotating: set[asyncio.Task[None]] = set()
         self._flying = 0  # posts started and not finished
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -175,6 +187,8 @@ class HttpSink:
         # Measurements re-sent after a post that got no answer although it was sent: an
         # upper bound on the duplicates AppOptics may hold.
         self.unconfirmed = 0
+        self.annotations_posted = 0
+        self.annotations_lost = 0
 
     @property
     def pending(self) -> int:
@@ -222,6 +236,37 @@ class HttpSink:
                 async with asyncio.timeout(timeout):
                     await self._idle.wait()
         return await self._stop()
+
+    def annotate(self, stream: str, annotation: Annotation) -> None:
+        """Post one annotation event (never blocks); see `_annotate`."""
+        if self._closed or self._session is None:
+            self._annotation_failed(stream, "shutting down")
+            return
+        task = asyncio.create_task(self._annotate(stream, annotation))
+        self._annotating.add(task)
+        task.add_done_callback(self._annotating.discard)
+
+    async def _annotate(self, stream: str, annotation: Annotation) -> None:
+        """A few attempts with backoff on transient failures; annotations are rare and
+        small, so they do not go through the measurement outbox."""
+        url = self._url.replace("/v1/measurements", f"/v1/annotations/{quote(stream, safe='')}")
+        body = orjson.dumps(annotation)
+        answer = Answer(error="not tried")
+        for attempt in range(ANNOTATION_ATTEMPTS):
+            answer = await self._post(body, url)
+            if answer.status is not None and 200 <= answer.status < 300:
+                self.annotations_posted += 1
+                return
+            if answer.status is not None and answer.status < 500 and answer.status != 429:
+                break  # the API refused it: trying again changes nothing
+            await asyncio.sleep(ANNOTATION_BACKOFF * 2**attempt)
+        self._annotation_failed(stream, answer.label)
+
+    def _annotation_failed(self, stream: str, why: str) -> None:
+        self.annotations_lost += 1
+        self._log.warning(
+            "annotation", "could not post an annotation to stream %r: %s", stream, why
+        )
 
     async def close(self) -> None:
         await self._stop()
@@ -302,11 +347,11 @@ class HttpSink:
             self._flying -= 1
             self._changed()
 
-    async def _post(self, body: bytes) -> Answer:
+    async def _post(self, body: bytes, url: str | None = None) -> Answer:
         """Post one body; every network failure becomes an `Answer`, never an exception."""
         assert self._session is not None
         try:
-            async with self._session.post(self._url, data=body) as response:
+            async with self._session.post(url or self._url, data=body) as response:
                 headers = {name.lower(): value for name, value in response.headers.items()}
                 try:
                     raw = await response.read()
@@ -429,7 +474,10 @@ class HttpSink:
         if self._closed:
             return 0
         self._closed = True
-        tasks = [*self._posts, *([self._dispatcher] if self._dispatcher else [])]
+        if self._annotating:  # give annotations in flight their chance within the drain
+            remaining = max(0.0, self._deadline - self._clock()) if self._draining else 0.0
+            await asyncio.wait(set(self._annotating), timeout=remaining or None)
+        tasks = [*self._posts, *self._annotating, *([self._dispatcher] if self._dispatcher else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

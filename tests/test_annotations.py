@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from statsd_ao.annotations import stream_name, to_annotation
 from statsd_ao.events import Event, parse_event
+from statsd_ao.sink import HttpSink
+from tests.fakeapi import FakeAppOptics, Fault
 
 
 def test_full_event() -> None:
@@ -26,3 +30,22 @@ def test_minimal_event_uses_arrival_time_and_proxy_host() -> None:
 def test_stream_names_are_sanitized() -> None:
     assert stream_name("app deploys!") == "app_deploys_"
     assert stream_name("  ") == "statsd"
+
+
+def test_sink_posts_annotations_retrying_transient_failures() -> None:
+    async def scenario() -> None:
+        async with FakeAppOptics(token="tok") as api:
+            sink = HttpSink(api.url, "tok", concurrency=2, timeout=5)
+            await sink.start()
+            api.script([Fault.status(503)])  # the first attempt fails, the second lands
+            sink.annotate("deploys", to_annotation(Event("v1", "ok"), "h", 1700000000))
+            await api.wait_for(lambda a: len(a.annotations) == 1)
+            sink.annotate("deploys", {"title": "", "start_time": 1, "source": "h"})  # 400
+            await api.wait_for(lambda a: len(a.requests) == 3)
+            await sink.drain(5)
+            await sink.close()
+            assert (sink.annotations_posted, sink.annotations_lost) == (1, 1)
+            assert api.annotations[0]["stream"] == "deploys"
+            assert api.annotations[0]["start_time"] == 1700000000
+
+    asyncio.run(scenario())

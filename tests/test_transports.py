@@ -179,6 +179,7 @@ def send_with_client(client: DogStatsd) -> None:
     client.timing("db.query", 12)
     client.set("users", "alice")
     client.service_check("db.up", 2, tags=["env:prod"])
+    client.event("deploy", "v42 shipped", alert_type="success", tags=["env:prod"])
     client.close_socket()
 
 
@@ -211,6 +212,9 @@ def test_datadog_client_end_to_end(transport: str, tmp_path: Path) -> None:
             assert not os.path.exists(path)
             assert "rejected" not in proxy.log, proxy.log
             check_client_measurements(api.accepted)
+            [annotation] = api.annotations
+            assert (annotation["stream"], annotation["title"]) == ("statsd", "deploy")
+            assert annotation["description"] == "v42 shipped [alert: success; tags: env:prod]"
 
     run(scenario)
 
