@@ -18,7 +18,7 @@ awaits, never allocates per datagram beyond the split.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -130,7 +130,7 @@ class Aggregator:
         self._interval = interval
         self._clock = clock
         self._max_sample_age = max_sample_age
-        self._overflow_tags = naming.series("overflow", [OVERFLOW_TAG])[1]
+        self._overflow_tags = naming.tags([OVERFLOW_TAG])
         self.folded_samples: dict[str, int] = {}  # per metric, since start
         self._shape_limit = shape_limit
         self._feed_limit = feed_limit
@@ -167,6 +167,32 @@ class Aggregator:
         """Hand over this interval's data and start a fresh interval, in O(1)."""
         done, self._now, self._feeds = self._now, Snapshot(), {}
         return done
+
+    @property
+    def current(self) -> dict[SeriesKey, Accumulator]:
+        """The current interval's series (read it, do not change it: see `forget`)."""
+        return self._now.series
+
+    def gauge_values(self) -> dict[SeriesKey, float]:
+        """Every remembered gauge's value (gauges persist across intervals)."""
+        return {key: gauge.value for key, gauge in self._gauges.items()}
+
+    def forget(self, keys: Iterable[SeriesKey]) -> None:
+        """Drop series from the current interval and from gauge memory (etsy's del*)."""
+        for key in keys:
+            self._now.series.pop(key, None)
+            self._gauges.pop(key, None)
+        self._feeds = {}  # no cached feed may keep feeding a forgotten accumulator
+
+    @property
+    def lines_now(self) -> int:
+        """Lines received in the current interval."""
+        return self._now.lines
+
+    @property
+    def rejected_now(self) -> int:
+        """Lines rejected in the current interval."""
+        return sum(self._now.rejected.values())
 
     @property
     def series_count(self) -> int:
@@ -274,10 +300,10 @@ class Aggregator:
             return resolved
         try:
             shape = parse_shape(*key, self._container_tag)
+            name, tags = self._naming.series(shape.name, shape.tags)  # may filter it out
         except ParseError as error:
             resolved = error
         else:
-            name, tags = self._naming.series(shape.name, shape.tags)
             resolved = Resolved((shape.kind, name, tags), shape.rate, shape.timestamp)
         if len(self._shapes) >= self._shape_limit:
             self._shapes.clear()
@@ -300,6 +326,8 @@ class Aggregator:
             return Summary()
         if kind is Kind.SET:
             return SetOf()
+        if not current:
+            return Gauge(0.0)  # a past interval's gauge (a timestamped sample): no continuity
         # A gauge starts from the last value of its series, so deltas carry across intervals.
         # The previous interval's Gauge is no longer written to: its value is final.
         gauges = self._gauges

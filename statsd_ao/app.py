@@ -13,16 +13,21 @@ import asyncio
 import logging
 import signal
 import time
+from dataclasses import replace
 
+from statsd_ao.admin import AdminCommands, serve_admin
+from statsd_ao.admin_state import ProxyAdminState
 from statsd_ao.aggregator import Aggregator
 from statsd_ao.annotations import to_annotation
 from statsd_ao.cardinality import WINDOW, CardinalityGuard
-from statsd_ao.config import Config
+from statsd_ao.config import Address, Config
 from statsd_ao.events import Event
 from statsd_ao.flusher import Flusher, FlushReport
 from statsd_ao.health import HealthState, HttpServer, assess, cardinality_status, start_http
+from statsd_ao.idle import IdleKeeper
 from statsd_ao.listeners import DatagramListener
 from statsd_ao.measurements import Converter, Measurement
+from statsd_ao.name_rules import NameRules
 from statsd_ao.sanitize import Naming
 from statsd_ao.selfmetrics import SelfMetrics, Timings, standard_metrics
 from statsd_ao.sink import DryRunSink, HttpSink
@@ -63,13 +68,24 @@ class App:
         self.guard = CardinalityGuard(
             config.cardinality_limit, config.cardinality_total_limit, window=window
         )
+        rules = NameRules.compile(
+            key_name_sanitize=config.key_name_sanitize,
+            include=config.include_metrics,
+            exclude=config.exclude_metrics,
+            source_regex=config.source_regex,
+            prefix=config.global_prefix,
+        )
         self.aggregator = Aggregator(
-            Naming(config.global_tags),
+            Naming(config.global_tags, rules),
             guard=self.guard,
             container_tag=config.container_tag,
             interval=config.flush_interval,
         )
-        self.converter = Converter(config.percentiles)
+        self.converter = Converter(
+            config.percentiles,
+            style=config.percentile_style,
+            always_suffix_percentile=config.always_suffix_percentile,
+        )
         self.sink = make_sink(config)
         self.flusher = Flusher(
             self.aggregator,
@@ -93,6 +109,15 @@ class App:
             if config.tcp
             else None
         )
+        if config.send_idle:
+            self.flusher.idle = IdleKeeper(config.send_idle)
+        self.admin_state = ProxyAdminState(
+            self.aggregator,
+            self.flusher,
+            config.global_tags,
+            "down" if config.health_status == "down" else "up",
+        )
+        self.admin: asyncio.Server | None = None
         self.stop = asyncio.Event()
         self.flush_timings = Timings()
         self.last_report: FlushReport | None = None
@@ -126,8 +151,9 @@ class App:
             return False
         self.listening = True
         self._observe()
-        if config.http is not None and not await self._start_http():
+        if not await self._start_endpoints():
             await self._close_intake()
+            await self._close_endpoints()
             await self.sink.close()
             return False
         where = "stdout" if not config.posting else config.api_url
@@ -143,8 +169,7 @@ class App:
         self.sink_open = False
         left = await self.sink.drain(config.shutdown_timeout)
         await self.sink.close()
-        if self.http is not None:
-            await self.http.close()
+        await self._close_endpoints()
         if left:
             log.error("shutdown: %d measurements could not be delivered", left)
         log.info(
@@ -176,9 +201,31 @@ class App:
         if self.tcp is not None:
             await self.tcp.close()
 
-    async def _start_http(self) -> bool:
-        address = self.config.http
-        assert address is not None
+    async def _start_endpoints(self) -> bool:
+        """The HTTP endpoint and the etsy management interface, where configured."""
+        if self.config.http is not None and not await self._start_http(self.config.http):
+            return False
+        admin = self.config.admin
+        if admin is None:
+            return True
+        commands = AdminCommands(self.admin_state, started_at=time.time())
+        try:
+            self.admin = await serve_admin(admin.host, admin.port, commands)
+        except OSError as error:
+            log.error("cannot listen on admin %s: %s", admin, error.strerror or error)
+            return False
+        port = self.admin.sockets[0].getsockname()[1]
+        log.info("listening on admin tcp %s:%d (etsy management interface)", admin.host, port)
+        return True
+
+    async def _close_endpoints(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+        if self.admin is not None:
+            self.admin.close()
+            await self.admin.wait_closed()
+
+    async def _start_http(self, address: Address) -> bool:
         try:
             self.http = await start_http(
                 address.host,
@@ -229,12 +276,16 @@ class App:
         return self.metrics.measurements(stamp, period)
 
     def _health(self) -> HealthState:
-        return assess(
+        state = assess(
             listening=self.listening,
             sink_open=self.sink_open and self.sink.is_open,
             since_flush=time.monotonic() - self.last_flush_at,
             flush_interval=self.config.flush_interval,
         )
+        if self.admin_state.health() == "down":  # "health down" drains a load balancer
+            reasons = (*state.reasons, "health set down via the management interface")
+            return replace(state, ready=False, reasons=reasons)
+        return state
 
     def _metrics_text(self) -> str:
         return self.metrics.prometheus() if self.metrics is not None else ""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
 
-from statsd_ao import __version__
+from statsd_ao import __version__, migration
 from statsd_ao.app import run
 from statsd_ao.config import SETTINGS, ConfigError, build
 from statsd_ao.logs import configure
@@ -25,6 +26,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"statsd-ao {__version__}")
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
+    p.add_argument(
+        "--statsd-config",
+        type=Path,
+        metavar="FILE",
+        help="an etsy statsd config.js (with its appoptics or librato section) to honour",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--check-config",
@@ -35,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
         help_text = f"{setting.help} [env {setting.env}]"
         if setting.name == "dry_run":
             p.add_argument(setting.flag, dest=setting.name, action="store_true", help=help_text)
-        elif setting.name == "tags":
+        elif setting.repeat:
             p.add_argument(setting.flag, dest=setting.name, action="append", help=help_text)
         else:
             p.add_argument(setting.flag, dest=setting.name, help=help_text)
@@ -45,15 +52,25 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     flags = {s.name: getattr(args, s.name) for s in SETTINGS}
+    unsupported: tuple[str, ...] = ()
     try:
-        config = build(flags, config_file=args.config)
+        base = None
+        if args.statsd_config is not None:
+            base, unsupported = migration.load(args.statsd_config)
+        config = build(flags, config_file=args.config, base=base)
     except ConfigError as error:
         print(f"statsd-ao: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
         print(f"configuration OK: {config.describe()}")
+        if unsupported:
+            print(f"not supported from {args.statsd_config}: {'; '.join(unsupported)}")
         return 0
     configure(args.log_level, config.log_format == "json")
+    if unsupported:
+        logging.getLogger("statsd_ao").warning(
+            "%s: options not supported, ignored: %s", args.statsd_config, "; ".join(unsupported)
+        )
     return uvloop.run(run(config))
 
 

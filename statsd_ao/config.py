@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -76,6 +77,18 @@ class Config:
     resend_unconfirmed: bool = True
     self_metrics: bool = True
     log_format: str = "text"
+    # etsy statsd / statsd-appoptics-backend compatibility (see migration.py)
+    percentile_style: str = "p"
+    always_suffix_percentile: bool = False
+    send_idle: tuple[str, ...] = ()
+    admin: Address | None = None
+    health_status: str = "up"
+    host_tag: bool = True
+    global_prefix: str = ""
+    key_name_sanitize: bool = False
+    include_metrics: tuple[str, ...] = ()
+    exclude_metrics: tuple[str, ...] = ()
+    source_regex: str | None = None
     flush_interval: int = DEFAULT_FLUSH_INTERVAL
     tags: Mapping[str, str] = field(default_factory=dict)
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
@@ -95,8 +108,9 @@ class Config:
 
     @property
     def global_tags(self) -> dict[str, str]:
-        """The configured tags, with ``host`` = this machine's name unless set."""
-        return {"host": socket.gethostname(), **self.tags}
+        """The configured tags, with ``host`` = this machine's name unless set or turned off."""
+        host = {"host": socket.gethostname()} if self.host_tag else {}
+        return {**host, **self.tags}
 
     def describe(self) -> str:
         """One line for the start-up log; the token is redacted."""
@@ -108,6 +122,9 @@ class Config:
             f"tcp={self.tcp or 'off'} unix={self.unix or 'off'} "
             f"container_tag={self.container_tag or 'off'} http={self.http or 'off'} "
             f"annotation_stream={self.annotation_stream} "
+            f"percentile_style={self.percentile_style} "
+            f"send_idle={','.join(self.send_idle) or 'none'} "
+            f"admin={self.admin or 'off'} "
             f"self_metrics={'on' if self.self_metrics else 'off'} log_format={self.log_format} "
             f"flush_interval={self.flush_interval}s tags={tags} percentiles={percentiles} "
             f"batch_size={self.batch_size} concurrency={self.concurrency} "
@@ -202,6 +219,43 @@ def _batch_size(text: str) -> int:
     return value
 
 
+IDLE_KINDS = ("counters", "gauges", "sets")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _idle_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip().lower() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in IDLE_KINDS]
+    if unknown:
+        raise ValueError(f"expected some of {', '.join(IDLE_KINDS)}, got {', '.join(unknown)}")
+    return kinds
+
+
+def _regexes(text: str) -> tuple[str, ...]:
+    """Regular expressions, one per line (flags repeat; the environment separates by \\n)."""
+    patterns = tuple(line for line in text.split("\n") if line.strip())
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"bad regular expression {pattern!r}: {error}") from None
+    return patterns
+
+
+def _regex(text: str) -> str | None:
+    patterns = _regexes(text)
+    return patterns[0] if patterns else None
+
+
 def _log_format(text: str) -> str:
     value = text.strip().lower()
     if value not in ("text", "json"):
@@ -227,6 +281,7 @@ class Setting:
     env: str
     parse: Callable[[str], Any]
     help: str
+    repeat: bool = False  # the flag may be given several times (a list)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -300,6 +355,73 @@ SETTINGS: tuple[Setting, ...] = (
         "AppOptics annotation stream for DogStatsD events",
     ),
     Setting(
+        "percentile_style",
+        "--percentile-style",
+        "STATSD_AO_PERCENTILE_STYLE",
+        _choice("p", "backend"),
+        "p: name.p90 values; backend: name.90 summaries as statsd-appoptics-backend posted",
+    ),
+    Setting(
+        "always_suffix_percentile",
+        "--always-suffix-percentile",
+        "STATSD_AO_ALWAYS_SUFFIX_PERCENTILE",
+        _boolean,
+        "backend style: post a 100th percentile as name.100 too",
+    ),
+    Setting(
+        "send_idle",
+        "--send-idle",
+        "STATSD_AO_SEND_IDLE",
+        _idle_kinds,
+        "keep sending idle series (etsy): counters (as 0), gauges (last value), sets (as 0)",
+    ),
+    Setting("admin", "--admin", "STATSD_AO_ADMIN", parse_listen, "etsy management interface TCP"),
+    Setting(
+        "health_status",
+        "--health-status",
+        "STATSD_AO_HEALTH_STATUS",
+        _choice("up", "down"),
+        "health answered by the management interface at start",
+    ),
+    Setting("host_tag", "--host-tag", "STATSD_AO_HOST_TAG", _boolean, "add host=<hostname>"),
+    Setting(
+        "global_prefix",
+        "--global-prefix",
+        "STATSD_AO_GLOBAL_PREFIX",
+        lambda s: s.strip().strip("."),
+        "prefix for every metric name (joined with '.')",
+    ),
+    Setting(
+        "key_name_sanitize",
+        "--key-name-sanitize",
+        "STATSD_AO_KEY_NAME_SANITIZE",
+        _boolean,
+        "etsy's name rules: spaces to _, / to -, other characters removed",
+    ),
+    Setting(
+        "include_metrics",
+        "--include-metric",
+        "STATSD_AO_INCLUDE_METRICS",
+        _regexes,
+        "only metrics whose name matches one of these regexes",
+        repeat=True,
+    ),
+    Setting(
+        "exclude_metrics",
+        "--exclude-metric",
+        "STATSD_AO_EXCLUDE_METRICS",
+        _regexes,
+        "drop metrics whose name matches one of these regexes",
+        repeat=True,
+    ),
+    Setting(
+        "source_regex",
+        "--source-regex",
+        "STATSD_AO_SOURCE_REGEX",
+        _regex,
+        "group 1 of this regex in a name becomes tag source; the match leaves the name",
+    ),
+    Setting(
         "container_tag",
         "--container-tag",
         "STATSD_AO_CONTAINER_TAG",
@@ -313,7 +435,9 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         "seconds between flushes",
     ),
-    Setting("tags", "--tag", "STATSD_AO_TAGS", lambda s: parse_tags([s]), "global tag K=V"),
+    Setting(
+        "tags", "--tag", "STATSD_AO_TAGS", lambda s: parse_tags([s]), "global tag K=V", repeat=True
+    ),
     Setting(
         "percentiles",
         "--percentiles",
@@ -362,10 +486,12 @@ def build(
     flags: Mapping[str, str | list[str] | bool | None],
     environ: Mapping[str, str] | None = None,
     config_file: Path | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> Config:
-    """The effective Config.  ``flags`` maps field names to raw flag values (None: unset)."""
+    """The effective Config.  ``flags`` maps field names to raw flag values (None: unset);
+    ``base`` is a layer under the TOML file (an etsy statsd configuration, translated)."""
     environ = os.environ if environ is None else environ
-    from_file = _read_file(config_file) if config_file else {}
+    from_file = {**(base or {}), **(_read_file(config_file) if config_file else {})}
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         raw, source = _pick(setting, flags, environ, from_file)
@@ -398,7 +524,7 @@ def _pick(
         return environ[setting.env], f"{setting.env} (environment)"
     key = setting.name
     if key in from_file:
-        return from_file[key], f"{key} (config file)"
+        return from_file[key], f"{key} (configuration file)"
     return None, ""
 
 
@@ -406,8 +532,8 @@ def _convert(setting: Setting, raw: Any) -> Any:
     """Flags and the environment give strings (tags: a list); TOML gives native values."""
     if isinstance(raw, bool):
         raw = "true" if raw else "false"
-    elif isinstance(raw, list):
-        raw = ",".join(str(item) for item in raw)
+    elif isinstance(raw, list | tuple):
+        raw = ("\n" if setting.parse in (_regexes, _regex) else ",").join(map(str, raw))
     elif isinstance(raw, dict):
         raw = ",".join(f"{key}={value}" for key, value in raw.items())
     return setting.parse(str(raw))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from statsd_ao.aggregator import Aggregator, Snapshot
 from statsd_ao.batching import chunked
 from statsd_ao.events import Event
+from statsd_ao.idle import IdleKeeper
 from statsd_ao.logs import RateLimitedLog
 from statsd_ao.measurements import Converter, Measurement
 from statsd_ao.sink import Sink
@@ -78,6 +79,7 @@ class Flusher:
         # callback with each flush's report.
         self.extra: Callable[[int, int], Sequence[Measurement]] | None = None
         self.on_event: Callable[[Event], None] | None = None  # DogStatsD events
+        self.idle: IdleKeeper | None = None  # etsy's idle series, when asked for
         self.on_flush: Callable[[FlushReport], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -118,6 +120,9 @@ class Flusher:
             for chunk in chunked(items, CONVERT_CHUNK):
                 measurements.extend(self._converter.convert(chunk, group_stamp, self._interval))
                 await asyncio.sleep(0)  # let the listener read between chunks
+        if self.idle is not None:
+            idle = self.idle.fill(snapshot.series)
+            measurements.extend(self._converter.convert(idle.items(), stamp, self._interval))
         if self.extra is not None:
             measurements.extend(self.extra(stamp, self._interval))
         if self.on_event is not None:

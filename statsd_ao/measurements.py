@@ -114,6 +114,18 @@ def nearest_rank(ordered: Sequence[float], percentile: float) -> float:
     return ordered[max(rank, 1) - 1]
 
 
+def backend_percentile(ordered: Sequence[float], percentile: float) -> Stats | None:
+    """statsd-appoptics-backend's percentile: a summary of the lowest ``percentile``% of the
+    values (its ``max`` is the percentile); None when that leaves no value."""
+    drop = math.floor((100.0 - percentile) / 100.0 * len(ordered) + 0.5)  # JS Math.round
+    kept = ordered[: len(ordered) - drop]
+    if not kept:
+        return None
+    mean = math.fsum(kept) / len(kept)
+    stddev = math.sqrt(math.fsum((x - mean) ** 2 for x in kept) / len(kept))
+    return Stats(len(kept), math.fsum(kept), kept[0], kept[-1], kept[-1], stddev)
+
+
 def postable(number: float) -> bool:
     """True when the API accepts the number (finite and below 1e126 in magnitude)."""
     return math.isfinite(number) and abs(number) < MAX_MAGNITUDE
@@ -122,8 +134,21 @@ def postable(number: float) -> bool:
 class Converter:
     """Builds measurements for one interval; counts what it had to drop, by reason."""
 
-    def __init__(self, percentiles: Sequence[float] = ()) -> None:
-        self._suffixes = [(p, percentile_suffix(p)) for p in percentiles]
+    def __init__(
+        self,
+        percentiles: Sequence[float] = (),
+        *,
+        style: str = "p",
+        always_suffix_percentile: bool = False,
+    ) -> None:
+        """``style`` "p": ``x.p90`` values; "backend": ``x.90`` summaries, as the incumbent
+        backend posted them (its 100th percentile only with ``always_suffix_percentile``)."""
+        self._backend = style == "backend"
+        if self._backend:
+            kept = [p for p in percentiles if p < 100 or always_suffix_percentile]
+            self._suffixes = [(p, "." + _js_number(p)) for p in kept]
+        else:
+            self._suffixes = [(p, percentile_suffix(p)) for p in percentiles]
         self.dropped: dict[str, int] = {}
 
     def convert(
@@ -161,16 +186,34 @@ class Converter:
             return
         ordered = sorted(acc.values)
         for percentile, suffix in self._suffixes:
+            m = base.copy()
+            m["name"] = fit_name(base["name"] + suffix)
+            if self._backend:
+                self._add_backend(out, m, backend_percentile(ordered, percentile))
+                continue
             value = nearest_rank(ordered, percentile)
             if not postable(value):
                 self._drop(DROPPED_VALUE)
                 continue
-            m = base.copy()
-            m["name"], m["value"] = fit_name(base["name"] + suffix), value
+            m["value"] = value
             out.append(m)
+
+    def _add_backend(self, out: list[Measurement], m: Measurement, stats: Stats | None) -> None:
+        if stats is None:
+            return
+        if not all(map(postable, stats.fields())):
+            self._drop(DROPPED_VALUE)
+            return
+        m["count"], m["sum"], m["min"], m["max"] = stats.count, stats.sum, stats.min, stats.max
+        out.append(m)
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+def _js_number(number: float) -> str:
+    """JavaScript's String(number) for a percentile: 90 -> "90", 99.9 -> "99.9"."""
+    return str(int(number)) if number == int(number) else repr(number)
 
 
 def _single_value(acc: Counter | Gauge | SetOf) -> float:

@@ -18,6 +18,9 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 
+from statsd_ao.name_rules import NameRules
+from statsd_ao.protocol import ParseError
+
 MAX_NAME = 255
 MAX_TAG_NAME = 64
 MAX_TAG_VALUE = 255
@@ -31,6 +34,8 @@ _BAD_TAG_NAME_CHARS = re.compile(r"[^A-Za-z0-9.:_\-]")
 _BAD_TAG_VALUE_CHARS = re.compile(r"[^A-Za-z0-9.:_\-?\\/ ]")
 
 TagTuple = tuple[tuple[str, str], ...]
+# Why a line left out by the include / exclude metric filters is counted.
+FILTERED = "left out by metric filter"
 
 
 def fit_name(name: str) -> str:
@@ -62,7 +67,8 @@ class Naming:
     the dropped tags are counted.
     """
 
-    def __init__(self, global_tags: Mapping[str, str]) -> None:
+    def __init__(self, global_tags: Mapping[str, str], rules: NameRules | None = None) -> None:
+        self._rules = rules if rules is not None and rules.active else None
         fitted = [fit_tag(k, v) for k, v in global_tags.items()]
         valid = dict(pair for pair in fitted if pair is not None)
         self.global_tags: dict[str, str] = dict(sorted(valid.items())[:MAX_TAGS])
@@ -71,7 +77,18 @@ class Naming:
         self.tags_dropped = 0
 
     def series(self, name: str, tags: Iterable[tuple[str, str]]) -> tuple[str, TagTuple]:
-        """``(metric name, sorted tag pairs)`` for a parsed name and its tags."""
+        """``(metric name, sorted tag pairs)`` for a parsed name and its tags.  Raises
+        `ParseError` when the name rules (include / exclude filters) leave the metric out."""
+        if self._rules is not None:
+            ruled = self._rules.apply(name)
+            if ruled is None:
+                raise ParseError(FILTERED)
+            name, added = ruled
+            tags = [*added, *tags]
+        return fit_name(name), self.tags(tags)
+
+    def tags(self, tags: Iterable[tuple[str, str]]) -> TagTuple:
+        """The sorted, sanitized tag pairs of a series: its own tags merged with the globals."""
         own: dict[str, str] = {}
         for key, value in tags:
             pair = fit_tag(key, value)
@@ -79,7 +96,7 @@ class Naming:
                 self.tags_dropped += 1
             else:
                 own[pair[0]] = pair[1]
-        return fit_name(name), self._merge(own)
+        return self._merge(own)
 
     def _merge(self, own: dict[str, str]) -> TagTuple:
         merged = dict(self.global_tags)

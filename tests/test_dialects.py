@@ -270,3 +270,15 @@ def test_timestamped_samples_go_to_the_interval_of_their_timestamp() -> None:
     }
     assert past == {1_699_999_990: [4.0], 1_699_999_700: [8.0]}
     assert snapshot.rejected == {"timestamp too old": 1, "timestamp in the future": 1}
+
+
+def test_a_timestamped_gauge_of_a_past_interval_does_not_disturb_the_current_one() -> None:
+    aggregator = Aggregator(Naming({"host": "h"}), interval=10, clock=Clock(1_700_000_007.0))
+    aggregator.ingest(b"g:10|g")
+    aggregator.swap()
+    aggregator.ingest(b"g:+1|g|T1699999995\ng:+5|g")
+    snapshot = aggregator.swap()
+    current = Converter().convert(snapshot.series.items(), 0, 10)
+    assert [m["value"] for m in current] == [15.0]  # 10 carried over, plus 5
+    [past] = snapshot.past.values()
+    assert [m["value"] for m in Converter().convert(past.items(), 0, 10)] == [1.0]

@@ -1,0 +1,83 @@
+"""The running proxy as the etsy management interface sees it (`admin.AdminState`).
+
+etsy names have no tags, so a series shows as its name, plus ``#k=v,...`` for the tags it
+has beyond the global ones (the Librato-backend form, which statsd-ao also parses).
+Runs on the loop thread, never blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from statsd_ao.accumulators import Counter, Summary
+from statsd_ao.admin import Health
+from statsd_ao.aggregator import Aggregator, SeriesKey
+from statsd_ao.flusher import Flusher
+from statsd_ao.protocol import Kind
+
+
+class ProxyAdminState:
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        flusher: Flusher,
+        global_tags: Mapping[str, str],
+        health: Health = "up",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._aggregator = aggregator
+        self._flusher = flusher
+        self._globals = dict(global_tags)
+        self._health: Health = health
+        self._clock = clock
+        self._last_seen = 0.0
+        self._lines_seen = 0
+
+    def display(self, key: SeriesKey) -> str:
+        own = [f"{k}={v}" for k, v in key[2] if self._globals.get(k) != v]
+        return key[1] + ("#" + ",".join(own) if own else "")
+
+    def counters(self) -> Mapping[str, float]:
+        return {
+            self.display(key): acc.total
+            for key, acc in self._aggregator.current.items()
+            if isinstance(acc, Counter)
+        }
+
+    def gauges(self) -> Mapping[str, float]:
+        return {self.display(key): value for key, value in self._aggregator.gauge_values().items()}
+
+    def timers(self) -> Mapping[str, Sequence[float]]:
+        return {
+            self.display(key): list(acc.values)
+            for key, acc in self._aggregator.current.items()
+            if isinstance(acc, Summary)
+        }
+
+    def stats(self) -> Mapping[str, float]:
+        lines = self._flusher.lines + self._aggregator.lines_now
+        if lines != self._lines_seen:  # something arrived since we last looked
+            self._lines_seen, self._last_seen = lines, self._clock()
+        bad = sum(self._flusher.rejected.values()) + self._aggregator.rejected_now
+        return {"messages.last_msg_seen": self._last_seen, "messages.bad_lines_seen": bad}
+
+    def health(self) -> Health:
+        return self._health
+
+    def set_health(self, status: Health) -> None:
+        self._health = status
+
+    def delete_counters(self, names: Sequence[str]) -> None:
+        self._forget(Kind.COUNTER, names, self._aggregator.current)
+
+    def delete_gauges(self, names: Sequence[str]) -> None:
+        self._forget(Kind.GAUGE, names, self._aggregator.gauge_values())
+
+    def delete_timers(self, names: Sequence[str]) -> None:
+        self._forget(Kind.SUMMARY, names, self._aggregator.current)
+
+    def _forget(self, kind: Kind, names: Sequence[str], keys: Iterable[SeriesKey]) -> None:
+        wanted = set(names)
+        doomed = [key for key in keys if key[0] is kind and self.display(key) in wanted]
+        self._aggregator.forget(doomed)
