@@ -26,14 +26,18 @@ from statsd_ao.flusher import Flusher, FlushReport
 from statsd_ao.health import HealthState, HttpServer, assess, cardinality_status, start_http
 from statsd_ao.idle import IdleKeeper
 from statsd_ao.listeners import DatagramListener
+from statsd_ao.logs import RateLimitedLog
 from statsd_ao.measurements import Converter, Measurement
 from statsd_ao.name_rules import NameRules
 from statsd_ao.sanitize import Naming
-from statsd_ao.selfmetrics import SelfMetrics, Timings, standard_metrics
+from statsd_ao.selfmetrics import SelfMetrics, Timings, standard_metrics, udp_drops
 from statsd_ao.sink import DryRunSink, HttpSink
 from statsd_ao.tcp import TcpListener
 
 log = logging.getLogger("statsd_ao")
+
+# Kernel receive-buffer drops are logged at most this often (they are also a self-metric).
+KERNEL_DROP_LOG_INTERVAL = 60.0
 
 
 def make_sink(config: Config) -> DryRunSink | HttpSink:
@@ -125,6 +129,9 @@ class App:
         self.listening = False
         self.sink_open = False
         self.metrics: SelfMetrics | None = None
+        self.kernel_drops = 0
+        self.udp_port: int | None = None  # the bound port, known once listening
+        self.drop_log = RateLimitedLog(log, KERNEL_DROP_LOG_INTERVAL)
         self.http: HttpServer | None = None
 
     async def run(self) -> int:
@@ -245,10 +252,11 @@ class App:
     def _observe(self) -> None:
         """Self-metrics and flush hooks, once the listeners are bound."""
         udp = next((d for d in self.datagrams if d.is_udp), None)
+        self.udp_port = udp.bound.port if udp is not None else None
         self.metrics = standard_metrics(
             self.config.global_tags,
             listener=udp,
-            udp_port=udp.bound.port if udp is not None else None,
+            udp_port=self.udp_port,
             flusher=self.flusher,
             aggregator=self.aggregator,
             converter=self.converter,
@@ -265,6 +273,24 @@ class App:
         self.last_report = report
         self.last_flush_at = time.monotonic()
         self.flush_timings.observe(report.seconds)
+        self._check_kernel_drops()
+
+    def _check_kernel_drops(self) -> None:
+        """Say so when the kernel drops datagrams for our UDP port (the host, not the proxy)."""
+        if self.udp_port is None:
+            return
+        drops = udp_drops(self.udp_port)
+        if drops is None or drops <= self.kernel_drops:
+            return
+        new, self.kernel_drops = drops - self.kernel_drops, drops
+        self.drop_log.warning(
+            "kernel-drops",
+            "the kernel dropped %d datagrams for udp port %d since the last check (%d in all): "
+            "the receive buffer was full; see 'Troubleshooting packet drops' in the README",
+            new,
+            self.udp_port,
+            drops,
+        )
 
     def _annotate(self, event: Event) -> None:
         host = self.config.global_tags.get("host", "statsd-ao")

@@ -43,6 +43,7 @@ class Proxy:
         self.port = 0  # UDP
         self.ports: dict[str, int] = {}
         self.stderr: list[str] = []
+        self._new_line = asyncio.Event()
         self.stdout: list[bytes] = []
         self._readers: list[asyncio.Task[None]] = []
         self._sock: socket.socket | None = None  # created by the first send()
@@ -79,6 +80,7 @@ class Proxy:
         async for raw in stream:
             line = raw.decode(errors="replace").rstrip()
             self.stderr.append(line)
+            self._new_line.set()
             match = _LISTENING.search(line)
             if match:
                 self.ports[match.group(1)] = int(match.group(3))
@@ -90,6 +92,16 @@ class Proxy:
     async def _read_stdout(self, stream: asyncio.StreamReader) -> None:
         async for raw in stream:
             self.stdout.append(raw)
+
+    async def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The first stderr line containing ``text``, waiting (on new lines) if needed."""
+        async with asyncio.timeout(timeout):
+            while True:
+                found = next((line for line in self.stderr if text in line), None)
+                if found is not None:
+                    return found
+                self._new_line.clear()
+                await self._new_line.wait()
 
     @property
     def log(self) -> str:

@@ -243,3 +243,28 @@ def test_check_config_validates_and_exits() -> None:
         assert b"t0ken" not in out
 
     run(scenario)
+
+
+def test_kernel_receive_buffer_drops_are_reported() -> None:
+    """A receive buffer at the kernel's minimum and a burst: the host drops, and says so."""
+
+    async def scenario() -> None:
+        flags = ("--flush-interval", "1", "--rcvbuf", "1", "--self-metrics", "on")
+        async with Proxy(*flags) as proxy:
+            payload = b"burst:1|c\n" * 140  # ~1400 bytes a datagram
+            for _ in range(20):  # bounded: 20 bursts of 500 datagrams at most
+                proxy.send([payload] * 500, per_datagram=1)
+                if any("kernel dropped" in line for line in proxy.stderr):
+                    break
+            line = await proxy.wait_for_log("kernel dropped", timeout=15)
+            assert "receive buffer was full" in line
+            assert await proxy.stop() == 0, proxy.log
+        drops = [
+            m["value"]
+            for body in map(orjson.loads, proxy.stdout)
+            for m in body["measurements"]
+            if m["name"] == "statsd_ao.udp.kernel_drops"
+        ]
+        assert sum(drops) > 0
+
+    run(scenario)
