@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Iterable, Mapping
 
 from statsd_ao.name_rules import NameRules
@@ -25,6 +26,8 @@ MAX_NAME = 255
 MAX_TAG_NAME = 64
 MAX_TAG_VALUE = 255
 MAX_TAGS = 50
+# Distinct tag pairs shared between series (see `Naming._shared`): ~100 B each at most.
+SHARED_PAIRS = 100_000
 # Truncated names end in "." + this many hex digits of a hash of the full name, so two long
 # names that share a prefix (or a name plus a suffix such as ".p99") never collide silently.
 HASH_DIGITS = 10
@@ -53,7 +56,9 @@ def fit_tag(key: str, value: str) -> tuple[str, str] | None:
     clean_value = _BAD_TAG_VALUE_CHARS.sub("_", value).lower()[:MAX_TAG_VALUE].strip()
     if not clean_key or not clean_value:
         return None
-    return clean_key, clean_value
+    # Interned: thousands of series share "env", "prod", ... instead of holding a copy each
+    # (~270 B a series, bench/memory_bench.py).  Interned strings are freed like others.
+    return sys.intern(clean_key), sys.intern(clean_value)
 
 
 class Naming:
@@ -75,6 +80,7 @@ class Naming:
         if not self.global_tags:
             raise ValueError("at least one valid global tag is required (e.g. host=...)")
         self.tags_dropped = 0
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
 
     def series(self, name: str, tags: Iterable[tuple[str, str]]) -> tuple[str, TagTuple]:
         """``(metric name, sorted tag pairs)`` for a parsed name and its tags.  Raises
@@ -101,12 +107,22 @@ class Naming:
     def _merge(self, own: dict[str, str]) -> TagTuple:
         merged = dict(self.global_tags)
         merged.update(own)
-        if len(merged) <= MAX_TAGS:
-            return tuple(sorted(merged.items()))
-        kept = {k: merged[k] for k in self.global_tags}
-        for key in sorted(own):
-            if len(kept) == MAX_TAGS:
-                break
-            kept.setdefault(key, own[key])
-        self.tags_dropped += len(merged) - len(kept)
-        return tuple(sorted(kept.items()))
+        if len(merged) > MAX_TAGS:
+            kept = {k: merged[k] for k in self.global_tags}
+            for key in sorted(own):
+                if len(kept) == MAX_TAGS:
+                    break
+                kept.setdefault(key, own[key])
+            self.tags_dropped += len(merged) - len(kept)
+            merged = kept
+        return tuple(self._shared(pair) for pair in sorted(merged.items()))
+
+    def _shared(self, pair: tuple[str, str]) -> tuple[str, str]:
+        """One tuple per distinct tag pair, shared by every series that has it (a bounded
+        cache: under a cardinality attack it is emptied and refilled)."""
+        shared = self._pairs.get(pair)
+        if shared is None:
+            if len(self._pairs) >= SHARED_PAIRS:
+                self._pairs.clear()
+            shared = self._pairs[pair] = pair
+        return shared

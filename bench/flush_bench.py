@@ -1,0 +1,260 @@
+"""One big flush in a real event loop: total time and the longest event-loop stall.
+
+Usage: python -m bench.flush_bench [--series N] [--values N] [--rounds N] [--percentiles P]
+
+Fills an `Aggregator` with ``--series`` series of the standard mix (40% counters, 30% timers,
+15% gauges, 10% histograms, 5% sets; timers and histograms get ``--values`` values each, sets
+as many members), then runs `statsd_ao.flusher.Flusher.flush` on a uvloop loop and waits
+until the sink has encoded every batch.  Two in-memory sinks:
+
+- ``queued``: like `statsd_ao.sink.HttpSink`, ``submit`` only enqueues; worker tasks encode
+  each batch with `statsd_ao.batching.encode` and then yield once (where the real sink awaits
+  the network);
+- ``inline``: encodes inside ``submit`` (as the dry-run sink does), the worst case.
+
+The stall is measured by a callback that re-schedules itself with ``loop.call_soon``: the
+gap between two of its runs is how long everything else in between held the loop, i.e. how
+long a readable socket would have waited.  Printed: the flush's wall time until the last
+batch is encoded, the longest gap, the 99th percentile gap, and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import random
+import time
+from collections.abc import Sequence
+
+import uvloop
+
+from bench.workload import make_series, pack
+from statsd_ao.aggregator import Aggregator
+from statsd_ao.batching import encode
+from statsd_ao.flusher import Flusher
+from statsd_ao.measurements import Converter, Measurement
+from statsd_ao.sanitize import Naming
+
+BATCH_SIZE = 500  # statsd_ao.batching.DEFAULT_BATCH
+INTERVAL = 10
+WORKERS = 4  # statsd_ao.config.DEFAULT_CONCURRENCY
+
+
+class QueuedSink:
+    """Enqueue on submit; workers encode one batch at a time and yield after each."""
+
+    def __init__(self, workers: int = WORKERS) -> None:
+        self._queue: asyncio.Queue[Sequence[Measurement]] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._count = workers
+        self.bodies = 0
+        self.bytes = 0
+        self.measurements = 0
+
+    async def start(self) -> None:
+        self._workers = [asyncio.create_task(self._work()) for _ in range(self._count)]
+
+    def submit(self, batch: Sequence[Measurement]) -> None:
+        self._queue.put_nowait(batch)
+
+    async def drain(self, timeout: float) -> int:
+        await asyncio.wait_for(self._queue.join(), timeout)
+        return 0
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            try:
+                body = encode(batch)
+                self.bodies += 1
+                self.bytes += len(body)
+                self.measurements += len(batch)
+            finally:
+                self._queue.task_done()
+            await asyncio.sleep(0)  # the real sink awaits its POST here
+
+
+class InlineSink:
+    """Encode inside submit (the dry-run sink's way): the flush pays for encoding in line."""
+
+    def __init__(self) -> None:
+        self.bodies = 0
+        self.bytes = 0
+        self.measurements = 0
+
+    async def start(self) -> None:
+        return None
+
+    def submit(self, batch: Sequence[Measurement]) -> None:
+        body = encode(batch)
+        self.bodies += 1
+        self.bytes += len(body)
+        self.measurements += len(batch)
+
+    async def drain(self, timeout: float) -> int:
+        return 0
+
+    async def close(self) -> None:
+        return None
+
+
+class StallMeter:
+    """Gaps between consecutive runs of a self-rescheduling ``call_soon`` callback, and the
+    garbage collector's pauses (``gc.callbacks``), so a stall can be split into GC and code.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._last = 0.0
+        self._running = False
+        self._gc_started = 0.0
+        self.gaps: list[tuple[float, float]] = []  # (start, end) of each gap
+        self.collections: list[tuple[float, float, int]] = []  # (start, end, generation)
+
+    def start(self) -> None:
+        self._running = True
+        self._last = time.perf_counter()
+        gc.callbacks.append(self._on_gc)
+        self._loop.call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._running = False
+        gc.callbacks.remove(self._on_gc)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append((self._last, now))
+        self._last = now
+        if self._running:
+            self._loop.call_soon(self._tick)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.collections.append((self._gc_started, time.perf_counter(), info["generation"]))
+
+    def longest(self) -> tuple[float, float, float]:
+        """(longest gap, GC time inside it, longest gap less the GC time inside it)."""
+        worst = (0.0, 0.0, 0.0)
+        worst_code = 0.0
+        collections = self.collections
+        first = 0
+        for start, end in self.gaps:
+            while first < len(collections) and collections[first][1] <= start:
+                first += 1
+            in_gc = 0.0
+            index = first
+            while index < len(collections) and collections[index][0] < end:
+                gc_start, gc_end, _ = collections[index]
+                in_gc += max(0.0, min(end, gc_end) - max(start, gc_start))
+                index += 1
+            gap = end - start
+            if gap > worst[0]:
+                worst = (gap, in_gc, 0.0)
+            worst_code = max(worst_code, gap - in_gc)
+        return worst[0], worst[1], worst_code
+
+    def longest_collection(self) -> tuple[float, int]:
+        """(seconds, generation) of the longest collection."""
+        if not self.collections:
+            return 0.0, -1
+        start, end, generation = max(self.collections, key=lambda c: c[1] - c[0])
+        return end - start, generation
+
+
+def fill(series_count: int, values: int, seed: int = 3) -> tuple[Aggregator, int]:
+    """An aggregator holding one interval of ``series_count`` series; (it, lines ingested)."""
+    rng = random.Random(seed)
+    lines: list[bytes] = []
+    for series in make_series(series_count):
+        if series.kind == "c":
+            samples = [str(rng.randint(1, 5))]
+        elif series.kind == "g":
+            samples = [str(rng.randint(0, 1000))]
+        elif series.kind == "s":
+            samples = [f"user{rng.randint(1, 10_000)}" for _ in range(values)]
+        else:
+            samples = [f"{rng.random() * 250:.3f}" for _ in range(values)]
+        lines.extend(series.template.format(v=v).encode() for v in samples)
+    aggregator = Aggregator(Naming({"host": "bench"}))
+    for datagram in pack(lines):
+        aggregator.ingest(datagram)
+    return aggregator, len(lines)
+
+
+async def one_flush(
+    aggregator: Aggregator, sink: QueuedSink | InlineSink, percentiles: Sequence[float]
+) -> tuple[float, StallMeter, int, int]:
+    """(seconds, stalls, series, measurements) of one flush, encoded to the last batch."""
+    flusher = Flusher(
+        aggregator, Converter(percentiles), sink, interval=INTERVAL, batch_size=BATCH_SIZE
+    )
+    await sink.start()
+    meter = StallMeter(asyncio.get_running_loop())
+    meter.start()
+    await asyncio.sleep(0.01)  # a few idle ticks before the flush starts
+    started = time.perf_counter()
+    report = await flusher.flush(int(time.time()) // INTERVAL * INTERVAL)
+    await sink.drain(60.0)
+    elapsed = time.perf_counter() - started
+    await asyncio.sleep(0.01)
+    meter.stop()
+    await sink.close()
+    if sink.measurements != report.measurements:
+        raise RuntimeError(f"sink got {sink.measurements} of {report.measurements} measurements")
+    return elapsed, meter, report.series, report.measurements
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--series", type=int, default=100_000)
+    parser.add_argument("--values", type=int, default=10, help="per timer/histogram/set")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--percentiles", default="90", help="comma-separated, e.g. 90,99")
+    args = parser.parse_args()
+    percentiles = [float(p) for p in args.percentiles.split(",") if p.strip()]
+
+    one, five, fifteen = os.getloadavg()
+    print(f"load average at start: {one:.2f} {five:.2f} {fifteen:.2f}")
+    print(
+        f"{args.series:,} series (40% c, 30% ms, 15% g, 10% h, 5% s), {args.values} values per "
+        f"timer/histogram/set, percentiles {percentiles}, batch {BATCH_SIZE}"
+    )
+    print(
+        "stall = longest gap between two event-loop turns (ms), the GC pause inside it, and\n"
+        "the longest gap once GC pauses are taken out; gc = the longest collection (generation)"
+    )
+    print(
+        f"{'sink':<7} {'round':>5} {'series':>8} {'measurements':>12} {'flush ms':>9} "
+        f"{'stall':>7} {'in GC':>7} {'no GC':>7} {'gc (gen)':>10} {'turns':>6}  load avg"
+    )
+    for name in ("queued", "inline"):
+        for round_no in range(1, args.rounds + 1):
+            aggregator, _ = fill(args.series, args.values)
+            gc.collect()
+            sink: QueuedSink | InlineSink = QueuedSink() if name == "queued" else InlineSink()
+            elapsed, meter, series, measurements = uvloop.run(
+                one_flush(aggregator, sink, percentiles)
+            )
+            stall, in_gc, no_gc = meter.longest()
+            collection, generation = meter.longest_collection()
+            one, five, fifteen = os.getloadavg()
+            print(
+                f"{name:<7} {round_no:>5} {series:>8,} {measurements:>12,} "
+                f"{elapsed * 1e3:>9.0f} {stall * 1e3:>7.1f} {in_gc * 1e3:>7.1f} "
+                f"{no_gc * 1e3:>7.1f} {collection * 1e3:>6.1f} ({generation}) "
+                f"{len(meter.gaps):>6}  {one:.2f} {five:.2f} {fifteen:.2f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
