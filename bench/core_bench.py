@@ -16,6 +16,7 @@ import time
 from bench.workload import make_lines, make_series, pack
 from statsd_ao.aggregator import Aggregator
 from statsd_ao.batching import encode_batches
+from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.measurements import Converter
 from statsd_ao.sanitize import Naming
 
@@ -25,7 +26,12 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=10_000)
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--gc-policy", action="store_true", help="run the collector as the app does"
+    )
     args = parser.parse_args()
+    if args.gc_policy:
+        GcPolicy().start()
 
     lines = make_lines(make_series(args.series), args.lines)
     datagrams = pack(lines)

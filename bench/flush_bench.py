@@ -34,6 +34,7 @@ from bench.workload import make_series, pack
 from statsd_ao.aggregator import Aggregator
 from statsd_ao.batching import encode
 from statsd_ao.flusher import Flusher
+from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.measurements import Converter, Measurement
 from statsd_ao.sanitize import Naming
 
@@ -191,12 +192,17 @@ def fill(series_count: int, values: int, seed: int = 3) -> tuple[Aggregator, int
 
 
 async def one_flush(
-    aggregator: Aggregator, sink: QueuedSink | InlineSink, percentiles: Sequence[float]
+    aggregator: Aggregator,
+    sink: QueuedSink | InlineSink,
+    percentiles: Sequence[float],
+    policy: GcPolicy | None = None,
 ) -> tuple[float, StallMeter, int, int]:
     """(seconds, stalls, series, measurements) of one flush, encoded to the last batch."""
     flusher = Flusher(
         aggregator, Converter(percentiles), sink, interval=INTERVAL, batch_size=BATCH_SIZE
     )
+    if policy is not None:  # as the app runs it
+        flusher.pause = policy.pause
     await sink.start()
     meter = StallMeter(asyncio.get_running_loop())
     meter.start()
@@ -219,7 +225,15 @@ def main() -> None:
     parser.add_argument("--values", type=int, default=10, help="per timer/histogram/set")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--percentiles", default="90", help="comma-separated, e.g. 90,99")
+    parser.add_argument(
+        "--gc-policy",
+        action="store_true",
+        help="run the collector as the app does (statsd_ao.gcpolicy), not Python's default",
+    )
     args = parser.parse_args()
+    policy = GcPolicy() if args.gc_policy else None
+    if policy is not None:
+        policy.start()
     percentiles = [float(p) for p in args.percentiles.split(",") if p.strip()]
 
     one, five, fifteen = os.getloadavg()
@@ -239,10 +253,11 @@ def main() -> None:
     for name in ("queued", "inline"):
         for round_no in range(1, args.rounds + 1):
             aggregator, _ = fill(args.series, args.values)
-            gc.collect()
+            if policy is None:
+                gc.collect()
             sink: QueuedSink | InlineSink = QueuedSink() if name == "queued" else InlineSink()
             elapsed, meter, series, measurements = uvloop.run(
-                one_flush(aggregator, sink, percentiles)
+                one_flush(aggregator, sink, percentiles, policy)
             )
             stall, in_gc, no_gc = meter.longest()
             collection, generation = meter.longest_collection()

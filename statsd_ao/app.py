@@ -23,6 +23,7 @@ from statsd_ao.cardinality import WINDOW, CardinalityGuard
 from statsd_ao.config import Address, Config
 from statsd_ao.events import Event
 from statsd_ao.flusher import Flusher, FlushReport
+from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.health import HealthState, HttpServer, assess, cardinality_status, start_http
 from statsd_ao.idle import IdleKeeper
 from statsd_ao.listeners import DatagramListener
@@ -115,6 +116,8 @@ class App:
         )
         if config.send_idle:
             self.flusher.idle = IdleKeeper(config.send_idle)
+        self.gc = GcPolicy()
+        self.flusher.pause = self.gc.pause
         self.admin_state = ProxyAdminState(
             self.aggregator,
             self.flusher,
@@ -163,6 +166,7 @@ class App:
             await self._close_endpoints()
             await self.sink.close()
             return False
+        self.gc.start()
         where = "stdout" if not config.posting else config.api_url
         log.info("ready: flushing every %ds to %s", config.flush_interval, where)
         return True

@@ -15,10 +15,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from statsd_ao.aggregator import Aggregator, Snapshot
-from statsd_ao.batching import chunked
 from statsd_ao.events import Event
 from statsd_ao.idle import IdleKeeper
 from statsd_ao.logs import RateLimitedLog
@@ -27,9 +27,10 @@ from statsd_ao.sink import Sink
 
 log = logging.getLogger(__name__)
 
-# Series converted between two yields to the event loop: ~10 ms of work, so a flush of
-# 100,000 series never keeps the socket unread for long (bench/flush_bench.py).
-CONVERT_CHUNK = 2000
+# Series converted (and their full batches handed to the sink, which encodes them) between
+# two yields to the event loop: ~15 ms of work, so a flush of 100,000 series never keeps the
+# socket unread for long (bench/flush_bench.py).
+CONVERT_CHUNK = 1000
 # Bytes of a rejected line quoted in the log.
 EXAMPLE_BYTES = 120
 # A metric over its tag-set budget is named in the log at most this often.
@@ -80,6 +81,8 @@ class Flusher:
         self.extra: Callable[[int, int], Sequence[Measurement]] | None = None
         self.on_event: Callable[[Event], None] | None = None  # DogStatsD events
         self.idle: IdleKeeper | None = None  # etsy's idle series, when asked for
+        # Wraps each flush: the app pauses the garbage collector there (gcpolicy.py).
+        self.pause: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
         self.on_flush: Callable[[FlushReport], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -108,42 +111,63 @@ class Flusher:
         return stamp
 
     async def flush(self, stamp: int) -> FlushReport:
+        with self.pause():
+            return await self._flush(stamp)
+
+    async def _flush(self, stamp: int) -> FlushReport:
+        """Stream the interval out: a chunk of series at a time is taken out of the snapshot,
+        converted, its full batches handed to the sink, and freed, between yields to the
+        loop, so no step (allocating, encoding, freeing) is ever large."""
         started = time.perf_counter()
         snapshot = self._aggregator.swap()
         self._account(snapshot)
-        measurements: list[Measurement] = []
-        groups = [(stamp, snapshot.series), *sorted(snapshot.past.items())]
-        series = 0
-        for group_stamp, table in groups:
-            items = list(table.items())
-            series += len(items)
-            for chunk in chunked(items, CONVERT_CHUNK):
-                measurements.extend(self._converter.convert(chunk, group_stamp, self._interval))
+        pending: list[Measurement] = []
+        series = posted = 0
+        for group_stamp, table in [(stamp, snapshot.series), *sorted(snapshot.past.items())]:
+            while table:
+                chunk = [table.popitem() for _ in range(min(CONVERT_CHUNK, len(table)))]
+                series += len(chunk)
+                if self.idle is not None and group_stamp == stamp:
+                    self.idle.remember(chunk)
+                pending.extend(self._converter.convert(chunk, group_stamp, self._interval))
+                del chunk  # the accumulators go now, not all at the end
+                posted += self._submit(pending, whole_batches_only=True)
                 await asyncio.sleep(0)  # let the listener read between chunks
-        if self.idle is not None:
-            idle = self.idle.fill(snapshot.series)
-            measurements.extend(self._converter.convert(idle.items(), stamp, self._interval))
-        if self.extra is not None:
-            measurements.extend(self.extra(stamp, self._interval))
+        pending.extend(self._closing_measurements(stamp))
+        posted += self._submit(pending, whole_batches_only=False)
         if self.on_event is not None:
             for event in snapshot.events:
                 self.on_event(event)
-        for batch in chunked(measurements, self._batch_size):
-            self._sink.submit(batch)
         self._aggregator.maintain()
         self._report_folds()
         self.flushes += 1
         report = FlushReport(
-            stamp,
-            series,
-            len(measurements),
-            sum(snapshot.rejected.values()),
-            time.perf_counter() - started,
+            stamp, series, posted, sum(snapshot.rejected.values()), time.perf_counter() - started
         )
         log.debug("flush %s", report)
         if self.on_flush is not None:
             self.on_flush(report)
         return report
+
+    def _closing_measurements(self, stamp: int) -> list[Measurement]:
+        """Idle series (etsy's semantics, when asked for) and the app's extras."""
+        out: list[Measurement] = []
+        if self.idle is not None:
+            idle = self.idle.stand_ins()
+            out.extend(self._converter.convert(idle.items(), stamp, self._interval))
+        if self.extra is not None:
+            out.extend(self.extra(stamp, self._interval))
+        return out
+
+    def _submit(self, pending: list[Measurement], *, whole_batches_only: bool) -> int:
+        """Hand ``pending``'s batches to the sink (all, or only full ones); returns how many
+        measurements went."""
+        size = self._batch_size
+        count = len(pending) - len(pending) % size if whole_batches_only else len(pending)
+        for start in range(0, count, size):
+            self._sink.submit(pending[start : min(start + size, count)])
+        del pending[:count]
+        return count
 
     def _account(self, snapshot: Snapshot) -> None:
         """Count lines and rejections; one log line per interval at most, with examples."""

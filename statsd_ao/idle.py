@@ -21,28 +21,41 @@ _KINDS = {"counters": Kind.COUNTER, "gauges": Kind.GAUGE, "sets": Kind.SET}
 
 
 class IdleKeeper:
-    """Remembers series of the chosen kinds and stands in for them while they are idle."""
+    """Remembers series of the chosen kinds and stands in for them while they are idle.
+
+    Each flush: `remember` every chunk of the interval's converted series (their gauges
+    hold final values by then), then `stand_ins` once for the remembered ones not seen.
+    """
 
     def __init__(self, kinds: Iterable[str], limit: int = MAX_IDLE_SERIES) -> None:
         self._kinds = {_KINDS[kind] for kind in kinds}
         self._limit = limit
-        self._known: dict[SeriesKey, float] = {}  # gauge: last value; others: 0.0
+        self._round = 0  # flushes so far; an entry seen in the current round is active
+        self._known: dict[SeriesKey, tuple[float, int]] = {}  # (gauge value or 0, round)
 
-    def fill(self, active: dict[SeriesKey, Accumulator]) -> dict[SeriesKey, Accumulator]:
-        """Stand-ins for the remembered series missing from ``active``; remembers ``active``.
-
-        Call after ``active`` was converted, so its gauges hold their final values."""
-        idle: dict[SeriesKey, Accumulator] = {}
-        for key, value in self._known.items():
-            if key not in active:
-                idle[key] = _stand_in(key[0], value)
-        for key, acc in active.items():
+    def remember(self, items: Iterable[tuple[SeriesKey, Accumulator]]) -> None:
+        for key, acc in items:
             if key[0] in self._kinds:
                 self._known.pop(key, None)  # re-inserted last: ordered by activity
-                self._known[key] = acc.value if isinstance(acc, Gauge) else 0.0
+                value = acc.value if isinstance(acc, Gauge) else 0.0
+                self._known[key] = (value, self._round)
+
+    def stand_ins(self) -> dict[SeriesKey, Accumulator]:
+        """Stand-ins for the remembered series not seen this flush; starts the next one."""
+        idle = {
+            key: _stand_in(key[0], value)
+            for key, (value, seen) in self._known.items()
+            if seen != self._round
+        }
         while len(self._known) > self._limit:
             del self._known[next(iter(self._known))]
+        self._round += 1
         return idle
+
+    def fill(self, active: dict[SeriesKey, Accumulator]) -> dict[SeriesKey, Accumulator]:
+        """`remember` all of ``active`` and return the `stand_ins` in one call."""
+        self.remember(active.items())
+        return self.stand_ins()
 
 
 def _stand_in(kind: Kind, value: float) -> Accumulator:
