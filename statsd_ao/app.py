@@ -20,7 +20,7 @@ from statsd_ao.admin_state import ProxyAdminState
 from statsd_ao.aggregator import Aggregator
 from statsd_ao.annotations import to_annotation
 from statsd_ao.cardinality import WINDOW, CardinalityGuard
-from statsd_ao.config import Address, Config
+from statsd_ao.config import Config
 from statsd_ao.events import Event
 from statsd_ao.flusher import Flusher, FlushReport
 from statsd_ao.gcpolicy import GcPolicy
@@ -32,6 +32,7 @@ from statsd_ao.measurements import Converter, Measurement
 from statsd_ao.name_rules import NameRules
 from statsd_ao.sanitize import Naming
 from statsd_ao.selfmetrics import SelfMetrics, Timings, standard_metrics, udp_drops
+from statsd_ao.settings import Address
 from statsd_ao.sink import DryRunSink, HttpSink
 from statsd_ao.tcp import TcpListener
 

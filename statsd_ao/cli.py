@@ -12,8 +12,9 @@ import uvloop
 
 from statsd_ao import __version__, migration
 from statsd_ao.app import run
-from statsd_ao.config import SETTINGS, ConfigError, build
+from statsd_ao.config import ConfigError, build
 from statsd_ao.logs import configure
+from statsd_ao.settings import SETTINGS
 
 EXIT_CONFIG = 2
 

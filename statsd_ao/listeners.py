@@ -17,7 +17,7 @@ import socket
 import stat
 from collections.abc import Callable
 
-from statsd_ao.config import Address
+from statsd_ao.settings import Address
 
 log = logging.getLogger(__name__)
 

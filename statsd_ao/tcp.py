@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from statsd_ao.config import Address
+from statsd_ao.settings import Address
 
 log = logging.getLogger(__name__)
 

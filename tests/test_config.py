@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from statsd_ao import cli
-from statsd_ao.config import Address, ConfigError, build, parse_address
+from statsd_ao.config import ConfigError, build
+from statsd_ao.settings import Address, parse_address
 
 
 def test_defaults() -> None:

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from statsd_ao.config import SETTINGS, parse_address
 from statsd_ao.health import HealthState, start_http
+from statsd_ao.settings import SETTINGS, parse_address
 from tests.proxy import Proxy
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,12 +14,13 @@ import pytest
 from statsd_ao import cli, migration
 from statsd_ao.accumulators import Accumulator, Counter, Gauge
 from statsd_ao.aggregator import Aggregator, SeriesKey
-from statsd_ao.config import Address, Config, build
+from statsd_ao.config import Config, build
 from statsd_ao.idle import IdleKeeper
 from statsd_ao.measurements import Converter
 from statsd_ao.name_rules import NameRules, etsy_sanitize
 from statsd_ao.protocol import Kind
 from statsd_ao.sanitize import Naming
+from statsd_ao.settings import Address
 from tests.fakeapi import FakeAppOptics
 from tests.proxy import Proxy
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from datadog.dogstatsd.base import DogStatsd
 
-from statsd_ao.config import Address
 from statsd_ao.listeners import DatagramListener
+from statsd_ao.settings import Address
 from statsd_ao.tcp import TcpListener
 from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
 from tests.proxy import Proxy
