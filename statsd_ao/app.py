@@ -128,6 +128,9 @@ class App:
         self.admin: asyncio.Server | None = None
         self.stop = asyncio.Event()
         self.flush_timings = Timings()
+        self.post_timings = Timings()
+        if isinstance(self.sink, HttpSink):
+            self.sink.on_latency = self.post_timings.observe
         self.last_report: FlushReport | None = None
         self.last_flush_at = time.monotonic()
         self.listening = False
@@ -268,6 +271,7 @@ class App:
             sink=self.sink if isinstance(self.sink, HttpSink) else None,
             series_active=lambda: self.last_report.series if self.last_report else None,
             flush_duration=self.flush_timings.distribution,
+            post_latency=self.post_timings.distribution if self.config.posting else None,
         )
         self.flusher.on_flush = self._flushed
         self.flusher.on_event = self._annotate

@@ -189,6 +189,8 @@ class HttpSink:
         self.unconfirmed = 0
         self.annotations_posted = 0
         self.annotations_lost = 0
+        # Seconds from sending a measurement post to its answer (the app's self-metrics).
+        self.on_latency: Callable[[float], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -334,7 +336,10 @@ class HttpSink:
         stays in flight, and `_stop` counts it."""
         settled = False
         try:
+            posted_at = time.monotonic()
             answer = await self._post(parcel.body)
+            if self.on_latency is not None:
+                self.on_latency(time.monotonic() - posted_at)
             self._outbox.settle(parcel)
             settled = True
             self._settle(parcel, answer, charged=charged)

@@ -268,3 +268,20 @@ def test_kernel_receive_buffer_drops_are_reported() -> None:
         assert sum(drops) > 0
 
     run(scenario)
+
+
+def test_post_latency_is_reported_after_the_first_post() -> None:
+    async def scenario() -> None:
+        async with FakeAppOptics(token=TOKEN) as api:
+            flags = ("--api-url", api.url, "--flush-interval", "1", "--self-metrics", "on")
+            async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
+                await api.wait_for(
+                    lambda a: any(
+                        m["name"] == "statsd_ao.post.latency_seconds.p50" for m in a.accepted
+                    ),
+                    timeout=15,
+                )
+                assert await proxy.stop() == 0
+            assert not api.rejected
+
+    run(scenario)
