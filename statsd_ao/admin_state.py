@@ -78,6 +78,11 @@ class ProxyAdminState:
         self._forget(Kind.SUMMARY, names, self._aggregator.current)
 
     def _forget(self, kind: Kind, names: Sequence[str], keys: Iterable[SeriesKey]) -> None:
+        idle = self._flusher.idle
+        if idle is not None:  # idle series are still series to etsy's del* commands
+            keys = [*keys, *idle.keys()]
         wanted = set(names)
         doomed = [key for key in keys if key[0] is kind and self.display(key) in wanted]
         self._aggregator.forget(doomed)
+        if self._flusher.idle is not None:  # nor may it come back as an idle series
+            self._flusher.idle.forget(doomed)

@@ -17,6 +17,7 @@ awaits, never allocates per datagram beyond the split.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,8 @@ FUTURE_TOLERANCE = 60.0
 GAUGE_MEMORY = 200_000
 
 SeriesKey = tuple[Kind, str, TagTuple]
+log = logging.getLogger(__name__)
+EXAMPLE_BYTES = 120
 Feed = Callable[[bytes], None]
 
 
@@ -130,6 +133,10 @@ class Aggregator:
         self._interval = interval
         self._clock = clock
         self._max_sample_age = max_sample_age
+        # Where the interval now being aggregated starts: set at each swap, so a timestamped
+        # sample arriving between a tick and its swap still joins the interval being closed.
+        now = clock()
+        self._current_start = now - now % interval
         self._overflow_tags = naming.tags([OVERFLOW_TAG])
         self.folded_samples: dict[str, int] = {}  # per metric, since start
         self._shape_limit = shape_limit
@@ -166,6 +173,8 @@ class Aggregator:
     def swap(self) -> Snapshot:
         """Hand over this interval's data and start a fresh interval, in O(1)."""
         done, self._now, self._feeds = self._now, Snapshot(), {}
+        now = self._clock()
+        self._current_start = now - now % self._interval
         return done
 
     @property
@@ -214,7 +223,19 @@ class Aggregator:
         now.examples.setdefault(reason, line)
 
     def _feed_for(self, key: tuple[bytes, bytes], value: bytes, line: bytes) -> Feed:
-        """The feed for a line shape seen for the first time this interval (the slow path)."""
+        """The feed for a line shape seen for the first time this interval (the slow path).
+
+        The parsers raise only `ParseError`; a plain ``ValueError`` escaping them anyway (a
+        parser bug) still only rejects the line, counted, instead of the whole datagram."""
+        try:
+            return self._new_feed(key, value, line)
+        except ParseError:
+            raise
+        except ValueError:
+            log.exception("parser bug on line %r (counted as rejected)", line[:EXAMPLE_BYTES])
+            return _rejecter("unparsable line")
+
+    def _new_feed(self, key: tuple[bytes, bytes], value: bytes, line: bytes) -> Feed:
         feed: Feed
         if key[0].startswith((EVENT_PREFIX, CHECK_PREFIX)):
             return self._special(line)
@@ -285,7 +306,7 @@ class Aggregator:
         if now - timestamp > self._max_sample_age:
             raise ParseError("timestamp too old")
         stamp = timestamp - timestamp % self._interval
-        if stamp >= now - now % self._interval:
+        if stamp >= self._current_start:
             return self._now.series
         return self._now.past.setdefault(stamp, {})
 

@@ -10,6 +10,7 @@ ready" while draining).  A container stop therefore keeps the last interval.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import signal
 import time
@@ -38,6 +39,8 @@ from statsd_ao.tcp import TcpListener
 
 log = logging.getLogger("statsd_ao")
 
+# /status looks at this many tracked tag sets at most (~50 ms of work).
+STATUS_SCAN = 100_000
 # Kernel receive-buffer drops are logged at most this often (they are also a self-metric).
 KERNEL_DROP_LOG_INTERVAL = 60.0
 
@@ -154,6 +157,8 @@ class App:
         if not config.posting:
             why = "--dry-run" if config.dry_run else "no token (set APPOPTICS_TOKEN or --token)"
             log.warning("dry run (%s): each flush's measurements are printed to stdout", why)
+        elif config.api_url.startswith("http://"):
+            log.warning("the API URL is plain http: the token is sent unencrypted")
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
@@ -180,7 +185,11 @@ class App:
         log.info("shutting down: final flush, then up to %gs to deliver", config.shutdown_timeout)
         await self._close_intake()
         self.listening = False
-        report = await self.flusher.flush_final()
+        try:
+            measurements = (await self.flusher.flush_final()).measurements
+        except Exception:  # a bug: still deliver what is pending and exit in time
+            log.exception("the final flush failed")
+            measurements = 0
         self.sink_open = False
         left = await self.sink.drain(config.shutdown_timeout)
         await self.sink.close()
@@ -190,7 +199,7 @@ class App:
         log.info(
             "stopped: %d lines received, final flush of %d measurements, %d undelivered",
             self.flusher.lines,
-            report.measurements,
+            measurements,
             left,
         )
         return 0
@@ -326,6 +335,8 @@ class App:
         return self.metrics.prometheus() if self.metrics is not None else ""
 
     def _status(self) -> dict[str, object]:
-        status = cardinality_status(self.guard.tag_sets())
+        # Bounded: a scan of a million tag sets would hold the loop for seconds.
+        status = cardinality_status(itertools.islice(self.guard.tag_sets(), STATUS_SCAN))
+        status["scanned_tag_sets"] = min(self.guard.tracked, STATUS_SCAN)
         status["over_budget"] = [vars(o) for o in self.guard.offenders()]
         return status

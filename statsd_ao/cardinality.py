@@ -95,6 +95,12 @@ class CardinalityGuard:
             for tags in seen:
                 yield metric, tags
 
+    def tracks(self, metric: str, tags: Tags) -> bool:
+        """True while ``tags`` counts in ``metric``'s window (its slot is taken)."""
+        seen = self._seen.get(metric)
+        last = seen.get(tags) if seen is not None else None
+        return last is not None and last > self._clock() - self._window
+
     def count(self, metric: str) -> int:
         """Ordinary tag sets of ``metric`` in the window (the overflow series not included)."""
         seen = self._seen.get(metric)

@@ -21,7 +21,7 @@ from statsd_ao.batching import DEFAULT_BATCH
 from statsd_ao.cardinality import DEFAULT_LIMIT, DEFAULT_TOTAL_LIMIT
 from statsd_ao.outbox import MAX_PENDING
 from statsd_ao.retry import MAX_AGE, MAX_ATTEMPTS
-from statsd_ao.sanitize import MAX_TAGS
+from statsd_ao.sanitize import MAX_TAGS, fit_tag
 from statsd_ao.settings import SETTINGS, Address, Setting, parse_address
 
 DEFAULT_API_URL = "https://api.appoptics.com"
@@ -151,6 +151,8 @@ def build(
     config = Config(**values)
     if len(config.global_tags) > MAX_TAGS:
         raise ConfigError(f"--tag: at most {MAX_TAGS} global tags (host included)")
+    if not any(fit_tag(key, value) for key, value in config.global_tags.items()):
+        raise ConfigError("--tag, --host-tag: every measurement needs a tag; set one with --tag")
     if config.max_pending < config.batch_size:
         raise ConfigError("--max-pending: must hold at least one batch (--batch-size)")
     if not (config.udp or config.tcp or config.unix):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from statsd_ao.protocol import PRESENCE_VALUE, ParseError
+from statsd_ao.protocol import PRESENCE_VALUE, ParseError, parse_timestamp
 
 EVENT_PREFIX = b"_e{"
 CHECK_PREFIX = b"_sc|"
@@ -113,11 +113,7 @@ def _fields(parts: list[bytes]) -> dict[str, str]:
 
 
 def _timestamp(raw: str | None) -> int | None:
-    if raw is None:
-        return None
-    if not raw.strip().isdigit():
-        raise ParseError("bad timestamp")
-    return int(raw)
+    return None if raw is None else parse_timestamp(raw.strip())
 
 
 def _tags(raw: str | None) -> Tags:

@@ -75,6 +75,7 @@ class Flusher:
         self.lines = 0
         self.rejected: dict[str, int] = {}
         self._folds_seen = 0
+        self._folds_reported_at = -FOLD_LOG_INTERVAL
         self._fold_log = RateLimitedLog(log, FOLD_LOG_INTERVAL)
         # Hooks set by the app: measurements added to each flush (self-metrics), and a
         # callback with each flush's report.
@@ -93,7 +94,10 @@ class Flusher:
                 await asyncio.wait_for(stop.wait(), delay)
                 return
             stamp = self._advance()
-            await self.flush(stamp)
+            try:
+                await self.flush(stamp)
+            except Exception:  # a bug: say so loudly, keep flushing (never die silently)
+                log.exception("flush of the interval at %d failed", stamp)
 
     async def flush_final(self) -> FlushReport:
         """Flush what the current, unfinished interval holds (at shutdown)."""
@@ -153,7 +157,11 @@ class Flusher:
         """Idle series (etsy's semantics, when asked for) and the app's extras."""
         out: list[Measurement] = []
         if self.idle is not None:
-            idle = self.idle.stand_ins()
+            # An idle series is posted only while the guard still counts its tag set, so
+            # idle series never take a metric past its cardinality budget.
+            guard = self._aggregator.guard
+            keep = (lambda key: guard.tracks(key[1], key[2])) if guard is not None else None
+            idle = self.idle.stand_ins(keep)
             out.extend(self._converter.convert(idle.items(), stamp, self._interval))
         if self.extra is not None:
             out.extend(self.extra(stamp, self._interval))
@@ -191,8 +199,10 @@ class Flusher:
         if guard is None:
             return
         folds = guard.folded_tag_sets.total()
-        if folds == self._folds_seen:
-            return
+        now = time.monotonic()
+        if folds == self._folds_seen or now - self._folds_reported_at < FOLD_LOG_INTERVAL:
+            return  # offenders() walks tag sets: only when a line may be logged
+        self._folds_reported_at = now
         self._folds_seen = folds
         samples = self._aggregator.folded_samples
         for offender in guard.offenders():

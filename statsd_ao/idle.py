@@ -7,7 +7,7 @@ The flusher asks `IdleKeeper.fill` once per flush (not the hot path).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf
 from statsd_ao.aggregator import SeriesKey
@@ -40,17 +40,29 @@ class IdleKeeper:
                 value = acc.value if isinstance(acc, Gauge) else 0.0
                 self._known[key] = (value, self._round)
 
-    def stand_ins(self) -> dict[SeriesKey, Accumulator]:
-        """Stand-ins for the remembered series not seen this flush; starts the next one."""
+    def stand_ins(
+        self, keep: Callable[[SeriesKey], bool] | None = None
+    ) -> dict[SeriesKey, Accumulator]:
+        """Stand-ins for the remembered series not seen this flush (and, with ``keep``, only
+        those it keeps: the cardinality guard's still-counted tag sets); starts the next."""
         idle = {
             key: _stand_in(key[0], value)
             for key, (value, seen) in self._known.items()
-            if seen != self._round
+            if seen != self._round and (keep is None or keep(key))
         }
         while len(self._known) > self._limit:
             del self._known[next(iter(self._known))]
         self._round += 1
         return idle
+
+    def keys(self) -> list[SeriesKey]:
+        """Every series remembered (active or idle)."""
+        return list(self._known)
+
+    def forget(self, keys: Iterable[SeriesKey]) -> None:
+        """Stop standing in for these series (etsy's del* commands)."""
+        for key in keys:
+            self._known.pop(key, None)
 
     def fill(self, active: dict[SeriesKey, Accumulator]) -> dict[SeriesKey, Accumulator]:
         """`remember` all of ``active`` and return the `stand_ins` in one call."""

@@ -17,6 +17,7 @@ import socket
 import stat
 from collections.abc import Callable
 
+from statsd_ao.logs import RateLimitedLog
 from statsd_ao.settings import Address
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class DatagramListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.datagrams = 0
         self.bytes = 0
+        self.errors = 0  # datagrams lost to a bug in ingest
 
     @property
     def is_udp(self) -> bool:
@@ -125,7 +127,11 @@ class DatagramListener:
                 data = recv(MAX_DATAGRAM)
                 count += 1
                 size += len(data)
-                ingest(data)
+                try:
+                    ingest(data)
+                except Exception:  # a bug in ingest: lose that datagram, keep reading
+                    self.errors += 1
+                    ingest_failed(data)
         except BlockingIOError:
             pass
         except OSError as error:  # e.g. ECONNREFUSED echoes on some kernels: never fatal
@@ -133,6 +139,20 @@ class DatagramListener:
         self.datagrams += count
         self.bytes += size
         return count >= DRAIN_LIMIT
+
+
+_bug_log = RateLimitedLog(log, 60.0)
+
+
+def ingest_failed(data: bytes) -> None:
+    """Ingest raised (a bug: it must not): logged loudly but rate-limited, never fatal."""
+    _bug_log.log(
+        logging.ERROR,
+        "ingest",
+        "error ingesting %r (dropped; the proxy goes on)",
+        data[:120],
+        exc_info=True,
+    )
 
 
 def _remove_stale_socket(path: str) -> None:

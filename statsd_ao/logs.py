@@ -34,7 +34,9 @@ class RateLimitedLog:
     def error(self, key: str, message: str, *args: object) -> bool:
         return self.log(logging.ERROR, key, message, *args)
 
-    def log(self, level: int, key: str, message: str, *args: object) -> bool:
+    def log(
+        self, level: int, key: str, message: str, *args: object, exc_info: bool = False
+    ) -> bool:
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
@@ -45,7 +47,7 @@ class RateLimitedLog:
         if suppressed:
             message += " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        self._logger.log(level, message, *args)
+        self._logger.log(level, message, *args, exc_info=exc_info)
         return True
 
 

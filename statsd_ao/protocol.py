@@ -110,7 +110,7 @@ def parse_shape(name: bytes, tail: bytes, container_tag: str | None = None) -> S
         elif head == b"#":
             tags.extend(_pairs(field[1:], b":", b","))
         elif head == b"T":
-            timestamp = _parse_timestamp(field[1:])
+            timestamp = parse_timestamp(field[1:])
         elif container_tag and field[:2] == b"c:" and len(field) > 2:
             tags.append((container_tag, _decode(field[2:])))
         # Any other field (container id, timestamp, cardinality, future ones) never fails a line.
@@ -171,8 +171,14 @@ def _parse_rate(raw: bytes) -> float:
     return rate
 
 
-def _parse_timestamp(raw: bytes) -> int:
-    if not raw.isdigit():
+# Unix seconds have 10 digits until the year 2286; more is not a timestamp (and int() of
+# thousands of digits is refused, or slow).
+MAX_TIMESTAMP_DIGITS = 12
+
+
+def parse_timestamp(raw: bytes | str) -> int:
+    """Unix seconds: ASCII digits only (``str.isdigit`` also takes "²"), at most 12."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_TIMESTAMP_DIGITS):
         raise ParseError("bad timestamp")
     return int(raw)
 

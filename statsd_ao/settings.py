@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from statsd_ao.annotations import stream_name
 from statsd_ao.batching import MAX_BATCH
@@ -54,6 +55,20 @@ def parse_optional(text: str) -> str | None:
     """A string setting that ``off`` or an empty value turns off."""
     stripped = text.strip()
     return None if stripped.lower() in ("", "off", "none") else stripped
+
+
+def parse_api_url(text: str) -> str:
+    """``http(s)://host[:port]``: anything else would fail every post at run time."""
+    parsed = urlsplit(text.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"expected https://HOST (or http:// for a test server), got {text!r}")
+    return text.strip().rstrip("/")
+
+
+def parse_token(text: str) -> str | None:
+    """Surrounding whitespace (a Secret made with ``echo``) is not part of a token; an empty
+    token (a missing Secret key) means no token: a dry run, said so at start."""
+    return text.strip() or None
 
 
 def parse_tags(items: list[str]) -> dict[str, str]:
@@ -174,8 +189,10 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("api_url", "--api-url", "STATSD_AO_API_URL", str, "AppOptics API base URL"),
-    Setting("token", "--token", "APPOPTICS_TOKEN", str, "AppOptics API token (else: dry run)"),
+    Setting("api_url", "--api-url", "STATSD_AO_API_URL", parse_api_url, "AppOptics API base URL"),
+    Setting(
+        "token", "--token", "APPOPTICS_TOKEN", parse_token, "AppOptics API token (else: dry run)"
+    ),
     Setting("udp", "--udp", "STATSD_AO_UDP", parse_listen, "UDP listen HOST:PORT, or off"),
     Setting("tcp", "--tcp", "STATSD_AO_TCP", parse_listen, "TCP listen HOST:PORT (default off)"),
     Setting("unix", "--unix", "STATSD_AO_UNIX", parse_optional, "Unix datagram socket PATH"),

@@ -261,7 +261,8 @@ class HttpSink:
                 return
             if answer.status is not None and answer.status < 500 and answer.status != 429:
                 break  # the API refused it: trying again changes nothing
-            await asyncio.sleep(ANNOTATION_BACKOFF * 2**attempt)
+            if attempt + 1 < ANNOTATION_ATTEMPTS:
+                await asyncio.sleep(ANNOTATION_BACKOFF * 2**attempt)
         self._annotation_failed(stream, answer.label)
 
     def _annotation_failed(self, stream: str, why: str) -> None:
@@ -479,9 +480,9 @@ class HttpSink:
         if self._closed:
             return 0
         self._closed = True
-        if self._annotating:  # give annotations in flight their chance within the drain
-            remaining = max(0.0, self._deadline - self._clock()) if self._draining else 0.0
-            await asyncio.wait(set(self._annotating), timeout=remaining or None)
+        remaining = self._deadline - self._clock() if self._draining else 0.0
+        if self._annotating and remaining > 0:  # annotations get what is left of the drain
+            await asyncio.wait(set(self._annotating), timeout=remaining)
         tasks = [*self._posts, *self._annotating, *([self._dispatcher] if self._dispatcher else [])]
         for task in tasks:
             task.cancel()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from statsd_ao.listeners import ingest_failed
 from statsd_ao.settings import Address
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class TcpConnection(asyncio.Protocol):
         self._pending = b""
         self._keep(data[cut + 1 :])
         if complete:
-            self._ingest(self._without_long_lines(complete))
+            self._safe_ingest(self._without_long_lines(complete))
 
     def eof_received(self) -> bool | None:
         self.flush()
@@ -88,8 +89,14 @@ class TcpConnection(asyncio.Protocol):
     def flush(self) -> None:
         """Take in a final line that had no newline."""
         if self._pending and not self._discarding:
-            self._ingest(self._pending)
+            self._safe_ingest(self._pending)
         self._pending = b""
+
+    def _safe_ingest(self, chunk: bytes) -> None:
+        try:
+            self._ingest(chunk)
+        except Exception:  # a bug in ingest: lose that chunk, keep the connection
+            ingest_failed(chunk)
 
     def close(self) -> None:
         self.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from statsd_ao.annotations import stream_name, to_annotation
 from statsd_ao.events import Event, parse_event
@@ -47,5 +48,22 @@ def test_sink_posts_annotations_retrying_transient_failures() -> None:
             assert (sink.annotations_posted, sink.annotations_lost) == (1, 1)
             assert api.annotations[0]["stream"] == "deploys"
             assert api.annotations[0]["start_time"] == 1700000000
+
+    asyncio.run(scenario())
+
+
+def test_annotations_never_hold_shutdown_past_the_drain_deadline() -> None:
+    async def scenario() -> None:
+        async with FakeAppOptics(token="tok") as api:
+            api.script([Fault.delay(30.0)] * 4)  # the API hangs
+            sink = HttpSink(api.url, "tok", concurrency=1, timeout=2.0)
+            await sink.start()
+            sink.annotate("deploys", to_annotation(Event("v1", ""), "h", 1))
+            await api.wait_for(lambda a: a.in_flight == 1)
+            started = time.monotonic()
+            await sink.drain(0.5)
+            await sink.close()
+            assert time.monotonic() - started < 2.0
+            assert sink.annotations_posted == 0
 
     asyncio.run(scenario())

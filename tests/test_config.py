@@ -110,3 +110,24 @@ def test_cli_exits_non_zero_naming_the_setting(capsys: pytest.CaptureFixture[str
     assert status == cli.EXIT_CONFIG
     assert "--flush-interval" in err
     assert "s3cr3t-token" not in err
+
+
+@pytest.mark.parametrize(("raw", "token"), [("  tok\n", "tok"), ("", None), ("  ", None)])
+def test_token_is_trimmed_and_empty_means_dry_run(raw: str, token: str | None) -> None:
+    config = build({}, environ={"APPOPTICS_TOKEN": raw})
+    assert config.token == token
+    assert config.posting is (token is not None)
+
+
+@pytest.mark.parametrize("url", ["api.appoptics.com", "ftp://x", "https://", "http:/x"])
+def test_api_url_needs_a_scheme_and_host(url: str) -> None:
+    with pytest.raises(ConfigError, match="--api-url"):
+        build({"api_url": url}, environ={})
+
+
+def test_no_host_tag_and_no_tags_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match="needs a tag"):
+        build({"host_tag": "false"}, environ={})
+    assert build({"host_tag": "false", "tags": ["env=prod"]}, environ={}).global_tags == {
+        "env": "prod"
+    }

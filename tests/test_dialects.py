@@ -282,3 +282,15 @@ def test_a_timestamped_gauge_of_a_past_interval_does_not_disturb_the_current_one
     assert [m["value"] for m in current] == [15.0]  # 10 carried over, plus 5
     [past] = snapshot.past.values()
     assert [m["value"] for m in Converter().convert(past.items(), 0, 10)] == [1.0]
+
+
+def test_a_timestamped_sample_between_tick_and_swap_joins_the_closing_interval() -> None:
+    """The tick at ...010 has passed but the swap has not happened yet: a sample of ...009
+    belongs to the interval about to be posted as ...000, not to a second ...000 series."""
+    clock = Clock(1_700_000_005.0)
+    aggregator = Aggregator(Naming({"host": "h"}), interval=10, clock=clock)
+    clock.now = 1_700_000_010.002
+    aggregator.ingest(b"req:5|c\nreq:1|c|T1700000009")
+    snapshot = aggregator.swap()
+    assert not snapshot.past
+    assert [m["value"] for m in Converter().convert(snapshot.series.items(), 0, 10)] == [6.0]

@@ -13,16 +13,20 @@ import pytest
 
 from statsd_ao import cli, migration
 from statsd_ao.accumulators import Accumulator, Counter, Gauge
+from statsd_ao.admin_state import ProxyAdminState
 from statsd_ao.aggregator import Aggregator, SeriesKey
+from statsd_ao.cardinality import CardinalityGuard
 from statsd_ao.config import Config, build
+from statsd_ao.flusher import Flusher
 from statsd_ao.idle import IdleKeeper
-from statsd_ao.measurements import Converter
+from statsd_ao.measurements import Converter, Measurement
 from statsd_ao.name_rules import NameRules, etsy_sanitize
 from statsd_ao.protocol import Kind
 from statsd_ao.sanitize import Naming
 from statsd_ao.settings import Address
 from tests.fakeapi import FakeAppOptics
 from tests.proxy import Proxy
+from tests.test_flusher import ListSink
 
 DATA = Path(__file__).parent / "data" / "etsy"
 TOKEN = "e2e-token"
@@ -232,3 +236,35 @@ def test_management_interface_on_the_running_proxy() -> None:
         assert '"jobs"' not in "".join(line.decode() for line in proxy.stdout)
 
     asyncio.run(scenario())
+
+
+def test_idle_series_respect_the_cardinality_budget_and_deletion() -> None:
+    """An idle stand-in is posted only while the guard counts its tag set; del* ends it."""
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    guard = CardinalityGuard(10, None, window=3600, clock=clock)
+    aggregator = Aggregator(Naming({"host": "h"}), guard=guard)
+    flusher = Flusher(aggregator, Converter(), ListSink(), interval=10, batch_size=500)
+    flusher.idle = IdleKeeper(["counters"])
+    aggregator.ingest(b"a:1|c\nb:1|c")
+    asyncio.run(flusher.flush(0))
+    clock.now = 1800.0
+    names = [m["name"] for m in asyncio.run(collect(flusher, 10))]
+    assert sorted(names) == ["a", "b"]  # idle: posted as 0
+    ProxyAdminState(aggregator, flusher, {"host": "h"}).delete_counters(["a"])
+    clock.now = 3700.0  # b's tag set has left the guard's window
+    assert [m["name"] for m in asyncio.run(collect(flusher, 20))] == []
+
+
+async def collect(flusher: Flusher, stamp: int) -> list[Measurement]:
+    sink = flusher._sink
+    assert isinstance(sink, ListSink)
+    sink.batches.clear()
+    await flusher.flush(stamp)
+    return [m for batch in sink.batches for m in batch]
