@@ -23,6 +23,11 @@ from statsd_ao.protocol import ParseError
 MAX_SUMMARY_VALUES = 10_000
 
 
+# Members kept per set series per interval: beyond it a new member is rejected and counted
+# (so the count posted is a lower bound); ~100 bytes each, ~10 MB for the largest set.
+MAX_SET_MEMBERS = 100_000
+
+
 def _finite(raw: bytes) -> float:
     number = float(raw)
     if number - number:  # NaN or +-inf: finite numbers minus themselves are 0.0
@@ -153,9 +158,12 @@ class SetOf:
         self.members: set[bytes] = set()
 
     def add(self, raw: bytes) -> None:
+        members = self.members
+        if len(members) >= MAX_SET_MEMBERS and raw not in members:
+            raise ParseError("set too large")
         if not raw:
             raise ParseError("empty set member")
-        self.members.add(raw)
+        members.add(raw)
 
     def add_rated(self, rate: float, raw: bytes) -> None:
         self.add(raw)

@@ -18,6 +18,8 @@ from statsd_ao.settings import Address
 
 log = logging.getLogger(__name__)
 
+# Open connections at most: each may hold up to --tcp-max-line bytes of a partial line.
+MAX_CONNECTIONS = 1024
 # Loop passes allowed at shutdown for connections to deliver what the kernel already holds.
 CLOSE_READ_PASSES = 100
 
@@ -31,6 +33,7 @@ class TcpStats:
         self.bytes = 0
         self.long_lines = 0
         self.idle_closed = 0
+        self.refused = 0  # connections closed at once: MAX_CONNECTIONS were open
 
 
 class TcpConnection(asyncio.Protocol):
@@ -47,7 +50,7 @@ class TcpConnection(asyncio.Protocol):
         self._max_line = max_line
         self._idle_timeout = idle_timeout
         self._live = live
-        self._pending = b""
+        self._pending = bytearray()
         self._discarding = False  # inside a too-long line: drop until its newline
         self._last = 0.0
         self._transport: asyncio.BaseTransport | None = None
@@ -55,6 +58,10 @@ class TcpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # uvloop's transports do not subclass asyncio.Transport
+        if len(self._live) >= MAX_CONNECTIONS:  # each may hold a partial line in memory
+            self._stats.refused += 1
+            transport.close()
+            return
         self._live.add(self)
         self._stats.connections += 1
         self._stats.open += 1
@@ -65,13 +72,13 @@ class TcpConnection(asyncio.Protocol):
         self._last = asyncio.get_running_loop().time()  # read by the idle check
         cut = data.rfind(b"\n")
         if cut < 0:
-            self._keep(self._pending + data)
+            self._keep(data)
             return
-        complete = self._pending + data[:cut]
+        complete = bytes(self._pending) + data[:cut] if self._pending else data[:cut]
         if self._discarding:  # the first line is the tail of a dropped long line
             complete = complete.partition(b"\n")[2]
             self._discarding = False
-        self._pending = b""
+        self._pending = bytearray()
         self._keep(data[cut + 1 :])
         if complete:
             self._safe_ingest(self._without_long_lines(complete))
@@ -81,6 +88,8 @@ class TcpConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self not in self._live:
+            return  # refused at connection_made: never counted as open
         self._live.discard(self)
         self._stats.open -= 1
         if self._timer is not None:
@@ -89,8 +98,8 @@ class TcpConnection(asyncio.Protocol):
     def flush(self) -> None:
         """Take in a final line that had no newline."""
         if self._pending and not self._discarding:
-            self._safe_ingest(self._pending)
-        self._pending = b""
+            self._safe_ingest(bytes(self._pending))
+        self._pending = bytearray()
 
     def _safe_ingest(self, chunk: bytes) -> None:
         try:
@@ -104,13 +113,14 @@ class TcpConnection(asyncio.Protocol):
             self._transport.close()
 
     def _keep(self, partial: bytes) -> None:
-        if len(partial) > self._max_line:
-            if not self._discarding:
-                self._stats.long_lines += 1
-            self._discarding, partial = True, b""
-        elif self._discarding and partial:
-            partial = b""  # still inside the dropped line
-        self._pending = partial
+        """Append to the partial last line (a bytearray: no quadratic copying when a long
+        line arrives in small pieces); past ``max_line`` it is dropped and counted."""
+        if self._discarding or not partial:
+            return  # still inside a dropped line
+        self._pending += partial
+        if len(self._pending) > self._max_line:
+            self._stats.long_lines += 1
+            self._discarding, self._pending = True, bytearray()
 
     def _without_long_lines(self, complete: bytes) -> bytes:
         if len(complete) <= self._max_line:

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from statsd_ao import accumulators
 from statsd_ao.aggregator import DEFAULT_SHAPE_LIMIT, Aggregator, Snapshot
 from statsd_ao.measurements import Converter, Measurement
 from statsd_ao.protocol import Kind, ParseError, Sample, parse_line
@@ -642,3 +643,10 @@ def test_ingest_never_raises_on_near_valid_datagrams(received: list[bytes]) -> N
         agg.ingest(datagram)
     snapshot = agg.swap()
     assert sum(snapshot.rejected.values()) <= snapshot.lines
+
+
+def test_a_set_keeps_at_most_its_member_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulators, "MAX_SET_MEMBERS", 3)
+    measurements, snapshot = run(b"\n".join(b"s:m%d|s" % i for i in range(5)) + b"\ns:m0|s")
+    assert [m["value"] for m in measurements] == [3.0]
+    assert snapshot.rejected == {"set too large": 2}

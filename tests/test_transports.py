@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from datadog.dogstatsd.base import DogStatsd
 
+from statsd_ao import tcp
 from statsd_ao.listeners import DatagramListener
 from statsd_ao.settings import Address
 from statsd_ao.tcp import TcpListener
@@ -233,5 +234,43 @@ def test_tcp_end_to_end() -> None:
             got = by_name(api.accepted)
             assert got["tcp.hits"]["value"] == 5.0
             assert got["tcp.last"]["value"] == 9.0
+
+    run(scenario)
+
+
+def test_tcp_connections_beyond_the_cap_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tcp, "MAX_CONNECTIONS", 2)
+
+    async def scenario() -> None:
+        collector = Collector()
+        listener = await tcp_listener(collector)
+        streams = [
+            await asyncio.open_connection("127.0.0.1", listener.bound.port) for _ in range(3)
+        ]
+        async with asyncio.timeout(5):
+            assert await streams[2][0].read() == b""  # the third was closed at once
+        assert (listener.stats.open, listener.stats.refused) == (2, 1)
+        for _, writer in streams:
+            writer.close()
+        await listener.close()
+
+    run(scenario)
+
+
+def test_tcp_long_line_in_many_small_pieces() -> None:
+    async def scenario() -> None:
+        collector = Collector()
+        listener = await tcp_listener(collector, max_line=1000)
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.bound.port)
+        for _ in range(300):
+            writer.write(b"x" * 10)  # 3,000 bytes without a newline
+            await writer.drain()
+        writer.write(b"\nok:1|c\n")
+        await writer.drain()
+        await collector.wait_for(1)
+        assert collector.lines == [b"ok:1|c"]
+        assert listener.stats.long_lines == 1
+        writer.close()
+        await listener.close()
 
     run(scenario)
