@@ -54,12 +54,16 @@ class Counter:
 
 
 class Gauge:
-    """Last value; a value with a leading ``+``/``-`` is a delta on the current value."""
+    """Last value; a value with a leading ``+``/``-`` is a delta on the current value.
 
-    __slots__ = ("value",)
+    ``start`` and ``absolute`` (an absolute value was set this interval) let several
+    processes' parts of one gauge be merged (`statsd_ao.merge`)."""
+
+    __slots__ = ("absolute", "start", "value")
 
     def __init__(self, start: float) -> None:
-        self.value = start
+        self.value = self.start = start
+        self.absolute = False
 
     def add(self, raw: bytes) -> None:
         number = float(raw)
@@ -69,6 +73,7 @@ class Gauge:
             self.value += number
         else:
             self.value = number
+            self.absolute = True
 
     def add_rated(self, rate: float, raw: bytes) -> None:
         self.add(raw)  # sample rates do not apply to gauges
@@ -139,6 +144,17 @@ class Running:
         for index, value in enumerate(values):
             running.add(value, 1.0 if weights is None else weights[index])
         return running
+
+    def merge(self, other: Running) -> None:
+        """Fold another set of figures in (Chan et al.'s parallel update)."""
+        if not other.weight:
+            return
+        weight = self.weight + other.weight
+        delta = other.mean - self.mean
+        self.mean += delta * other.weight / weight
+        self.m2 += other.m2 + delta * delta * self.weight * other.weight / weight
+        self.weight, self.total = weight, self.total + other.total
+        self.lo, self.hi, self.last = min(self.lo, other.lo), max(self.hi, other.hi), other.last
 
     def add(self, value: float, weight: float) -> None:
         self.weight += weight

@@ -178,6 +178,11 @@ class Aggregator:
         return done
 
     @property
+    def overflow_tags(self) -> TagTuple:
+        """The tags of every metric's overflow series (the cardinality guard's)."""
+        return self._overflow_tags
+
+    @property
     def current(self) -> dict[SeriesKey, Accumulator]:
         """The current interval's series (read it, do not change it: see `forget`)."""
         return self._now.series

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from statsd_ao.admin import AdminCommands, serve_admin
 from statsd_ao.admin_state import ProxyAdminState
-from statsd_ao.aggregator import Aggregator
+from statsd_ao.aggregator import Snapshot
 from statsd_ao.annotations import to_annotation
 from statsd_ao.cardinality import WINDOW, CardinalityGuard
 from statsd_ao.config import Config
@@ -30,12 +30,13 @@ from statsd_ao.idle import IdleKeeper
 from statsd_ao.listeners import DatagramListener
 from statsd_ao.logs import RateLimitedLog
 from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.name_rules import NameRules
-from statsd_ao.sanitize import Naming
+from statsd_ao.merge import Merger
 from statsd_ao.selfmetrics import SelfMetrics, Timings, standard_metrics, udp_drops
 from statsd_ao.settings import Address
 from statsd_ao.sink import DryRunSink, HttpSink
 from statsd_ao.tcp import TcpListener
+from statsd_ao.wiring import make_aggregator
+from statsd_ao.workers import WorkerPool
 
 log = logging.getLogger("statsd_ao")
 
@@ -77,19 +78,7 @@ class App:
         self.guard = CardinalityGuard(
             config.cardinality_limit, config.cardinality_total_limit, window=window
         )
-        rules = NameRules.compile(
-            key_name_sanitize=config.key_name_sanitize,
-            include=config.include_metrics,
-            exclude=config.exclude_metrics,
-            source_regex=config.source_regex,
-            prefix=config.global_prefix,
-        )
-        self.aggregator = Aggregator(
-            Naming(config.global_tags, rules),
-            guard=self.guard,
-            container_tag=config.container_tag,
-            interval=config.flush_interval,
-        )
+        self.aggregator = make_aggregator(config, self.guard)
         self.converter = Converter(
             config.percentiles,
             style=config.percentile_style,
@@ -103,11 +92,18 @@ class App:
             interval=config.flush_interval,
             batch_size=config.batch_size,
         )
+        # With --workers, UDP is read by worker processes; TCP and Unix sockets stay here.
+        self.pool = WorkerPool(config, config.workers) if config.workers > 1 else None
+        udp = config.udp if self.pool is None else None
         self.datagrams = [
             DatagramListener(target, self.aggregator.ingest, config.rcvbuf)
-            for target in (config.udp, config.unix)
+            for target in (udp, config.unix)
             if target is not None
         ]
+        self.merger: Merger | None = None
+        if self.pool is not None:
+            self.merger = Merger(self.guard, self.aggregator.overflow_tags)
+            self.flusher.take = self._take_all
         self.tcp = (
             TcpListener(
                 config.tcp,
@@ -185,6 +181,8 @@ class App:
         log.info("shutting down: final flush, then up to %gs to deliver", config.shutdown_timeout)
         await self._close_intake()
         self.listening = False
+        if self.pool is not None:
+            self.pool.stopping = True  # the final flush collects the workers' last intervals
         try:
             measurements = (await self.flusher.flush_final()).measurements
         except Exception:  # a bug: still deliver what is pending and exit in time
@@ -194,6 +192,8 @@ class App:
         left = await self.sink.drain(config.shutdown_timeout)
         await self.sink.close()
         await self._close_endpoints()
+        if self.pool is not None:
+            await self.pool.close()
         if left:
             log.error("shutdown: %d measurements could not be delivered", left)
         log.info(
@@ -206,6 +206,14 @@ class App:
 
     async def _open_intake(self, loop: asyncio.AbstractEventLoop) -> bool:
         listener: DatagramListener | TcpListener | None = None
+        if self.pool is not None and self.config.udp is not None:
+            try:
+                bound = await self.pool.start(self.config.udp)
+            except (OSError, TimeoutError) as error:
+                log.error("cannot start the udp workers on %s: %s", self.config.udp, error)
+                return False
+            self.udp_port = bound.port
+            log.info("listening on udp %s (%d worker processes)", bound, self.config.workers)
         try:
             for listener in self.datagrams:
                 listener.open(loop)
@@ -269,7 +277,8 @@ class App:
     def _observe(self) -> None:
         """Self-metrics and flush hooks, once the listeners are bound."""
         udp = next((d for d in self.datagrams if d.is_udp), None)
-        self.udp_port = udp.bound.port if udp is not None else None
+        if udp is not None:
+            self.udp_port = udp.bound.port
         self.metrics = standard_metrics(
             self.config.global_tags,
             listener=udp,
@@ -286,6 +295,13 @@ class App:
         self.flusher.on_event = self._annotate
         if self.config.self_metrics:
             self.flusher.extra = self._self_measurements
+
+    async def _take_all(self) -> Snapshot:
+        """(--workers) every worker's interval and this process's, merged into one."""
+        assert self.pool is not None and self.merger is not None
+        parts = await self.pool.take()
+        parts.append(self.aggregator.swap())
+        return self.merger.merge(parts)
 
     def _flushed(self, report: FlushReport) -> None:
         self.last_report = report

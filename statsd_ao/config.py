@@ -68,6 +68,7 @@ class Config:
     resend_unconfirmed: bool = True
     self_metrics: bool = True
     log_format: str = "text"
+    workers: int = 1
     # etsy statsd / statsd-appoptics-backend compatibility (see migration.py)
     percentile_style: str = "p"
     always_suffix_percentile: bool = False

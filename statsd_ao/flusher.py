@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -84,6 +84,9 @@ class Flusher:
         self.idle: IdleKeeper | None = None  # etsy's idle series, when asked for
         # Wraps each flush: the app pauses the garbage collector there (gcpolicy.py).
         self.pause: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+        # Where an interval comes from: the aggregator's swap, or (--workers) the merge of
+        # every process's interval.
+        self.take: Callable[[], Awaitable[Snapshot]] | None = None
         self.on_flush: Callable[[FlushReport], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -123,7 +126,7 @@ class Flusher:
         converted, its full batches handed to the sink, and freed, between yields to the
         loop, so no step (allocating, encoding, freeing) is ever large."""
         started = time.perf_counter()
-        snapshot = self._aggregator.swap()
+        snapshot = await self.take() if self.take is not None else self._aggregator.swap()
         self._account(snapshot)
         pending: list[Measurement] = []
         series = posted = 0

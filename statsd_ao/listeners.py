@@ -39,7 +39,10 @@ class DatagramListener:
         target: Address | str,
         ingest: Callable[[bytes], None],
         rcvbuf: int,
+        *,
+        reuse_port: bool = False,
     ) -> None:
+        self._reuse_port = reuse_port  # several processes on one port (--workers)
         self._target = target  # an Address for UDP, a filesystem path for a Unix socket
         self._ingest = ingest
         self._rcvbuf = rcvbuf
@@ -92,6 +95,8 @@ class DatagramListener:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
             if isinstance(target, Address):
+                if self._reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind((target.host, target.port))
             else:
                 sock.bind(target)

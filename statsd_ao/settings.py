@@ -261,6 +261,13 @@ SETTINGS: tuple[Setting, ...] = (
         "AppOptics annotation stream for DogStatsD events",
     ),
     Setting(
+        "workers",
+        "--workers",
+        "STATSD_AO_WORKERS",
+        _positive_int,
+        "UDP receiving processes on one port (SO_REUSEPORT), merged before posting",
+    ),
+    Setting(
         "percentile_style",
         "--percentile-style",
         "STATSD_AO_PERCENTILE_STYLE",

@@ -1,0 +1,116 @@
+"""Merge interval snapshots from several receiving processes into one (``--workers``).
+
+The kernel spreads datagrams over the workers by sender, not by series, so one series may
+have parts in several workers; each must be posted once, with the numbers one process would
+have produced: counters summed, summaries over all values, sets united, gauges continued.
+A gauge part knows its start value and whether it saw an absolute value; the merge takes
+the absolute value (a series' sender stays on one worker, so its order is kept) and adds the
+deltas of the parts that saw only deltas, on top of the previous merged value.  Pure.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+from statsd_ao.accumulators import (
+    MAX_SUMMARY_VALUES,
+    Accumulator,
+    Counter,
+    Gauge,
+    Running,
+    SetOf,
+    Summary,
+)
+from statsd_ao.aggregator import SeriesKey, Snapshot
+from statsd_ao.cardinality import CardinalityGuard
+from statsd_ao.sanitize import TagTuple
+
+
+class Merger:
+    """Merges the workers' snapshots of each interval; keeps gauge values across them."""
+
+    def __init__(self, guard: CardinalityGuard | None = None, overflow_tags: TagTuple = ()) -> None:
+        self._gauges: dict[SeriesKey, float] = {}
+        self._guard = guard
+        self._overflow_tags = overflow_tags
+        self.folded_samples: dict[str, int] = {}
+
+    def merge(self, parts: Iterable[Snapshot]) -> Snapshot:
+        merged = Snapshot()
+        for part in parts:
+            merged.lines += part.lines
+            merged.events.extend(part.events)
+            for reason, count in part.rejected.items():
+                merged.rejected[reason] = merged.rejected.get(reason, 0) + count
+                merged.examples.setdefault(reason, part.examples[reason])
+            self._fold_into(merged.series, part.series.items(), current=True)
+            for stamp, table in part.past.items():
+                self._fold_into(merged.past.setdefault(stamp, {}), table.items(), current=False)
+        for key, acc in merged.series.items():
+            if isinstance(acc, Gauge):
+                self._gauges[key] = acc.value
+        return merged
+
+    def _fold_into(
+        self,
+        table: dict[SeriesKey, Accumulator],
+        items: Iterable[tuple[SeriesKey, Accumulator]],
+        *,
+        current: bool,
+    ) -> None:
+        for raw_key, acc in items:
+            key = self._admitted(raw_key)
+            have = table.get(key)
+            if isinstance(acc, Gauge) and have is None and current:
+                have = table[key] = Gauge(self._gauges.get(key, 0.0))
+            table[key] = acc if have is None else combine(have, acc)
+
+    def _admitted(self, key: SeriesKey) -> SeriesKey:
+        """The key itself, or its metric's overflow series past the tag-set budget."""
+        if self._guard is None or self._guard.admit(key[1], key[2]):
+            return key
+        self.folded_samples[key[1]] = self.folded_samples.get(key[1], 0) + 1
+        return (key[0], key[1], self._overflow_tags)
+
+
+def combine(into: Accumulator, part: Accumulator) -> Accumulator:
+    """``into`` with ``part`` added (same kind of series)."""
+    if isinstance(into, Counter) and isinstance(part, Counter):
+        into.total += part.total
+    elif isinstance(into, SetOf) and isinstance(part, SetOf):
+        into.members |= part.members
+    elif isinstance(into, Gauge) and isinstance(part, Gauge):
+        _gauge(into, part)
+    elif isinstance(into, Summary) and isinstance(part, Summary):
+        _summary(into, part)
+    return into
+
+
+def _gauge(into: Gauge, part: Gauge) -> None:
+    if part.absolute:  # the part's sender set the gauge: its value stands
+        into.value, into.absolute = part.value, True
+    else:
+        into.value += part.value - part.start
+
+
+def _summary(into: Summary, part: Summary) -> None:
+    small = len(into.values) + len(part.values) <= MAX_SUMMARY_VALUES
+    if into.running is None and part.running is None and small:
+        if into.weights is not None or part.weights is not None:
+            into.weights = _weights(into) + _weights(part)
+        into.values.extend(part.values)
+        return
+    running = into.running or Running.of(into.values, into.weights)
+    other = part.running or Running.of(part.values, part.weights)
+    running.merge(other)
+    pool = into.values + part.values
+    into.values = (
+        pool if len(pool) <= MAX_SUMMARY_VALUES else random.sample(pool, MAX_SUMMARY_VALUES)
+    )
+    into.running, into.weights = running, None
+    into.seen += part.seen or len(part.values)
+
+
+def _weights(acc: Summary) -> list[float]:
+    return acc.weights if acc.weights is not None else [1.0] * len(acc.values)

@@ -1,0 +1,29 @@
+"""Components built from the Config the same way in every process (app and workers)."""
+
+from __future__ import annotations
+
+from statsd_ao.aggregator import Aggregator
+from statsd_ao.cardinality import CardinalityGuard
+from statsd_ao.config import Config
+from statsd_ao.name_rules import NameRules
+from statsd_ao.sanitize import Naming
+
+
+def make_naming(config: Config) -> Naming:
+    rules = NameRules.compile(
+        key_name_sanitize=config.key_name_sanitize,
+        include=config.include_metrics,
+        exclude=config.exclude_metrics,
+        source_regex=config.source_regex,
+        prefix=config.global_prefix,
+    )
+    return Naming(config.global_tags, rules)
+
+
+def make_aggregator(config: Config, guard: CardinalityGuard | None) -> Aggregator:
+    return Aggregator(
+        make_naming(config),
+        guard=guard,
+        container_tag=config.container_tag,
+        interval=config.flush_interval,
+    )

@@ -1,0 +1,125 @@
+"""``--workers N``: N receiving processes on one UDP port, merged before posting.
+
+Each worker is a spawned process with its own event loop, a UDP socket bound with
+``SO_REUSEPORT`` to the same port (the kernel spreads datagrams over them by sender) and its
+own aggregator.  It ignores SIGINT/SIGTERM: the coordinator (the main process, which keeps
+the flusher, the sink, TCP, Unix sockets and the HTTP endpoints) asks each worker for its
+interval over a pipe at every tick ("swap"), and at shutdown ("stop": drain the socket,
+hand over the last interval, exit).  `statsd_ao.merge` makes one snapshot of the parts.
+A worker whose coordinator is gone (the pipe closes) exits too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import socket
+from multiprocessing.connection import Connection
+
+import uvloop
+
+from statsd_ao.aggregator import Snapshot
+from statsd_ao.config import Config
+from statsd_ao.listeners import DatagramListener
+from statsd_ao.logs import configure
+from statsd_ao.settings import Address
+from statsd_ao.wiring import make_aggregator
+
+log = logging.getLogger(__name__)
+
+# Seconds a worker may take to start (import, bind) or to answer a swap.
+WORKER_TIMEOUT = 30.0
+
+
+def worker_main(config: Config, conn: Connection, address: Address) -> None:
+    """The entry point of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure("INFO", config.log_format == "json")
+    uvloop.run(_serve(config, conn, address))
+
+
+async def _serve(config: Config, conn: Connection, address: Address) -> None:
+    loop = asyncio.get_running_loop()
+    aggregator = make_aggregator(config, guard=None)  # the coordinator guards the merge
+    listener = DatagramListener(address, aggregator.ingest, config.rcvbuf, reuse_port=True)
+    listener.open(loop)
+    conn.send("ready")
+    done = asyncio.Event()
+
+    def on_command() -> None:
+        try:
+            command = conn.recv()
+        except (EOFError, OSError):  # the coordinator is gone
+            command = "gone"
+        if command in ("stop", "gone"):
+            listener.close()
+        if command != "gone":
+            conn.send(aggregator.swap())
+        if command in ("stop", "gone"):
+            loop.remove_reader(conn.fileno())
+            done.set()
+
+    loop.add_reader(conn.fileno(), on_command)
+    await done.wait()
+
+
+class WorkerPool:
+    """The coordinator's handle on its workers."""
+
+    def __init__(self, config: Config, count: int) -> None:
+        self._config = config
+        self._count = count
+        self._processes: list[multiprocessing.process.BaseProcess] = []
+        self._conns: list[Connection] = []
+        self.stopping = False  # set at shutdown: the next take stops the workers
+
+    async def start(self, address: Address) -> Address:
+        """Start the workers on ``address`` (port 0: one free port for all of them)."""
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as reserve:  # holds the port meanwhile
+            reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            reserve.bind((address.host, address.port))
+            bound = Address(address.host, reserve.getsockname()[1])
+            context = multiprocessing.get_context("spawn")
+            for _ in range(self._count):
+                parent, child = context.Pipe()
+                process = context.Process(
+                    target=worker_main, args=(self._config, child, bound), daemon=True
+                )
+                process.start()
+                child.close()
+                self._processes.append(process)
+                self._conns.append(parent)
+            await asyncio.gather(*(self._receive(conn) for conn in self._conns))
+        return bound
+
+    async def take(self) -> list[Snapshot]:
+        """Every worker's interval (at shutdown, its last)."""
+        command = "stop" if self.stopping else "swap"
+        for conn in self._conns:
+            conn.send(command)
+        answers = await asyncio.gather(
+            *(self._receive(conn) for conn in self._conns), return_exceptions=True
+        )
+        parts = []
+        for index, answer in enumerate(answers):
+            if isinstance(answer, Snapshot):
+                parts.append(answer)
+            else:  # a worker that died loses its interval: say so loudly
+                log.error("worker %d did not answer: %r", index, answer)
+        return parts
+
+    async def close(self) -> None:
+        for conn in self._conns:
+            conn.close()
+        for process in self._processes:
+            await asyncio.get_running_loop().run_in_executor(None, process.join, WORKER_TIMEOUT)
+            if process.is_alive():
+                process.kill()
+
+    async def _receive(self, conn: Connection) -> object:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(None, conn.recv), WORKER_TIMEOUT)

@@ -1,0 +1,111 @@
+"""--workers N: several receiving processes on one port post exactly what one would."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from statsd_ao.accumulators import Counter, Gauge, SetOf, Summary
+from statsd_ao.aggregator import Aggregator, Snapshot
+from statsd_ao.measurements import Converter, Measurement
+from statsd_ao.merge import Merger
+from statsd_ao.sanitize import Naming
+from tests.fakeapi import FakeAppOptics
+from tests.proxy import Proxy
+
+TOKEN = "workers-token"
+SENDERS = 8
+
+
+def traffic(sender: int) -> list[bytes]:
+    """Counters and sets spread over every sender (order-free); each timer and gauge series
+    from one sender only (a sender's datagrams reach one worker, in order)."""
+    return [
+        b"hits:1|c|#env:prod\nhits:2|c|@0.5|#env:prod\nusers:u%d|s\nusers:shared|s" % sender,
+        b"lat.%d:%d|ms\nlat.%d:%d|ms|@0.5" % (sender, sender * 3, sender, sender + 7),
+        b"depth.%d:%d|g\ndepth.%d:+5|g\ndepth.%d:-2|g" % (sender, sender * 10, sender, sender),
+        b"size:%d|h" % sender,  # a shared histogram: count/sum/min/max are order-free
+    ]
+
+
+async def posted(workers: int) -> list[dict[str, Any]]:
+    async with FakeAppOptics(token=TOKEN) as api:
+        flags = ("--api-url", api.url, "--flush-interval", "86400", "--workers", str(workers))
+        async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
+            senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(SENDERS)]
+            try:
+                for index, sender in enumerate(senders):
+                    for datagram in traffic(index):
+                        sender.sendto(datagram, ("127.0.0.1", proxy.port))
+            finally:
+                for sender in senders:
+                    sender.close()
+            assert await proxy.stop() == 0, proxy.log
+        assert not api.rejected
+        return [comparable(dict(m)) for m in api.accepted]
+
+
+def comparable(m: dict[str, Any]) -> dict[str, Any]:
+    """A measurement without what the order of arrival across senders may change: its
+    time (two runs) and the ``last`` of the histogram every sender feeds."""
+    order_dependent = {"time", "last"} if m["name"] == "size" else {"time"}
+    return {k: v for k, v in m.items() if k not in order_dependent}
+
+
+def key(m: dict[str, Any]) -> tuple[str, str]:
+    return m["name"], repr(sorted(m["tags"].items()))
+
+
+def test_two_workers_post_what_one_process_posts() -> None:
+    one = sorted(asyncio.run(posted(1)), key=key)
+    two = sorted(asyncio.run(posted(2)), key=key)
+    assert two == one
+    names = {m["name"] for m in one}
+    assert {"hits", "users", "size", "lat.0", "depth.7", "lat.3.p90"} <= names
+    hits = next(m for m in one if m["name"] == "hits")
+    assert hits["value"] == SENDERS * (1 + 2 / 0.5)
+
+
+def parts_of(lines: list[bytes], splits: int) -> list[Snapshot]:
+    """The same lines aggregated by ``splits`` aggregators, round robin by line."""
+    aggregators = [Aggregator(Naming({"host": "h"})) for _ in range(splits)]
+    for index, line in enumerate(lines):
+        aggregators[index % splits].ingest(line)
+    return [a.swap() for a in aggregators]
+
+
+@pytest.mark.parametrize("splits", [2, 3])
+def test_merge_equals_one_aggregator_for_order_free_series(splits: int) -> None:
+    lines = [b"c:%d|c|@0.5" % i for i in range(30)] + [b"s:m%d|s" % (i % 7) for i in range(30)]
+    lines += [b"t:%d|ms" % i for i in range(30)]
+    merged = Merger().merge(parts_of(lines, splits))
+    alone = parts_of(lines, 1)[0]
+    convert = Converter([50, 90]).convert
+
+    def strip(measurements: list[Measurement]) -> list[dict[str, Any]]:
+        """Without ``last``: which part's last value comes last is the order of the parts."""
+        return sorted(({k: v for k, v in m.items() if k != "last"} for m in measurements), key=key)
+
+    assert strip(convert(merged.series.items(), 0, 10)) == strip(
+        convert(alone.series.items(), 0, 10)
+    )
+    assert merged.lines == alone.lines
+
+
+def test_merged_gauges_continue_across_intervals() -> None:
+    merger = Merger()
+    first = parts_of([b"g:10|g"], 1)
+    merger.merge(first)
+    deltas = parts_of([b"g:+1|g", b"g:+2|g", b"g:-4|g"], 3)  # three parts, deltas only
+    merged = merger.merge(deltas)
+    [gauge] = merged.series.values()
+    assert isinstance(gauge, Gauge) and gauge.value == 9.0
+
+
+def test_accumulator_kinds_combine() -> None:
+    merged = Merger().merge(parts_of([b"c:2|c", b"c:3|c", b"s:a|s", b"s:b|s", b"t:1|ms"], 2))
+    kinds = {key[1]: type(acc) for key, acc in merged.series.items()}
+    assert kinds == {"c": Counter, "s": SetOf, "t": Summary}
