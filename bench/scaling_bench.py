@@ -19,7 +19,7 @@ import time
 from bench.workload import make_lines, make_series, pack
 from statsd_ao.aggregator import Aggregator
 from statsd_ao.gcpolicy import GcPolicy
-from statsd_ao.merge import Merger
+from statsd_ao.merge import Merger, from_wire, to_wire
 from statsd_ao.sanitize import Naming
 
 
@@ -54,8 +54,8 @@ def merge_cost(datagrams: list[bytes], parts: int) -> tuple[float, int]:
             aggregator.ingest(datagram)
         snapshots.append(aggregator.swap())
     started = time.perf_counter()
-    wire = [pickle.dumps(s, pickle.HIGHEST_PROTOCOL) for s in snapshots]
-    merged = Merger().merge(pickle.loads(w) for w in wire)
+    wire = [pickle.dumps(to_wire(s), pickle.HIGHEST_PROTOCOL) for s in snapshots]
+    merged = Merger().merge(from_wire(pickle.loads(w)) for w in wire)
     return time.perf_counter() - started, len(merged.series)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from typing import Any
 
 from statsd_ao.accumulators import (
     MAX_SUMMARY_VALUES,
@@ -114,3 +115,76 @@ def _summary(into: Summary, part: Summary) -> None:
 
 def _weights(acc: Summary) -> list[float]:
     return acc.weights if acc.weights is not None else [1.0] * len(acc.values)
+
+
+# A worker's interval crosses the pipe as plain tuples, lists and floats, which pickle in C;
+# pickling the slotted accumulators themselves costs ~10x more (bench/scaling_bench.py).
+Rows = list[tuple[Any, ...]]
+Wire = tuple[Rows, dict[int, Rows], list[Any], dict[str, int], dict[str, bytes], int]
+
+
+def to_wire(snapshot: Snapshot) -> Wire:
+    past = {stamp: _rows(table) for stamp, table in snapshot.past.items()}
+    return (
+        _rows(snapshot.series),
+        past,
+        snapshot.events,
+        snapshot.rejected,
+        snapshot.examples,
+        snapshot.lines,
+    )
+
+
+def from_wire(wire: Wire) -> Snapshot:
+    series, past, events, rejected, examples, lines = wire
+    return Snapshot(
+        series=_table(series),
+        past={stamp: _table(rows) for stamp, rows in past.items()},
+        events=events,
+        rejected=rejected,
+        examples=examples,
+        lines=lines,
+    )
+
+
+def _rows(table: dict[SeriesKey, Accumulator]) -> Rows:
+    return [(key, *_state(acc)) for key, acc in table.items()]
+
+
+def _state(acc: Accumulator) -> tuple[Any, ...]:
+    if isinstance(acc, Counter):
+        return ("c", acc.total)
+    if isinstance(acc, Gauge):
+        return ("g", acc.value, acc.start, acc.absolute)
+    if isinstance(acc, SetOf):
+        return ("s", list(acc.members))
+    running = acc.running
+    figures = None if running is None else tuple(getattr(running, f) for f in Running.__slots__)
+    return ("ms", acc.values, acc.weights, figures, acc.seen)
+
+
+def _table(rows: Rows) -> dict[SeriesKey, Accumulator]:
+    return {row[0]: _accumulator(row[1:]) for row in rows}
+
+
+def _accumulator(state: tuple[Any, ...]) -> Accumulator:
+    kind = state[0]
+    if kind == "c":
+        counter = Counter()
+        counter.total = state[1]
+        return counter
+    if kind == "g":
+        gauge = Gauge(state[2])
+        gauge.value, gauge.absolute = state[1], state[3]
+        return gauge
+    if kind == "s":
+        members = SetOf()
+        members.members = set(state[1])
+        return members
+    summary = Summary()
+    summary.values, summary.weights, figures, summary.seen = state[1:]
+    if figures is not None:
+        summary.running = Running()
+        for name, value in zip(Running.__slots__, figures, strict=True):
+            setattr(summary.running, name, value)
+    return summary

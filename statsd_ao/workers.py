@@ -24,6 +24,7 @@ from statsd_ao.aggregator import Snapshot
 from statsd_ao.config import Config
 from statsd_ao.listeners import DatagramListener
 from statsd_ao.logs import configure
+from statsd_ao.merge import from_wire, to_wire
 from statsd_ao.settings import Address
 from statsd_ao.wiring import make_aggregator
 
@@ -57,7 +58,7 @@ async def _serve(config: Config, conn: Connection, address: Address) -> None:
         if command in ("stop", "gone"):
             listener.close()
         if command != "gone":
-            conn.send(aggregator.swap())
+            conn.send(to_wire(aggregator.swap()))
         if command in ("stop", "gone"):
             loop.remove_reader(conn.fileno())
             done.set()
@@ -106,8 +107,8 @@ class WorkerPool:
         )
         parts = []
         for index, answer in enumerate(answers):
-            if isinstance(answer, Snapshot):
-                parts.append(answer)
+            if isinstance(answer, tuple):
+                parts.append(from_wire(answer))
             else:  # a worker that died loses its interval: say so loudly
                 log.error("worker %d did not answer: %r", index, answer)
         return parts

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import socket
 from typing import Any
 
 import pytest
 
+from statsd_ao import accumulators
 from statsd_ao.accumulators import Counter, Gauge, SetOf, Summary
 from statsd_ao.aggregator import Aggregator, Snapshot
 from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.merge import Merger
+from statsd_ao.merge import Merger, from_wire, to_wire
 from statsd_ao.sanitize import Naming
 from tests.fakeapi import FakeAppOptics
 from tests.proxy import Proxy
@@ -109,3 +111,14 @@ def test_accumulator_kinds_combine() -> None:
     merged = Merger().merge(parts_of([b"c:2|c", b"c:3|c", b"s:a|s", b"s:b|s", b"t:1|ms"], 2))
     kinds = {key[1]: type(acc) for key, acc in merged.series.items()}
     assert kinds == {"c": Counter, "s": SetOf, "t": Summary}
+
+
+def test_wire_form_round_trips_every_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulators, "MAX_SUMMARY_VALUES", 5)  # one timer past its cap
+    lines = [b"c:2|c|@0.5", b"g:5|g", b"g:+1|g", b"s:a|s", b"s:b|s", b"x:1|h|@0.25"]
+    lines += [b"t:%d|ms" % i for i in range(12)]
+    [snapshot] = parts_of(lines, 1)
+    back = from_wire(pickle.loads(pickle.dumps(to_wire(snapshot))))
+    convert = Converter([50]).convert
+    assert convert(back.series.items(), 0, 10) == convert(snapshot.series.items(), 0, 10)
+    assert (back.lines, back.rejected) == (snapshot.lines, snapshot.rejected)
