@@ -234,8 +234,8 @@ class Aggregator:
         parser bug) still only rejects the line, counted, instead of the whole datagram."""
         try:
             return self._new_feed(key, value, line)
-        except ParseError:
-            raise
+        except ParseError as error:  # (the inner paths catch their own; this is the backstop)
+            return _rejecter(error.reason)
         except ValueError:
             log.exception("parser bug on line %r (counted as rejected)", line[:EXAMPLE_BYTES])
             return _rejecter("unparsable line")

@@ -102,7 +102,9 @@ class App:
         ]
         self.merger: Merger | None = None
         if self.pool is not None:
-            self.merger = Merger(self.guard, self.aggregator.overflow_tags)
+            self.merger = Merger(
+                self.guard, self.aggregator.overflow_tags, self.aggregator.folded_samples
+            )
             self.flusher.take = self._take_all
         self.tcp = (
             TcpListener(

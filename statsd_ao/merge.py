@@ -31,11 +31,19 @@ from statsd_ao.sanitize import TagTuple
 class Merger:
     """Merges the workers' snapshots of each interval; keeps gauge values across them."""
 
-    def __init__(self, guard: CardinalityGuard | None = None, overflow_tags: TagTuple = ()) -> None:
+    def __init__(
+        self,
+        guard: CardinalityGuard | None = None,
+        overflow_tags: TagTuple = (),
+        folded: dict[str, int] | None = None,
+    ) -> None:
+        """``folded``: where folds are counted per metric (the app passes the aggregator's
+        ``folded_samples``, which its logs and self-metrics read); here a fold is a series
+        part, as the parts carry no sample counts."""
         self._gauges: dict[SeriesKey, float] = {}
         self._guard = guard
         self._overflow_tags = overflow_tags
-        self.folded_samples: dict[str, int] = {}
+        self.folded_samples: dict[str, int] = {} if folded is None else folded
 
     def merge(self, parts: Iterable[Snapshot]) -> Snapshot:
         merged = Snapshot()
@@ -105,12 +113,12 @@ def _summary(into: Summary, part: Summary) -> None:
     running = into.running or Running.of(into.values, into.weights)
     other = part.running or Running.of(part.values, part.weights)
     running.merge(other)
+    into.seen = (into.seen or len(into.values)) + (part.seen or len(part.values))
     pool = into.values + part.values
     into.values = (
         pool if len(pool) <= MAX_SUMMARY_VALUES else random.sample(pool, MAX_SUMMARY_VALUES)
     )
     into.running, into.weights = running, None
-    into.seen += part.seen or len(part.values)
 
 
 def _weights(acc: Summary) -> list[float]:

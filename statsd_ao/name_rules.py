@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _WHITESPACE = re.compile(r"\s+")
 _ETSY_REMOVED = re.compile(r"[^a-zA-Z_\-0-9.]")
@@ -29,7 +29,6 @@ class NameRules:
     exclude: Sequence[re.Pattern[str]] = ()
     source: re.Pattern[str] | None = None
     prefix: str = ""
-    extra_tags: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @classmethod
     def compile(

@@ -22,6 +22,7 @@ import uvloop
 
 from statsd_ao.aggregator import Snapshot
 from statsd_ao.config import Config
+from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.listeners import DatagramListener
 from statsd_ao.logs import configure
 from statsd_ao.merge import from_wire, to_wire
@@ -45,6 +46,8 @@ def worker_main(config: Config, conn: Connection, address: Address) -> None:
 async def _serve(config: Config, conn: Connection, address: Address) -> None:
     loop = asyncio.get_running_loop()
     aggregator = make_aggregator(config, guard=None)  # the coordinator guards the merge
+    gc_policy = GcPolicy()  # as in the main process: no full collections over the interval
+    gc_policy.start()
     listener = DatagramListener(address, aggregator.ingest, config.rcvbuf, reuse_port=True)
     listener.open(loop)
     conn.send("ready")
@@ -58,7 +61,8 @@ async def _serve(config: Config, conn: Connection, address: Address) -> None:
         if command in ("stop", "gone"):
             listener.close()
         if command != "gone":
-            conn.send(to_wire(aggregator.swap()))
+            with gc_policy.pause():  # survivors of the hand-over are frozen after it
+                conn.send(to_wire(aggregator.swap()))
         if command in ("stop", "gone"):
             loop.remove_reader(conn.fileno())
             done.set()
