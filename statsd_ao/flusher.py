@@ -94,7 +94,8 @@ class Flusher:
         while not stop.is_set():
             delay = max(0.0, self._tick - self._clock())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: see HttpSink._dispatch
+                    await stop.wait()
                 return
             stamp = self._advance()
             try:

@@ -281,7 +281,7 @@ class HttpSink:
 
     async def _dispatch(self) -> None:
         """Start every post the gate allows, then sleep until something may change that."""
-        while True:
+        while not self._closed:
             self._wake.clear()
             now = self._clock()
             for expired in self._outbox.expire(now):
@@ -292,8 +292,10 @@ class HttpSink:
                     break
                 self._launch(parcel)
             self._update_idle()
+            # Not asyncio.wait_for: in 3.11 it swallows a cancel that lands with the wake-up.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._sleep(now))
+                async with asyncio.timeout(self._sleep(now)):
+                    await self._wake.wait()
 
     def _room(self) -> bool:
         return self._flying < self._gate.limit(self._concurrency)

@@ -127,4 +127,5 @@ class WorkerPool:
 
     async def _receive(self, conn: Connection) -> object:
         loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(None, conn.recv), WORKER_TIMEOUT)
+        async with asyncio.timeout(WORKER_TIMEOUT):  # not wait_for: see HttpSink._dispatch
+            return await loop.run_in_executor(None, conn.recv)

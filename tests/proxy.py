@@ -15,13 +15,37 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Self
 
 _LISTENING = re.compile(r"listening on (udp|tcp) (\S+):(\d+)")
 _READY = "ready: "
 START_TIMEOUT = 20.0
+
+
+# Bytes of loopback datagrams in flight at once, counting each one's kernel overhead.
+SEND_WINDOW = 64 * 1024
+SKB_OVERHEAD = 1024
+
+
+def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def udp_queue(port: int) -> tuple[int, int]:
+    """(bytes queued, datagrams dropped) summed over the sockets bound to UDP ``port``."""
+    queued = dropped = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    queued += int(fields[4].split(":")[1], 16)
+                    dropped += int(fields[-1])
+    return queued, dropped
 
 
 class Proxy:
@@ -107,21 +131,36 @@ class Proxy:
     def log(self) -> str:
         return "\n".join(self.stderr)
 
-    def send(self, lines: Iterable[bytes], per_datagram: int = 20) -> int:
-        """Send lines in datagrams of ``per_datagram`` lines; returns datagrams sent."""
+    def send(self, lines: Iterable[bytes], per_datagram: int = 20, *, paced: bool = True) -> int:
+        """Send lines in datagrams of ``per_datagram`` lines; returns datagrams sent.
+
+        Loopback UDP has no flow control: a burst larger than the proxy's receive buffer
+        (as small as 208 KiB where net.core.rmem_max is the default) is dropped by the
+        kernel whenever the proxy is slow to read.  So the bytes go out in windows well
+        under that, each sent once the proxy has taken the previous one from its queue
+        (unless ``paced`` is False: a test of drops wants the burst)."""
         if self._sock is None:
             self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        batch: list[bytes] = []
-        sent = 0
-        for line in lines:
-            batch.append(line)
-            if len(batch) == per_datagram:
-                self._sock.sendto(b"\n".join(batch), ("127.0.0.1", self.port))
-                batch, sent = [], sent + 1
-        if batch:
-            self._sock.sendto(b"\n".join(batch), ("127.0.0.1", self.port))
-            sent += 1
-        return sent
+        datagrams = [b"\n".join(chunk) for chunk in _chunks(list(lines), per_datagram)]
+        window = 0
+        for datagram in datagrams:
+            if paced and window + len(datagram) + SKB_OVERHEAD > SEND_WINDOW:
+                self.wait_taken()
+                window = 0
+            self._sock.sendto(datagram, ("127.0.0.1", self.port))
+            window += len(datagram) + SKB_OVERHEAD
+        if paced:
+            self.wait_taken()
+        return len(datagrams)
+
+    def wait_taken(self, timeout: float = 10.0) -> None:
+        """Return once the kernel holds nothing for the proxy's UDP port; fail loudly if it
+        dropped anything.  The kernel signals neither, so /proc/net/udp is read until then."""
+        deadline = time.monotonic() + timeout
+        while (queued := udp_queue(self.port))[0]:
+            assert time.monotonic() < deadline, f"proxy left {queued[0]} bytes unread"
+            time.sleep(0.001)
+        assert queued[1] == 0, f"the kernel dropped {queued[1]} datagrams for the proxy"
 
     async def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``signum`` and wait for the exit status."""

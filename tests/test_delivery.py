@@ -387,19 +387,18 @@ class PoisonAPI:
 
 def test_a_batch_the_api_keeps_failing_alone_is_given_up_after_max_attempts() -> None:
     poison = series("poison", 10)
-    good = [series(f"good{i}", 10) for i in range(40)]
 
     async def scenario() -> None:
         async with PoisonAPI() as api, sink_for(api.url, max_attempts=3) as sink:
             sink.submit(poison)
-            sent = 0
+            good: list[list[Measurement]] = []
             while "attempts" not in sink.lost:  # other posts keep succeeding meanwhile
-                sink.submit(good[sent])
-                sent += 1
+                good.append(series(f"good{len(good)}", 10))
+                sink.submit(good[-1])
                 await api.wait_posts(api.posts + 1)
             assert await sink.drain(5.0) == 0
             assert (api.poison_posts, sink.lost) == (3, {"attempts": 10})
-            assert api.stored == names(good[:sent]) and sink.posted == 10 * sent
+            assert api.stored == names(good) and sink.posted == 10 * len(good)
 
     run(scenario())
 
@@ -416,6 +415,31 @@ def test_a_batch_submitted_after_shutdown_is_counted_as_lost() -> None:
             sink.submit(series("late", 7))
             await sink.close()
             assert (sink.pending, sink.lost, api.requests) == (0, {"shutdown": 7}, [])
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("turns", range(6))
+def test_close_racing_a_wake_up_still_stops_the_dispatcher(turns: int) -> None:
+    # A submit wakes the dispatcher from a timed wait; close cancels it ``turns`` loop
+    # turns later.  At some turn the wake-up and the cancellation land together, and the
+    # cancellation must win (asyncio.wait_for in 3.11 swallowed it: close then hung).
+    async def scenario() -> None:
+        async with FakeAppOptics(token=TOKEN) as api:
+            api.script([Fault.delay(10.0)])
+            sink = HttpSink(api.url, TOKEN, concurrency=1, timeout=20.0)
+            await sink.start()
+            sink.submit(series("flying", 3))
+            await api.wait_for(lambda a: len(a.requests) + a.in_flight >= 1, timeout=5)
+            sink.submit(series("queued", 4))  # no room: the dispatcher waits with a timeout
+            for _ in range(3):
+                await asyncio.sleep(0)  # one loop turn each: the dispatcher reaches its wait
+            sink.submit(series("racing", 5))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            async with asyncio.timeout(5.0):
+                await sink.close()
+            assert sink.pending == 0 and sink.lost == {"shutdown": 12}
 
     run(scenario())
 

@@ -253,7 +253,7 @@ def test_kernel_receive_buffer_drops_are_reported() -> None:
         async with Proxy(*flags) as proxy:
             payload = b"burst:1|c\n" * 140  # ~1400 bytes a datagram
             for _ in range(20):  # bounded: 20 bursts of 500 datagrams at most
-                proxy.send([payload] * 500, per_datagram=1)
+                proxy.send([payload] * 500, per_datagram=1, paced=False)
                 if any("kernel dropped" in line for line in proxy.stderr):
                     break
             line = await proxy.wait_for_log("kernel dropped", timeout=15)
