@@ -56,6 +56,7 @@ import socket
 import struct
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import time
@@ -378,7 +379,29 @@ def snapshot(ref: str) -> Path:
         ).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(target, filter="data")
+        build_hotpath(target / "statsd_ao")
     return target
+
+
+def build_hotpath(package: Path) -> None:
+    """Compile the ref's C loop, if it has one, as its install would (setup.py)."""
+    source = package / "_hotpath.c"
+    if source.exists():
+        include = sysconfig.get_paths()["include"]
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        subprocess.run(
+            [
+                "gcc",
+                "-O2",
+                "-shared",
+                "-fPIC",
+                f"-I{include}",
+                str(source),
+                "-o",
+                str(package / f"_hotpath{suffix}"),
+            ],
+            check=True,
+        )
 
 
 def install_etsy() -> str | None:

@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
+from statsd_ao import hotpath
 from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
 from statsd_ao.cardinality import OVERFLOW_TAG, CardinalityGuard
 from statsd_ao.events import CHECK_PREFIX, EVENT_PREFIX, Event, parse_event, parse_service_check
+from statsd_ao.hotpath import Ingest
 from statsd_ao.protocol import Kind, ParseError, parse_shape, parse_value, parse_values
 from statsd_ao.sanitize import Naming, TagTuple
 
@@ -126,8 +128,10 @@ class Aggregator:
         max_sample_age: float = DEFAULT_MAX_SAMPLE_AGE,
         shape_limit: int = DEFAULT_SHAPE_LIMIT,
         feed_limit: int = DEFAULT_FEED_LIMIT,
+        hot: Ingest | None = hotpath.INGEST,
     ) -> None:
         self._naming = naming
+        self._hot = hot
         self.guard = guard
         self._container_tag = container_tag
         self._interval = interval
@@ -150,6 +154,9 @@ class Aggregator:
         """Aggregate every line of a datagram.  Never raises on any input."""
         if not datagram:
             return
+        if self._hot is not None:  # the same loop in C (statsd_ao/hotpath.py)
+            self._now.lines += self._hot(datagram, self._feeds, self._feed_for, self._failed)
+            return
         feeds = self._feeds
         lines = datagram.split(b"\n")
         self._now.lines += len(lines) - datagram.endswith(b"\n")
@@ -165,10 +172,7 @@ class Aggregator:
             try:
                 feed(value)
             except ValueError as error:
-                if type(error) is ValueError and b":" in value:  # float() refused "1:2:3"
-                    self._feed_each(feed, value, line)
-                else:
-                    self._reject(error, line)
+                self._failed(feed, value, line, error)
 
     def swap(self) -> Snapshot:
         """Hand over this interval's data and start a fresh interval, in O(1)."""
@@ -212,6 +216,13 @@ class Aggregator:
     def series_count(self) -> int:
         """Series with data in the current interval."""
         return len(self._now.series)
+
+    def _failed(self, feed: Feed, value: bytes, line: bytes, error: ValueError) -> None:
+        """A feed refused ``value``: a multi-value line, or a rejection to count."""
+        if type(error) is ValueError and b":" in value:  # float() refused "1:2:3"
+            self._feed_each(feed, value, line)
+        else:
+            self._reject(error, line)
 
     def _feed_each(self, feed: Feed, value: bytes, line: bytes) -> None:
         """A DogStatsD 1.1 multi-value line: each value on its own."""

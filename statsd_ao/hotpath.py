@@ -1,0 +1,60 @@
+"""The optional C loop for `Aggregator.ingest` (statsd_ao/_hotpath.c).
+
+The extension is built when the package is installed with a C compiler at hand; without
+one, or with ``STATSD_AO_PURE_PYTHON=1`` in the environment, the aggregator runs its own
+Python loop.  Both give the same results (tests/test_hotpath.py compares them on arbitrary
+input); the C loop applies the common cases to the same accumulator objects and hands
+every other line to the aggregator's Python code, which stays the one definition of what a
+line means.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import partial
+from typing import Protocol
+
+from statsd_ao import accumulators
+from statsd_ao.accumulators import Counter, Gauge, SetOf, Summary
+
+Feed = Callable[[bytes], None]
+FeedFor = Callable[[tuple[bytes, bytes], bytes, bytes], Feed]
+Failed = Callable[[Feed, bytes, bytes, ValueError], None]
+DISABLE = "STATSD_AO_PURE_PYTHON"
+
+
+class Ingest(Protocol):
+    def __call__(
+        self,
+        datagram: bytes,
+        feeds: dict[tuple[bytes, bytes], Feed],
+        feed_for: FeedFor,
+        failed: Failed,
+        /,
+    ) -> int: ...
+
+
+def load() -> Ingest | None:
+    """The C ``ingest``, configured; None if it is not built or is switched off."""
+    if os.environ.get(DISABLE, "") not in {"", "0"}:
+        return None
+    try:
+        from statsd_ao import _hotpath  # type: ignore[attr-defined]  # noqa: PLC0415
+    except ImportError:
+        return None
+    functions = (Counter.add, Counter.add_rated, Gauge.add, Summary.add, Summary.add_rated)
+    # The accumulators' __slots__ (and partial's fields) as member descriptors: where the
+    # C loop finds each one's state.
+    slots = [("total", Counter), ("value", Gauge), ("absolute", Gauge), ("values", Summary)]
+    slots += [("weights", Summary), ("members", SetOf), ("func", partial), ("args", partial)]
+    _hotpath.configure(
+        (*functions, SetOf.add, partial),
+        tuple(vars(owner)[name] for name, owner in slots),
+        accumulators,  # MAX_SUMMARY_VALUES and MAX_SET_MEMBERS, read at each datagram
+    )
+    ingest: Ingest = _hotpath.ingest
+    return ingest
+
+
+INGEST = load()

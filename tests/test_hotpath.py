@@ -1,0 +1,192 @@
+"""The C loop (statsd_ao/_hotpath.c) against the aggregator's own Python loop.
+
+The C loop is only an accelerator: on any input, an aggregator using it must end in exactly
+the state of one running pure Python (the same accumulators holding the same numbers, bit
+for bit, the same rejections, examples and line counts).  Hypothesis drives both with
+arbitrary datagrams, near-valid lines and every spelling of a number.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from statsd_ao import accumulators, hotpath
+from statsd_ao.accumulators import Accumulator, Running
+from statsd_ao.aggregator import Aggregator, Snapshot
+from statsd_ao.sanitize import Naming
+
+HOT = hotpath.INGEST
+needs_c = pytest.mark.skipif(
+    HOT is None and os.environ.get(hotpath.DISABLE, "") not in {"", "0"},
+    reason=f"{hotpath.DISABLE} is set: the pure-Python loop is under test",
+)
+
+
+def test_the_c_loop_is_built_and_loaded() -> None:
+    # The install builds it wherever a compiler is (as .ci/run's is); its absence would
+    # leave every other test here comparing pure Python with itself.
+    if os.environ.get(hotpath.DISABLE, "") not in {"", "0"}:
+        assert HOT is None
+    else:
+        assert HOT is not None
+
+
+def aggregators(**options: Any) -> tuple[Aggregator, Aggregator]:
+    def clock() -> float:
+        return 1_800_000_000.0
+
+    naming = Naming({"host": "h"})
+    return (
+        Aggregator(naming, clock=clock, hot=HOT, **options),
+        Aggregator(naming, clock=clock, hot=None, **options),
+    )
+
+
+def bits(x: float) -> str:
+    return float.hex(x) if isinstance(x, float) and not math.isnan(x) else repr(x)
+
+
+def state(acc: Accumulator | Running | None) -> Any:
+    """Every slot of an accumulator, floats by their exact bits."""
+    if acc is None:
+        return None
+    out: dict[str, Any] = {"type": type(acc).__name__}
+    for slot in type(acc).__slots__:
+        value = getattr(acc, slot)
+        if isinstance(value, list):
+            value = [bits(v) for v in value]
+        elif isinstance(value, Running):
+            value = state(value)
+        elif isinstance(value, set):
+            value = sorted(value)
+        else:
+            value = bits(value)
+        out[slot] = value
+    return out
+
+
+def snapshot_state(snapshot: Snapshot) -> Any:
+    return (
+        {key: state(acc) for key, acc in snapshot.series.items()},
+        {start: {k: state(a) for k, a in table.items()} for start, table in snapshot.past.items()},
+        snapshot.events,
+        snapshot.rejected,
+        snapshot.examples,
+        snapshot.lines,
+    )
+
+
+def feed_both(datagrams: list[bytes]) -> tuple[Any, Any]:
+    states = []
+    for agg in aggregators():
+        random.seed(7)  # the timer reservoir past its cap draws the same numbers in both
+        for datagram in datagrams:
+            agg.ingest(datagram)
+        states.append(snapshot_state(agg.swap()))
+    return states[0], states[1]
+
+
+NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(lambda f: repr(f).encode()),
+    st.floats(width=32).map(lambda f: f"{f:.7g}".encode()),
+    st.integers(0, 30)
+    .flatmap(lambda places: st.decimals(allow_nan=False, allow_infinity=False, places=places))
+    .map(lambda d: str(d).encode()),
+    st.integers(-(10**30), 10**30).map(lambda i: str(i).encode()),
+    st.from_regex(rb"\A[+-]?[0-9_]{0,20}(\.[0-9]{0,20})?([eE][+-]?[0-9]{0,5})?\Z"),
+    st.sampled_from(
+        [
+            b"",
+            b"-0",
+            b"+0",
+            b".5",
+            b"5.",
+            b"1e",
+            b" 1",
+            b"1 ",
+            b"nan",
+            b"-inf",
+            b"1e400",
+            b"1e-400",
+            b"0x10",
+            b"1_000",
+            b"\xd9\xa1",
+            b"1:2:3",
+            b"+5",
+        ]
+    ),
+)
+NAMES = st.sampled_from([b"a", b"b.c", b"x#k=v", b"n;t=1", b"", b"_e", b"_sc"])
+TAILS = st.sampled_from(
+    [
+        b"c",
+        b"g",
+        b"ms",
+        b"h",
+        b"d",
+        b"s",
+        b"c|@0.5",
+        b"ms|@0.25|#k:v",
+        b"h|@0.1",
+        b"g|@0.5",
+        b"c|#a:1,b",
+        b"s|#x",
+        b"c|@2",
+        b"q",
+        b"",
+        b"ms|T1800000000",
+        b"c|c:abc",
+        b"c|@0",
+    ]
+)
+LINES = st.one_of(
+    st.builds(lambda n, v, t: n + b":" + v + b"|" + t, NAMES, NUMBERS, TAILS),
+    st.builds(lambda n, v: n + b":" + v, NAMES, NUMBERS),
+    st.binary(max_size=40),
+)
+DATAGRAMS = st.lists(LINES, max_size=30).map(b"\n".join)
+
+
+@needs_c
+@settings(max_examples=400, deadline=None)
+@given(st.lists(DATAGRAMS, max_size=8))
+def test_c_and_python_loops_leave_the_same_state(datagrams: list[bytes]) -> None:
+    fast, pure = feed_both(datagrams)
+    assert fast == pure
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(NUMBERS, st.sampled_from([b"c", b"g", b"ms", b"c|@0.5", b"h|@0.25", b"s"]))
+def test_every_spelling_of_a_value_gives_the_same_bits(value: bytes, tail: bytes) -> None:
+    line = b"m:" + value + b"|" + tail
+    fast, pure = feed_both([line, line, b"m:+" + value + b"|" + tail])
+    assert fast == pure
+
+
+@needs_c
+def test_the_limits_are_those_in_force_at_each_datagram(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulators, "MAX_SUMMARY_VALUES", 3)
+    monkeypatch.setattr(accumulators, "MAX_SET_MEMBERS", 2)
+    datagram = b"\n".join([b"t:%d|ms" % i for i in range(6)] + [b"s:%d|s" % i for i in range(4)])
+    fast, pure = feed_both([datagram, datagram])
+    assert fast == pure
+    assert fast[3] == {"set too large": 4}  # members past the limit: counted, not kept
+
+
+@needs_c
+def test_a_feed_replaced_mid_datagram_is_honoured() -> None:
+    # A flood of new shapes clears the feed cache inside a datagram; later lines of that
+    # datagram must still land (the C loop keeps the dict it started with alive).
+    fast, pure = aggregators(feed_limit=3)
+    datagram = b"\n".join(b"k%d:1|c" % (i % 5) for i in range(40))
+    fast.ingest(datagram)
+    pure.ingest(datagram)
+    assert snapshot_state(fast.swap()) == snapshot_state(pure.swap())
