@@ -91,11 +91,11 @@ PR_SET_PDEATHSIG = 1
 
 # Offered rates in M lines/s; None is "as fast as the load generator can", for MAX_SECONDS.
 LADDERS: dict[tuple[str, str, bool], tuple[float | None, ...]] = {
-    ("statsd-ao", "packed", False): (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, None),
+    ("statsd-ao", "packed", False): (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, None),
     ("statsd-ao", "single", False): (0.1, 0.2, 0.3, 0.4, 0.5, None),
     ("etsy", "packed", False): (0.1, 0.2, 0.3, 0.4, 0.5, None),
     ("etsy", "single", False): (0.05, 0.1, 0.15, 0.2, None),
-    ("statsd-ao", "packed", True): (0.5, 1.0, None),
+    ("statsd-ao", "packed", True): (0.5, 1.0, 1.5, None),
     ("statsd-ao", "single", True): (0.2, 0.3, None),
     ("etsy", "packed", True): (0.2, 0.4, None),
     ("etsy", "single", True): (0.1, 0.15, None),
