@@ -1,12 +1,14 @@
 # statsd-ao: StatsD/DogStatsD aggregation proxy for AppOptics.
 # Configured only by environment variables (APPOPTICS_TOKEN, STATSD_AO_*; see README.md).
-FROM python:3.11-slim AS build
+# The build stage has gcc (the full image) to compile the hot path's C loop; both stages
+# are the same Debian release, so the compiled module runs in the slim one.
+FROM python:3.11-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY statsd_ao ./statsd_ao
 RUN pip install --no-cache-dir --prefix=/install .
 
-FROM python:3.11-slim
+FROM python:3.11-slim-bookworm
 COPY --from=build /install /usr/local
 RUN useradd --system --uid 10001 --no-create-home statsd
 USER 10001

@@ -16,6 +16,7 @@ import signal
 import time
 from dataclasses import replace
 
+from statsd_ao import hotpath
 from statsd_ao.admin import AdminCommands, serve_admin
 from statsd_ao.admin_state import ProxyAdminState
 from statsd_ao.aggregator import Snapshot
@@ -152,6 +153,7 @@ class App:
         """Open everything; False (logged, closed again) when a listener cannot bind."""
         config = self.config
         log.info("statsd-ao starting: %s", config.describe())
+        log.info("hot path: %s", hotpath.describe())
         if not config.posting:
             why = "--dry-run" if config.dry_run else "no token (set APPOPTICS_TOKEN or --token)"
             log.warning("dry run (%s): each flush's measurements are printed to stdout", why)

@@ -58,3 +58,12 @@ def load() -> Ingest | None:
 
 
 INGEST = load()
+
+
+def describe() -> str:
+    """Which loop runs, for the start-up log."""
+    if INGEST is not None:
+        return "C loop (statsd_ao/_hotpath.c)"
+    if os.environ.get(DISABLE, "") not in {"", "0"}:
+        return f"pure Python ({DISABLE} is set)"
+    return "pure Python (the C loop is not built: install with a C compiler for ~2x the speed)"

@@ -17,7 +17,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,7 +196,14 @@ def test_the_daemonset_service_keeps_traffic_on_the_node() -> None:
 
 
 def instructions(path: Path | None = None) -> list[tuple[str, str]]:
-    """(KEYWORD, arguments) of the final stage; continuation lines joined, comments out."""
+    """(KEYWORD, arguments) of the final stage."""
+    pairs = all_instructions(path)
+    last_from = max(i for i, (keyword, _) in enumerate(pairs) if keyword == "FROM")
+    return pairs[last_from:]
+
+
+def all_instructions(path: Path | None = None) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) of every stage; continuation lines joined, comments out."""
     logical: list[str] = []
     pending = ""
     for raw in (path or DOCKERFILE).read_text().splitlines():
@@ -210,8 +219,7 @@ def instructions(path: Path | None = None) -> list[tuple[str, str]]:
     for text in logical:
         keyword, *rest = text.split(None, 1)
         pairs.append((keyword.upper(), rest[0].strip() if rest else ""))
-    last_from = max(i for i, (keyword, _) in enumerate(pairs) if keyword == "FROM")
-    return pairs[last_from:]
+    return pairs
 
 
 def last(keyword: str) -> str | None:
@@ -313,6 +321,38 @@ def test_the_image_has_a_working_health_check() -> None:
     assert "/health" in check
     assert asyncio.run(health_check_exit(check, "127.0.0.1:{port}", live=True)) == 0
     assert asyncio.run(health_check_exit(check, "127.0.0.1:{port}", live=False)) != 0
+
+
+def build_stage() -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) of the first stage, where the package is installed."""
+    pairs = all_instructions()
+    return pairs[: next(i for i, (kw, _) in enumerate(pairs) if kw == "FROM" and i > 0)]
+
+
+def test_the_build_stage_compiles_the_hot_path_from_what_it_copies(tmp_path: Path) -> None:
+    """Its COPY set, built as its RUN's install does, yields the C loop."""
+    stage = build_stage()
+    bases = [args.split()[0] for kw, args in all_instructions() if kw == "FROM"]
+    assert "slim" not in bases[0] and all(base.endswith("-bookworm") for base in bases)
+    for keyword, args in stage:
+        if keyword == "COPY":
+            *sources, _ = shlex.split(args)
+            for source in sources:
+                target = tmp_path / "src" / source
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("*.so"))
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, target)
+    run = next(args for kw, args in stage if kw == "RUN")
+    assert shlex.split(run)[:2] == ["pip", "install"] and "--prefix=/install" in run
+    # The wheel that install builds (installing it here would replace the test's own).
+    command = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps"]
+    command += ["--no-cache-dir", "--quiet", f"--wheel-dir={tmp_path / 'wheels'}", "."]
+    subprocess.run(command, cwd=tmp_path / "src", check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheels").glob("statsd_ao-*.whl")
+    with zipfile.ZipFile(wheel) as contents:
+        assert f"statsd_ao/_hotpath{sysconfig.get_config_var('EXT_SUFFIX')}" in contents.namelist()
 
 
 def test_hadolint_finds_nothing() -> None:
