@@ -28,7 +28,7 @@ typedef struct {
 } Slot;
 
 static Slot total, value_slot, absolute, values_slot, weights_slot, members_slot, func_slot,
-    args_slot;
+    args_slot, keywords_slot;
 
 /* The slot's object (borrowed), or NULL when ``self`` is not an exact instance or the
    slot is empty. */
@@ -154,7 +154,10 @@ static int members(PyObject *self, const char *s, Py_ssize_t n) {
 /* partial(acc.add_rated, rate) */
 static int apply_rated(PyObject *feed, const char *s, Py_ssize_t n) {
     PyObject *method = get(feed, &func_slot), *args = get(feed, &args_slot);
+    PyObject *keywords = get(feed, &keywords_slot);
     double v;
+    if (keywords == NULL || !PyDict_CheckExact(keywords) || PyDict_GET_SIZE(keywords) != 0)
+        return DECLINED;
     if (method == NULL || args == NULL || !PyMethod_Check(method) || !PyTuple_CheckExact(args) ||
         PyTuple_GET_SIZE(args) != 1 || !PyFloat_CheckExact(PyTuple_GET_ITEM(args, 0)))
         return DECLINED;
@@ -203,7 +206,11 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
     Py_XDECREF(type);
     Py_XDECREF(traceback);
     PyObject *whole = PyBytes_FromStringAndSize(line, len);
+    PyObject *saved = PyErr_GetHandledException(); /* as in Python's except block: an */
+    PyErr_SetHandledException(error);             /* error in failed() chains to this one */
     PyObject *r = whole == NULL ? NULL : PyObject_CallFunctionObjArgs(failed, feed, value, whole, error, NULL);
+    PyErr_SetHandledException(saved);
+    Py_XDECREF(saved);
     Py_XDECREF(whole);
     Py_DECREF(error);
     Py_DECREF(value);
@@ -220,7 +227,7 @@ static PyObject *find_feed(PyObject *feeds, PyObject *feed_for, const char *line
     PyObject *key = Py_BuildValue("(y#y#)", name, name_len, tail, tail_len);
     if (key == NULL) return NULL;
     PyObject *feed = PyDict_GetItemWithError(feeds, key);
-    if (feed != NULL) {
+    if (feed != NULL && feed != Py_None) { /* None: a miss, as feeds.get() sees it */
         Py_INCREF(feed);
     } else if (!PyErr_Occurred()) {
         PyObject *value = PyBytes_FromStringAndSize(s, n);
@@ -265,7 +272,8 @@ static int read_limits(void) {
     return read_limit("MAX_SET_MEMBERS", &max_members);
 }
 
-/* ingest(datagram, feeds, feed_for, failed) -> lines in the datagram */
+/* ingest(datagram, feeds, feed_for, failed): every line of the datagram (the caller counts
+   them first, so a line that raises still counts, as in Python). */
 static PyObject *ingest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyBytes_Check(args[0]) || !PyDict_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "ingest(datagram: bytes, feeds: dict, feed_for, failed)");
@@ -277,10 +285,9 @@ static PyObject *ingest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_s
     }
     if (read_limits() < 0) return NULL;
     const char *p = PyBytes_AS_STRING(args[0]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[0]), lines = 0;
-    const char *end = p + size;
+    const char *end = p + PyBytes_GET_SIZE(args[0]);
     Py_INCREF(args[1]); /* a feed_for may replace the aggregator's dict: keep this one alive */
-    for (const char *line = p; size > 0; lines++) {
+    for (const char *line = p; line < end;) {
         const char *nl = memchr(line, '\n', end - line);
         const char *stop = nl ? nl : end;
         if (stop > line && one_line(args[1], args[2], args[3], line, stop - line) < 0) {
@@ -291,8 +298,7 @@ static PyObject *ingest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_s
         line = nl + 1;
     }
     Py_DECREF(args[1]);
-    if (size > 0 && p[size - 1] == '\n') lines--; /* as split: no line after a final \n */
-    return PyLong_FromSsize_t(size > 0 ? lines + 1 : 0);
+    Py_RETURN_NONE;
 }
 
 static int slot_of(PyObject *descriptor, Slot *slot) {
@@ -311,17 +317,23 @@ static int slot_of(PyObject *descriptor, Slot *slot) {
 }
 
 static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *fs[7], *ds[8];
+    PyObject *fs[7], *ds[9];
     PyObject *module;
-    if (!PyArg_ParseTuple(args, "(OOOOOOO)(OOOOOOOO)O", &fs[0], &fs[1], &fs[2], &fs[3],
+    if (!PyArg_ParseTuple(args, "(OOOOOOO)(OOOOOOOOO)O", &fs[0], &fs[1], &fs[2], &fs[3],
                           &fs[4], &fs[5], &fs[6], &ds[0], &ds[1], &ds[2], &ds[3], &ds[4],
-                          &ds[5], &ds[6], &ds[7], &module))
+                          &ds[5], &ds[6], &ds[7], &ds[8], &module))
         return NULL;
-    Slot *slots[8] = {&total,        &value_slot,   &absolute,  &values_slot,
-                      &weights_slot, &members_slot, &func_slot, &args_slot};
-    for (int i = 0; i < 8; i++)
-        if (slot_of(ds[i], slots[i]) < 0) return NULL;
-    for (int i = 0; i < 8; i++) Py_INCREF(slots[i]->type);
+    Slot *slots[9] = {&total,        &value_slot,   &absolute,  &values_slot,  &weights_slot,
+                      &members_slot, &func_slot,    &args_slot, &keywords_slot};
+    Slot checked[9];
+    for (int i = 0; i < 9; i++) /* all valid, or nothing changes */
+        if (slot_of(ds[i], &checked[i]) < 0) return NULL;
+    for (int i = 0; i < 9; i++) {
+        PyTypeObject *old = slots[i]->type;
+        Py_INCREF(checked[i].type);
+        *slots[i] = checked[i];
+        Py_XDECREF(old);
+    }
     PyObject **functions[7] = {&counter_add, &counter_rated, &gauge_add, &summary_add,
                                &summary_rated, &set_add, &partial_type};
     for (int i = 0; i < 7; i++) Py_XSETREF(*functions[i], Py_NewRef(fs[i]));
@@ -331,7 +343,7 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"ingest", (PyCFunction)(void (*)(void))ingest, METH_FASTCALL,
-     "ingest(datagram, feeds, feed_for, failed) -> lines: Aggregator.ingest's loop."},
+     "ingest(datagram, feeds, feed_for, failed): Aggregator.ingest's loop."},
     {"configure", configure, METH_VARARGS,
      "configure((the add functions, partial), (the slot descriptors), the limits' module)"},
     {NULL, NULL, 0, NULL},

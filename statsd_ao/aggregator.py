@@ -154,12 +154,12 @@ class Aggregator:
         """Aggregate every line of a datagram.  Never raises on any input."""
         if not datagram:
             return
+        self._now.lines += datagram.count(b"\n") + 1 - datagram.endswith(b"\n")
         if self._hot is not None:  # the same loop in C (statsd_ao/hotpath.py)
-            self._now.lines += self._hot(datagram, self._feeds, self._feed_for, self._failed)
+            self._hot(datagram, self._feeds, self._feed_for, self._failed)
             return
         feeds = self._feeds
         lines = datagram.split(b"\n")
-        self._now.lines += len(lines) - datagram.endswith(b"\n")
         for line in lines:
             if not line:  # a blank line shares its key with ":" below; only ":" is an error
                 continue

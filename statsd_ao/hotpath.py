@@ -32,7 +32,7 @@ class Ingest(Protocol):
         feed_for: FeedFor,
         failed: Failed,
         /,
-    ) -> int: ...
+    ) -> None: ...
 
 
 def load() -> Ingest | None:
@@ -48,6 +48,7 @@ def load() -> Ingest | None:
     # C loop finds each one's state.
     slots = [("total", Counter), ("value", Gauge), ("absolute", Gauge), ("values", Summary)]
     slots += [("weights", Summary), ("members", SetOf), ("func", partial), ("args", partial)]
+    slots += [("keywords", partial)]
     _hotpath.configure(
         (*functions, SetOf.add, partial),
         tuple(vars(owner)[name] for name, owner in slots),
