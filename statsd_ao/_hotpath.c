@@ -222,9 +222,9 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
 /* The feed for (name, tail): from the dict, else from feed_for(key, value, line).
    Returns a new reference, or NULL with an exception set. */
 static PyObject *find_feed(PyObject *feeds, PyObject *feed_for, const char *line,
-                           Py_ssize_t len, const char *name, Py_ssize_t name_len,
-                           const char *s, Py_ssize_t n, const char *tail, Py_ssize_t tail_len) {
-    PyObject *key = Py_BuildValue("(y#y#)", name, name_len, tail, tail_len);
+                           Py_ssize_t len, Py_ssize_t name_len, const char *s, Py_ssize_t n,
+                           const char *tail, Py_ssize_t tail_len) {
+    PyObject *key = Py_BuildValue("(y#y#)", line, name_len, tail, tail_len);
     if (key == NULL) return NULL;
     PyObject *feed = PyDict_GetItemWithError(feeds, key);
     if (feed != NULL && feed != Py_None) { /* None: a miss, as feeds.get() sees it */
@@ -250,8 +250,7 @@ static int one_line(PyObject *feeds, PyObject *feed_for, PyObject *failed, const
     const char *value_end = pipe ? pipe : end;
     const char *tail = pipe ? pipe + 1 : end;
     Py_ssize_t name_len = (colon ? colon : end) - line, n = value_end - value;
-    PyObject *feed = find_feed(feeds, feed_for, line, len, line, name_len, value, n, tail,
-                               end - tail);
+    PyObject *feed = find_feed(feeds, feed_for, line, len, name_len, value, n, tail, end - tail);
     if (feed == NULL) return FAILED;
     int r = apply(feed, value, n);
     if (r == DECLINED) r = call_feed(feed, failed, line, len, value, n);
@@ -259,8 +258,10 @@ static int one_line(PyObject *feeds, PyObject *feed_for, PyObject *failed, const
     return r;
 }
 
-static int read_limit(const char *name, Py_ssize_t *limit) {
-    PyObject *value = PyObject_GetAttrString(limits, name);
+static PyObject *max_values_name, *max_members_name; /* interned by configure() */
+
+static int read_limit(PyObject *name, Py_ssize_t *limit) {
+    PyObject *value = PyObject_GetAttr(limits, name);
     if (value == NULL) return -1;
     *limit = PyLong_AsSsize_t(value);
     Py_DECREF(value);
@@ -268,8 +269,8 @@ static int read_limit(const char *name, Py_ssize_t *limit) {
 }
 
 static int read_limits(void) {
-    if (read_limit("MAX_SUMMARY_VALUES", &max_values) < 0) return -1;
-    return read_limit("MAX_SET_MEMBERS", &max_members);
+    if (read_limit(max_values_name, &max_values) < 0) return -1;
+    return read_limit(max_members_name, &max_members);
 }
 
 /* ingest(datagram, feeds, feed_for, failed): every line of the datagram (the caller counts
@@ -338,6 +339,9 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
                                &summary_rated, &set_add, &partial_type};
     for (int i = 0; i < 7; i++) Py_XSETREF(*functions[i], Py_NewRef(fs[i]));
     Py_XSETREF(limits, Py_NewRef(module));
+    if (max_values_name == NULL) max_values_name = PyUnicode_InternFromString("MAX_SUMMARY_VALUES");
+    if (max_members_name == NULL) max_members_name = PyUnicode_InternFromString("MAX_SET_MEMBERS");
+    if (max_values_name == NULL || max_members_name == NULL) return NULL;
     Py_RETURN_NONE;
 }
 

@@ -23,11 +23,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from statsd_ao import hotpath
 from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
 from statsd_ao.cardinality import OVERFLOW_TAG, CardinalityGuard
 from statsd_ao.events import CHECK_PREFIX, EVENT_PREFIX, Event, parse_event, parse_service_check
-from statsd_ao.hotpath import Ingest
+from statsd_ao.hotpath import INGEST, Feed, Ingest
 from statsd_ao.protocol import Kind, ParseError, parse_shape, parse_value, parse_values
 from statsd_ao.sanitize import Naming, TagTuple
 
@@ -54,7 +53,6 @@ GAUGE_MEMORY = 200_000
 SeriesKey = tuple[Kind, str, TagTuple]
 log = logging.getLogger(__name__)
 EXAMPLE_BYTES = 120
-Feed = Callable[[bytes], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +126,7 @@ class Aggregator:
         max_sample_age: float = DEFAULT_MAX_SAMPLE_AGE,
         shape_limit: int = DEFAULT_SHAPE_LIMIT,
         feed_limit: int = DEFAULT_FEED_LIMIT,
-        hot: Ingest | None = hotpath.INGEST,
+        hot: Ingest | None = INGEST,
     ) -> None:
         self._naming = naming
         self._hot = hot
@@ -154,12 +152,13 @@ class Aggregator:
         """Aggregate every line of a datagram.  Never raises on any input."""
         if not datagram:
             return
-        self._now.lines += datagram.count(b"\n") + 1 - datagram.endswith(b"\n")
         if self._hot is not None:  # the same loop in C (statsd_ao/hotpath.py)
+            self._now.lines += datagram.count(b"\n") + 1 - datagram.endswith(b"\n")
             self._hot(datagram, self._feeds, self._feed_for, self._failed)
             return
         feeds = self._feeds
         lines = datagram.split(b"\n")
+        self._now.lines += len(lines) - datagram.endswith(b"\n")
         for line in lines:
             if not line:  # a blank line shares its key with ":" below; only ":" is an error
                 continue

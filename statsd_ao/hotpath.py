@@ -35,9 +35,14 @@ class Ingest(Protocol):
     ) -> None: ...
 
 
+def disabled() -> bool:
+    """``STATSD_AO_PURE_PYTHON`` is set (to anything but 0)."""
+    return os.environ.get(DISABLE, "") not in {"", "0"}
+
+
 def load() -> Ingest | None:
     """The C ``ingest``, configured; None if it is not built or is switched off."""
-    if os.environ.get(DISABLE, "") not in {"", "0"}:
+    if disabled():
         return None
     try:
         from statsd_ao import _hotpath  # type: ignore[attr-defined]  # noqa: PLC0415
@@ -65,6 +70,6 @@ def describe() -> str:
     """Which loop runs, for the start-up log."""
     if INGEST is not None:
         return "C loop (statsd_ao/_hotpath.c)"
-    if os.environ.get(DISABLE, "") not in {"", "0"}:
+    if disabled():
         return f"pure Python ({DISABLE} is set)"
     return "pure Python (the C loop is not built: install with a C compiler for ~2x the speed)"

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Self
 
+from statsd_ao.selfmetrics import udp_socket_stats
+
 _LISTENING = re.compile(r"listening on (udp|tcp) (\S+):(\d+)")
 _READY = "ready: "
 START_TIMEOUT = 20.0
@@ -33,19 +35,6 @@ SKB_OVERHEAD = 1024
 def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def udp_queue(port: int) -> tuple[int, int]:
-    """(bytes queued, datagrams dropped) summed over the sockets bound to UDP ``port``."""
-    queued = dropped = 0
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as rows:
-            for row in list(rows)[1:]:
-                fields = row.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    queued += int(fields[4].split(":")[1], 16)
-                    dropped += int(fields[-1])
-    return queued, dropped
 
 
 class Proxy:
@@ -157,10 +146,11 @@ class Proxy:
         """Return once the kernel holds nothing for the proxy's UDP port; fail loudly if it
         dropped anything.  The kernel signals neither, so /proc/net/udp is read until then."""
         deadline = time.monotonic() + timeout
-        while (queued := udp_queue(self.port))[0]:
-            assert time.monotonic() < deadline, f"proxy left {queued[0]} bytes unread"
+        while (stats := udp_socket_stats(self.port)) is not None and stats.receive_queue:
+            assert time.monotonic() < deadline, f"proxy left {stats.receive_queue} bytes unread"
             time.sleep(0.001)
-        assert queued[1] == 0, f"the kernel dropped {queued[1]} datagrams for the proxy"
+        drops = 0 if stats is None else stats.drops
+        assert drops == 0, f"the kernel dropped {drops} datagrams for the proxy"
 
     async def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``signum`` and wait for the exit status."""

@@ -9,7 +9,6 @@ arbitrary datagrams, near-valid lines and every spelling of a number.
 from __future__ import annotations
 
 import math
-import os
 import random
 import sys
 from typing import Any
@@ -25,7 +24,7 @@ from statsd_ao.sanitize import Naming
 
 HOT = hotpath.INGEST
 needs_c = pytest.mark.skipif(
-    HOT is None and os.environ.get(hotpath.DISABLE, "") not in {"", "0"},
+    HOT is None and hotpath.disabled(),
     reason=f"{hotpath.DISABLE} is set: the pure-Python loop is under test",
 )
 
@@ -33,7 +32,7 @@ needs_c = pytest.mark.skipif(
 def test_the_c_loop_is_built_and_loaded() -> None:
     # The install builds it wherever a compiler is (as .ci/run's is); its absence would
     # leave every other test here comparing pure Python with itself.
-    if os.environ.get(hotpath.DISABLE, "") not in {"", "0"}:
+    if hotpath.disabled():
         assert HOT is None
     else:
         assert HOT is not None
