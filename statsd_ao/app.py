@@ -287,6 +287,7 @@ class App:
             self.config.global_tags,
             listener=udp,
             udp_port=self.udp_port,
+            tcp=self.tcp.stats if self.tcp is not None else None,
             flusher=self.flusher,
             aggregator=self.aggregator,
             converter=self.converter,

@@ -384,6 +384,17 @@ class ListenerCounts(Protocol):
     def bytes(self) -> int: ...
 
 
+class TcpCounts(Protocol):
+    @property
+    def open(self) -> int: ...
+    @property
+    def evicted(self) -> int: ...
+    @property
+    def long_lines(self) -> int: ...
+    @property
+    def idle_closed(self) -> int: ...
+
+
 class FlusherCounts(Protocol):
     @property
     def lines(self) -> int: ...
@@ -430,6 +441,7 @@ def standard_metrics(
     *,
     listener: ListenerCounts | None = None,
     udp_port: int | None = None,
+    tcp: TcpCounts | None = None,
     flusher: FlusherCounts | None = None,
     aggregator: AggregatorCounts | None = None,
     converter: DropCounts | None = None,
@@ -470,6 +482,8 @@ def standard_metrics(
         metrics.register_counter("flushes", "flushes done", lambda: flusher.flushes)
     if series_active is not None:
         metrics.register_gauge("series.active", "series in the last flush", series_active)
+    if tcp is not None:
+        _register_tcp(metrics, tcp)
     if aggregator is not None:
         _register_guard(metrics, aggregator)
     if sink is not None:
@@ -490,6 +504,25 @@ def standard_metrics(
             "post.latency_seconds", "time from sending a post to its answer", post_latency
         )
     return metrics
+
+
+def _register_tcp(metrics: SelfMetrics, tcp: TcpCounts) -> None:
+    metrics.register_gauge("tcp.connections", "TCP connections open", lambda: tcp.open)
+    metrics.register_counter(
+        "tcp.connections_evicted",
+        "TCP connections closed to make room at the connection limit (the idle-longest one)",
+        lambda: tcp.evicted,
+    )
+    metrics.register_counter(
+        "tcp.lines_too_long",
+        "TCP lines longer than --tcp-max-line, dropped",
+        lambda: tcp.long_lines,
+    )
+    metrics.register_counter(
+        "tcp.idle_closed",
+        "TCP connections closed after --tcp-idle-timeout",
+        lambda: tcp.idle_closed,
+    )
 
 
 def _register_guard(metrics: SelfMetrics, aggregator: AggregatorCounts) -> None:

@@ -4,22 +4,33 @@ Each connection hands complete lines to ``ingest`` as one chunk per read (the ag
 splits them as it splits a datagram), keeps a partial last line for the next read, and
 takes a final line without a newline at EOF.  A line longer than ``max_line`` is dropped
 and counted; the connection survives.  A connection idle for ``idle_timeout`` is closed.
-Callbacks run on the loop thread and never await.
+
+At ``MAX_CONNECTIONS`` open connections a new one makes room instead of being refused: the
+connection idle the longest is closed (its complete lines were already taken in; its partial
+line is taken in as at shutdown).  A client that leaks connections then only recycles its own
+idle ones, and every other sender keeps connecting.  The open connections are kept in
+activity order (an OrderedDict moved to the end on each read, O(1)), so the victim is the
+first one.  Callbacks run on the loop thread and never await.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
 from statsd_ao.listeners import ingest_failed
+from statsd_ao.logs import RateLimitedLog
 from statsd_ao.settings import Address
 
 log = logging.getLogger(__name__)
 
-# Open connections at most: each may hold up to --tcp-max-line bytes of a partial line.
+# Open connections at most: each may hold up to --tcp-max-line bytes of a partial line, so
+# this bounds that memory (64 MiB at the default line limit) and the process's descriptors.
 MAX_CONNECTIONS = 1024
+# Evictions are logged at most this often (they are also counted in self-metrics).
+EVICTION_LOG_INTERVAL = 60.0
 # Loop passes allowed at shutdown for connections to deliver what the kernel already holds.
 CLOSE_READ_PASSES = 100
 
@@ -33,7 +44,35 @@ class TcpStats:
         self.bytes = 0
         self.long_lines = 0
         self.idle_closed = 0
-        self.refused = 0  # connections closed at once: MAX_CONNECTIONS were open
+        self.evicted = 0  # closed to make room: MAX_CONNECTIONS were open
+
+
+class Connections:
+    """The open connections of one listener, idle longest first, and how many per peer."""
+
+    def __init__(self) -> None:
+        self.order: OrderedDict[TcpConnection, None] = OrderedDict()
+        self.per_peer: dict[str, int] = {}
+
+    def add(self, connection: TcpConnection) -> None:
+        self.order[connection] = None
+        self.per_peer[connection.peer] = self.per_peer.get(connection.peer, 0) + 1
+
+    def remove(self, connection: TcpConnection) -> bool:
+        """Forget ``connection``; False if it was not open."""
+        if connection not in self.order:
+            return False
+        del self.order[connection]
+        left = self.per_peer.pop(connection.peer) - 1
+        if left:
+            self.per_peer[connection.peer] = left
+        return True
+
+    def busiest_peer(self) -> tuple[str, int]:
+        return max(self.per_peer.items(), key=lambda item: item[1])
+
+
+_eviction_log = RateLimitedLog(log, EVICTION_LOG_INTERVAL)
 
 
 class TcpConnection(asyncio.Protocol):
@@ -43,7 +82,7 @@ class TcpConnection(asyncio.Protocol):
         stats: TcpStats,
         max_line: int,
         idle_timeout: float,
-        live: set[TcpConnection],
+        live: Connections,
     ) -> None:
         self._ingest = ingest
         self._stats = stats
@@ -55,13 +94,14 @@ class TcpConnection(asyncio.Protocol):
         self._last = 0.0
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # uvloop's transports do not subclass asyncio.Transport
-        if len(self._live) >= MAX_CONNECTIONS:  # each may hold a partial line in memory
-            self._stats.refused += 1
-            transport.close()
-            return
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if len(self._live.order) >= MAX_CONNECTIONS:  # each may hold a partial line in memory
+            self._evict_one()
         self._live.add(self)
         self._stats.connections += 1
         self._stats.open += 1
@@ -70,6 +110,7 @@ class TcpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._stats.bytes += len(data)
         self._last = asyncio.get_running_loop().time()  # read by the idle check
+        self._live.order.move_to_end(self)
         cut = data.rfind(b"\n")
         if cut < 0:
             self._keep(data)
@@ -88,12 +129,33 @@ class TcpConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self not in self._live:
-            return  # refused at connection_made: never counted as open
-        self._live.discard(self)
+        self._leave()
+
+    def _leave(self) -> None:
+        """No longer open (closed by either side, or evicted); safe to call twice."""
+        if not self._live.remove(self):
+            return
         self._stats.open -= 1
         if self._timer is not None:
             self._timer.cancel()
+
+    def _evict_one(self) -> None:
+        victim = next(iter(self._live.order))
+        peer, count = self._live.busiest_peer()
+        victim._leave()
+        victim.close()
+        self._stats.evicted += 1
+        _eviction_log.warning(
+            "tcp",
+            "tcp: %d connections open, the limit: closed the one idle longest (from %s) to "
+            "accept one from %s; the peer with the most connections is %s with %d "
+            "(a client leaking connections?)",
+            MAX_CONNECTIONS,
+            victim.peer,
+            self.peer,
+            peer,
+            count,
+        )
 
     def flush(self) -> None:
         """Take in a final line that had no newline."""
@@ -163,7 +225,7 @@ class TcpListener:
         self._max_line = max_line
         self._idle_timeout = idle_timeout
         self._server: asyncio.Server | None = None
-        self._live: set[TcpConnection] = set()
+        self._live = Connections()
         self.stats = TcpStats()
 
     def describe(self) -> str:
@@ -194,7 +256,7 @@ class TcpListener:
             await asyncio.sleep(0)
             if self.stats.bytes == before:
                 break
-        for connection in list(self._live):
+        for connection in list(self._live.order):
             connection.close()
         await self._server.wait_closed()
         self._server = None

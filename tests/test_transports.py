@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import stat
@@ -238,21 +239,76 @@ def test_tcp_end_to_end() -> None:
     run(scenario)
 
 
-def test_tcp_connections_beyond_the_cap_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tcp_at_the_cap_the_connection_idle_longest_makes_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(tcp, "MAX_CONNECTIONS", 2)
 
     async def scenario() -> None:
         collector = Collector()
         listener = await tcp_listener(collector)
-        streams = [
-            await asyncio.open_connection("127.0.0.1", listener.bound.port) for _ in range(3)
-        ]
+        port = listener.bound.port
+        first_reader, first = await asyncio.open_connection("127.0.0.1", port)
+        _, second = await asyncio.open_connection("127.0.0.1", port)
+        first.write(b"first:1|c\nfirst.partial:2|c")
+        await first.drain()
+        await collector.wait_for(1)
+        second.write(b"second:1|c\n")  # now the first is the one idle longest
+        await second.drain()
+        await collector.wait_for(2)
+        _, third = await asyncio.open_connection("127.0.0.1", port)
         async with asyncio.timeout(5):
-            assert await streams[2][0].read() == b""  # the third was closed at once
-        assert (listener.stats.open, listener.stats.refused) == (2, 1)
-        for _, writer in streams:
+            assert await first_reader.read() == b""  # evicted to make room
+        third.write(b"third:1|c\n")
+        second.write(b"second.again:1|c\n")  # the others go on
+        await third.drain()
+        await second.drain()
+        await collector.wait_for(5)
+        assert sorted(collector.lines) == sorted(
+            [b"first:1|c", b"first.partial:2|c", b"second:1|c", b"third:1|c", b"second.again:1|c"]
+        )  # the evicted one's partial line was taken in, as at shutdown
+        assert (listener.stats.open, listener.stats.evicted) == (2, 1)
+        for writer in (first, second, third):
             writer.close()
         await listener.close()
+
+    run(scenario)
+
+
+def _enough_descriptors(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))  # the proxy inherits it
+
+
+def test_a_client_leaking_connections_does_not_lock_out_other_senders() -> None:
+    leaked = tcp.MAX_CONNECTIONS + 76
+    _enough_descriptors(2 * leaked + 512)
+
+    async def scenario() -> None:
+        async with FakeAppOptics(token=TOKEN) as api:
+            flags = ["--api-url", api.url, "--flush-interval", "86400", "--tcp", "127.0.0.1:0"]
+            flags += ["--self-metrics", "on"]
+            async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
+                port = proxy.ports["tcp"]
+                leak = [await asyncio.open_connection("127.0.0.1", port) for _ in range(leaked)]
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"fresh.hits:2|c|#env:prod\nfresh.hits:3|c|#env:prod\n")
+                await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+                async with asyncio.timeout(10):  # the fresh one evicted the 77th leaked one
+                    assert await leak[leaked - tcp.MAX_CONNECTIONS][0].read() == b""
+                await proxy.wait_for_log("closed the one idle longest")
+                assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
+                for _, leaking in leak:
+                    leaking.close()
+            got = by_name(api.accepted)
+            assert got["fresh.hits"]["value"] == 5.0  # the fresh sender was accepted, exactly
+            evicted = got["statsd_ao.tcp.connections_evicted"]["value"]
+            assert evicted == leaked + 1 - tcp.MAX_CONNECTIONS
 
     run(scenario)
 
