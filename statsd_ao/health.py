@@ -35,6 +35,13 @@ STALL_INTERVALS = 3
 STALL_GRACE = 60.0
 # In-flight requests get this long at close; every handler answers in microseconds.
 CLOSE_TIMEOUT = 1.0
+# Request limits, set explicitly rather than left to aiohttp's defaults.  Every route is a
+# GET that reads no body, and probes and scrapers send a few short headers: a request line
+# or header over 8 KiB, more than 64 headers, or a body over 4 KiB is refused (400/413) and
+# the endpoint goes on serving everyone else.
+MAX_LINE_BYTES = 8190
+MAX_HEADERS = 64
+MAX_BODY_BYTES = 4096
 # Entries in each list of `cardinality_status`.
 DEFAULT_TOP = 10
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -133,12 +140,19 @@ async def start_http(
     status: Callable[[], Mapping[str, object]],
 ) -> HttpServer:
     """Serve the four routes on ``host:port``.  Raises OSError (e.g. in use) to the caller."""
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/health", _probe(health, ready=False))
     app.router.add_get("/ready", _probe(health, ready=True))
     app.router.add_get("/metrics", _metrics(metrics_text))
     app.router.add_get("/status", _status(status))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=CLOSE_TIMEOUT,
+        max_line_size=MAX_LINE_BYTES,
+        max_field_size=MAX_LINE_BYTES,
+        max_headers=MAX_HEADERS,
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

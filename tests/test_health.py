@@ -231,3 +231,61 @@ def test_cardinality_status_ranks_metrics_and_tag_keys() -> None:
         "top_metrics": [],
         "top_tag_keys": [],
     }
+
+
+async def raw_request(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a fresh connection; the status line of the answer."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+    except ConnectionError:
+        pass  # the server may answer and close before it has read all of a huge request
+    async with asyncio.timeout(5):
+        status = await reader.readline()
+    writer.close()
+    return status
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /metrics?" + b"q" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b" 400 "),
+        (b"GET /status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 100_000 + b"\r\n\r\n", b" 400 "),
+        (
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: v\r\n" % i for i in range(100))  # over 64, under aiohttp's 128
+            + b"\r\n",
+            b" 400 ",
+        ),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) * 4, b" 400 "),
+    ],
+    ids=["huge-request-line", "huge-header", "too-many-headers", "random-bytes"],
+)
+def test_oversized_and_garbage_requests_are_refused_and_serving_goes_on(
+    request_bytes: bytes, status: bytes
+) -> None:
+    async def scenario() -> None:
+        server = await serve(State())
+        try:
+            assert status in await raw_request(server.port, request_bytes)
+            code, _, body = await get(server, "/health")  # everyone else is still served
+            assert code == 200, body
+        finally:
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_huge_body_is_not_read_into_memory() -> None:
+    async def scenario() -> None:
+        server = await serve(State())
+        try:
+            head = b"POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n"
+            answer = await raw_request(server.port, head + b"x" * 65536)
+            assert b" 405 " in answer  # GET-only routes: refused before any body is read
+            assert (await get(server, "/metrics"))[0] == 200
+        finally:
+            await server.close()
+
+    run(scenario)
