@@ -22,12 +22,18 @@ access log: probes every few seconds would drown the useful lines.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from statsd_ao.logs import RateLimitedLog
+
+log = logging.getLogger(__name__)
 
 # The flush loop counts as stalled after this many intervals without a flush...
 STALL_INTERVALS = 3
@@ -42,6 +48,35 @@ CLOSE_TIMEOUT = 1.0
 MAX_LINE_BYTES = 8190
 MAX_HEADERS = 64
 MAX_BODY_BYTES = 4096
+# Malformed requests are reported at most this often, in one short line.
+BAD_REQUEST_LOG_INTERVAL = 60.0
+EXAMPLE_CHARS = 80
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse at ERROR with a traceback and the whole
+    offending input (a 100 KiB line for 100 KiB of junk).  Those are the sender's fault, not
+    ours: count them and say so briefly, at a limited rate; let every other record through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self._log = RateLimitedLog(log, BAD_REQUEST_LOG_INTERVAL)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        self.count += 1
+        summary = " ".join(str(error.message).split())[:EXAMPLE_CHARS]
+        self._log.warning(
+            "bad", "http: refused a malformed request (%d so far): %s", self.count, summary
+        )
+        return False
+
+
+MALFORMED_REQUESTS = _MalformedRequests()
+logging.getLogger("aiohttp.server").addFilter(MALFORMED_REQUESTS)
 # Entries in each list of `cardinality_status`.
 DEFAULT_TOP = 10
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
