@@ -31,7 +31,8 @@ class ProxyAdminState:
         self._globals = dict(global_tags)
         self._health: Health = health
         self._clock = clock
-        self._last_seen = 0.0
+        # etsy starts last_msg_seen at the start time, so before any line it shows the uptime.
+        self._last_seen = clock()
         self._lines_seen = 0
 
     def display(self, key: SeriesKey) -> str:
@@ -55,10 +56,16 @@ class ProxyAdminState:
             if isinstance(acc, Summary)
         }
 
-    def stats(self) -> Mapping[str, float]:
+    def observe(self) -> None:
+        """Note the time if lines arrived since the last look.  Called at every flush and
+        every ``stats``, so ``last_msg_seen`` is at most one flush interval later than the
+        last line (looking per line would cost the hot path a clock read per datagram)."""
         lines = self._flusher.lines + self._aggregator.lines_now
-        if lines != self._lines_seen:  # something arrived since we last looked
+        if lines != self._lines_seen:
             self._lines_seen, self._last_seen = lines, self._clock()
+
+    def stats(self) -> Mapping[str, float]:
+        self.observe()
         bad = sum(self._flusher.rejected.values()) + self._aggregator.rejected_now
         return {"messages.last_msg_seen": self._last_seen, "messages.bad_lines_seen": bad}
 

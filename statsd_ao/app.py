@@ -133,7 +133,6 @@ class App:
         self.post_timings = Timings()
         if isinstance(self.sink, HttpSink):
             self.sink.on_latency = self.post_timings.observe
-        self.last_report: FlushReport | None = None
         self.last_flush_at = time.monotonic()
         self.listening = False
         self.sink_open = False
@@ -292,7 +291,7 @@ class App:
             aggregator=self.aggregator,
             converter=self.converter,
             sink=self.sink if isinstance(self.sink, HttpSink) else None,
-            series_active=lambda: self.last_report.series if self.last_report else None,
+            series_active=lambda: self.flusher.series_flushed,
             flush_duration=self.flush_timings.distribution,
             post_latency=self.post_timings.distribution if self.config.posting else None,
         )
@@ -309,7 +308,7 @@ class App:
         return self.merger.merge(parts)
 
     def _flushed(self, report: FlushReport) -> None:
-        self.last_report = report
+        self.admin_state.observe()  # the time lines were last seen, for the admin `stats`
         self.last_flush_at = time.monotonic()
         self.flush_timings.observe(report.seconds)
         self._check_kernel_drops()

@@ -88,6 +88,9 @@ class Flusher:
         # every process's interval.
         self.take: Callable[[], Awaitable[Snapshot]] | None = None
         self.on_flush: Callable[[FlushReport], None] | None = None
+        # Series in the flush being made or, between flushes, in the last one; None before
+        # the first.
+        self.series_flushed: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush at every tick until ``stop`` is set (the final flush is `flush_final`)."""
@@ -141,6 +144,7 @@ class Flusher:
                 del chunk  # the accumulators go now, not all at the end
                 posted += self._submit(pending, whole_batches_only=True)
                 await asyncio.sleep(0)  # let the listener read between chunks
+        self.series_flushed = series  # before the extras, whose self-metrics report it
         pending.extend(self._closing_measurements(stamp))
         posted += self._submit(pending, whole_batches_only=False)
         if self.on_event is not None:

@@ -26,6 +26,12 @@ from statsd_ao.admin import (
     parse_command,
     serve_admin,
 )
+from statsd_ao.admin_state import ProxyAdminState
+from statsd_ao.aggregator import Aggregator
+from statsd_ao.flusher import Flusher
+from statsd_ao.measurements import Converter
+from statsd_ao.sanitize import Naming
+from tests.test_flusher import FakeClock, ListSink
 
 STARTED = 1_700_000_000.0
 # Four entries are too long for one line of 80 characters.
@@ -359,3 +365,20 @@ def test_serve_admin_survives_a_client_that_vanishes() -> None:
             await server.wait_closed()
 
     assert asyncio.run(main()) == b"health: up\n"
+
+
+def test_last_msg_seen_is_when_lines_arrived_not_when_stats_is_asked() -> None:
+    clock = FakeClock(1000.0)
+    aggregator = Aggregator(Naming({"host": "h"}))
+    flusher = Flusher(aggregator, Converter(), ListSink(), interval=10, batch_size=500)
+    state = ProxyAdminState(aggregator, flusher, {"host": "h"}, clock=clock)
+    assert state.stats()["messages.last_msg_seen"] == 1000.0  # the start, as etsy
+    clock.now = 1005.0
+    aggregator.ingest(b"a:1|c")
+    clock.now = 1010.0
+    asyncio.run(flusher.flush(1000))
+    state.observe()  # what the proxy does after each flush
+    clock.now = 1100.0  # long after: nothing arrived since
+    assert state.stats()["messages.last_msg_seen"] == 1010.0
+    aggregator.ingest(b"a:1|c")
+    assert state.stats()["messages.last_msg_seen"] == 1100.0

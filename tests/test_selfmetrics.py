@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -28,8 +29,11 @@ from statsd_ao.selfmetrics import (
     udp_socket_stats,
 )
 from statsd_ao.sink import HttpSink
-from tests.fakeapi import judge_measurements
+from tests.fakeapi import FakeAppOptics, judge_measurements
+from tests.proxy import Proxy
 from tests.test_flusher import ListSink
+
+E2E_TOKEN = "selfmetrics-token"
 
 TAGS = {"host": "Web-1", "env": "prod"}
 FITTED = {"env": "prod", "host": "web-1"}
@@ -442,3 +446,16 @@ def test_standard_metrics_read_the_real_components() -> None:
     assert out["statsd_ao.cardinality.tag_sets_folded", None] == 2
     assert out["statsd_ao.cardinality.tag_sets_tracked", None] == 1
     assert out["statsd_ao.measurements.posted", None] == 0
+
+
+def test_series_active_reports_the_flush_it_is_posted_with() -> None:
+    async def scenario() -> None:
+        async with FakeAppOptics(token=E2E_TOKEN) as api:
+            flags = ["--api-url", api.url, "--flush-interval", "86400", "--self-metrics", "on"]
+            async with Proxy(*flags, env={"APPOPTICS_TOKEN": E2E_TOKEN}) as proxy:
+                proxy.send([b"a:1|c", b"b:1|c", b"c:2|g", b"d:3|ms"])
+                assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
+        got = {m["name"]: m for m in api.accepted}
+        assert got["statsd_ao.series.active"]["value"] == 4  # the one flush posted 4 series
+
+    asyncio.run(scenario())
