@@ -297,7 +297,7 @@ class App:
         )
         self.flusher.on_flush = self._flushed
         self.flusher.on_event = self._annotate
-        if self.config.self_metrics:
+        if self.config.posts_self_metrics:
             self.flusher.extra = self._self_measurements
 
     async def _take_all(self) -> Snapshot:
@@ -309,6 +309,13 @@ class App:
 
     def _flushed(self, report: FlushReport) -> None:
         self.admin_state.observe()  # the time lines were last seen, for the admin `stats`
+        if not self.config.posting:  # the dry run's stdout holds only the post bodies
+            log.info(
+                "flush at %d: %d series, %d measurements printed",
+                report.stamp,
+                report.series,
+                report.measurements,
+            )
         self.last_flush_at = time.monotonic()
         self.flush_timings.observe(report.seconds)
         self._check_kernel_drops()

@@ -66,7 +66,9 @@ class Config:
     max_age: float = MAX_AGE
     max_attempts: int = MAX_ATTEMPTS
     resend_unconfirmed: bool = True
-    self_metrics: bool = True
+    # None: on when posting, off in a dry run (where they would bury the user's own metrics
+    # under a dozen lines per flush); True/False when set.
+    self_metrics: bool | None = None
     log_format: str = "text"
     workers: int = 1
     # etsy statsd / statsd-appoptics-backend compatibility (see migration.py)
@@ -99,6 +101,11 @@ class Config:
         return self.token is not None and not self.dry_run
 
     @property
+    def posts_self_metrics(self) -> bool:
+        """The ``statsd_ao.*`` self-metrics go out with each flush."""
+        return self.posting if self.self_metrics is None else self.self_metrics
+
+    @property
     def global_tags(self) -> dict[str, str]:
         """The configured tags, with ``host`` = this machine's name unless set or turned off."""
         host = {"host": socket.gethostname()} if self.host_tag else {}
@@ -117,7 +124,8 @@ class Config:
             f"percentile_style={self.percentile_style} "
             f"send_idle={','.join(self.send_idle) or 'none'} "
             f"admin={self.admin or 'off'} "
-            f"self_metrics={'on' if self.self_metrics else 'off'} log_format={self.log_format} "
+            f"self_metrics={'on' if self.posts_self_metrics else 'off'} "
+            f"log_format={self.log_format} "
             f"flush_interval={self.flush_interval}s tags={tags} percentiles={percentiles} "
             f"batch_size={self.batch_size} concurrency={self.concurrency} "
             f"request_timeout={self.request_timeout:g}s "

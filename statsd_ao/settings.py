@@ -250,7 +250,7 @@ SETTINGS: tuple[Setting, ...] = (
         "--self-metrics",
         "STATSD_AO_SELF_METRICS",
         _boolean,
-        "post statsd_ao.* self-metrics (on/off, default on)",
+        "post statsd_ao.* self-metrics (on/off; default on, off in a dry run)",
     ),
     Setting("log_format", "--log-format", "STATSD_AO_LOG_FORMAT", _log_format, "text or json logs"),
     Setting(

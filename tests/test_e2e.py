@@ -163,6 +163,22 @@ def test_dry_run_prints_measurements_and_sigint_exits_zero() -> None:
     run(scenario)
 
 
+def test_a_dry_run_prints_only_the_users_metrics_and_a_summary_per_flush() -> None:
+    env = {"STATSD_AO_UDP": "127.0.0.1:0", "STATSD_AO_FLUSH_INTERVAL": DAY}
+
+    async def scenario() -> None:
+        command = [sys.executable, "-m", "statsd_ao"]  # the defaults, as a new user runs it
+        async with Proxy(command=command, env=env) as proxy:
+            proxy.send([b"page.views:1|c|#env:prod", b"latency:12|ms"])
+            assert await proxy.stop(signal.SIGTERM) == 0
+        bodies: list[dict[str, Any]] = [orjson.loads(line) for line in proxy.stdout]
+        names = sorted(m["name"] for body in bodies for m in body["measurements"])
+        assert names == ["latency", "latency.p90", "page.views"]  # no statsd_ao.* lines
+        assert any("2 series, 3 measurements printed" in line for line in proxy.stderr)
+
+    run(scenario)
+
+
 def test_invalid_setting_stops_the_program_with_a_named_error() -> None:
     async def scenario() -> None:
         proxy = Proxy("--batch-size", "5000")
