@@ -191,10 +191,14 @@ def _split_name(raw: bytes) -> tuple[str, Tags]:
     """The metric name and the tags written into it, in any of three dialects.
 
     Librato / AppOptics backend ``name#k=v,k2=v2``, Graphite (etsy statsd 0.9 clients)
-    ``name;k=v;k2=v2`` and InfluxDB ``name,k=v,k2=v2``.
+    ``name;k=v;k2=v2``, InfluxDB ``name,k=v,k2=v2`` and SignalFx dimensions in one pair of
+    brackets anywhere in the name (``foo.[k=v,k2=v2]bar`` is ``foo.bar``).
     """
     base, hash_mark, librato = raw.partition(b"#")
     tags = _pairs(librato, b"=", b",") if hash_mark else []
+    if b"[" in base or b"]" in base:
+        base, dimensions = _signalfx(base)
+        tags = dimensions + tags
     if b";" in base:
         base, _, graphite = base.partition(b";")
         tags = _pairs(graphite, b"=", b";") + tags
@@ -205,6 +209,22 @@ def _split_name(raw: bytes) -> tuple[str, Tags]:
     if not metric:
         raise ParseError("empty name")
     return metric, tags
+
+
+def _signalfx(raw: bytes) -> tuple[bytes, Tags]:
+    """The name without its ``[k=v,...]`` group, and those dimensions.  An item without
+    ``=`` or with an empty key or value is skipped (SignalFx does the same).  Anything but
+    exactly one ``[`` before exactly one ``]`` is refused: guessing would make garbage tags."""
+    start, end = raw.find(b"["), raw.find(b"]")
+    if raw.count(b"[") != 1 or raw.count(b"]") != 1 or end < start:
+        raise ParseError("unbalanced brackets")
+    dimensions: Tags = []
+    for item in raw[start + 1 : end].split(b","):
+        key, equals, value = item.partition(b"=")
+        tag_key, tag_value = _decode(key), _decode(value)
+        if equals and tag_key and tag_value:
+            dimensions.append((tag_key, tag_value))
+    return raw[:start] + raw[end + 1 :], dimensions
 
 
 def _pairs(raw: bytes, separator: bytes, between: bytes) -> Tags:

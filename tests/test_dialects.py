@@ -75,6 +75,51 @@ def test_tags_written_into_the_name(line: bytes, tags: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("line", "name", "tags"),
+    [
+        (b"foo.[env=prod,az=b]test:1|c", "foo.test", {"env": "prod", "az": "b"}),
+        (b"foo.test[env=prod]:1|c", "foo.test", {"env": "prod"}),
+        (b"[env=prod]foo.test:1|c", "foo.test", {"env": "prod"}),
+        (b"foo.[env=prod,canary,=x,k=]test:1|c", "foo.test", {"env": "prod"}),  # skipped items
+        (b"foo.[env=prod]test:1|c|#az:b", "foo.test", {"env": "prod", "az": "b"}),
+        (b"foo.[]test:1|c", "foo.test", {}),
+    ],
+)
+def test_signalfx_dimensions_in_brackets(line: bytes, name: str, tags: dict[str, str]) -> None:
+    sample = parse_line(line)
+    assert sample.shape.name == name
+    assert dict(sample.shape.tags) == tags
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"foo.[env=prod:1|c", b"foo.env=prod]x:1|c", b"a]b[c=d:1|c", b"a[x=1][y=2]b:1|c"],
+)
+def test_unbalanced_brackets_are_refused_not_guessed(line: bytes) -> None:
+    with pytest.raises(ParseError, match="unbalanced brackets"):
+        parse_line(line)
+
+
+_WORD = st.text("abcdefghij0123456789_-", min_size=1, max_size=8)
+
+
+@given(
+    st.lists(_WORD, min_size=1, max_size=4),
+    st.dictionaries(_WORD, _WORD, max_size=4),
+    st.data(),
+)
+def test_a_bracket_group_anywhere_gives_the_same_name_and_tags(
+    parts: list[str], dimensions: dict[str, str], data: st.DataObject
+) -> None:
+    name = ".".join(parts)
+    at = data.draw(st.integers(0, len(name)))
+    group = "[" + ",".join(f"{k}={v}" for k, v in dimensions.items()) + "]"
+    sample = parse_line(f"{name[:at]}{group}{name[at:]}:1|c".encode())
+    assert sample.shape.name == name
+    assert dict(sample.shape.tags) == dimensions
+
+
+@pytest.mark.parametrize(
     "tail",
     [b"|c:abc123", b"|e:entity", b"|card:high", b"|xyz", b"|c:", b"|"],
 )
