@@ -27,7 +27,14 @@ from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
 from statsd_ao.cardinality import OVERFLOW_TAG, CardinalityGuard
 from statsd_ao.events import CHECK_PREFIX, EVENT_PREFIX, Event, parse_event, parse_service_check
 from statsd_ao.hotpath import INGEST, Feed, Ingest
-from statsd_ao.protocol import Kind, ParseError, parse_shape, parse_value, parse_values
+from statsd_ao.protocol import (
+    Kind,
+    ParseError,
+    parse_shape,
+    parse_value,
+    parse_values,
+    split_multi_metric,
+)
 from statsd_ao.sanitize import Naming, TagTuple
 
 # Distinct line shapes remembered across intervals.  Past this the memory is cleared and
@@ -156,9 +163,13 @@ class Aggregator:
             self._now.lines += datagram.count(b"\n") + 1 - datagram.endswith(b"\n")
             self._hot(datagram, self._feeds, self._feed_for, self._failed)
             return
-        feeds = self._feeds
         lines = datagram.split(b"\n")
         self._now.lines += len(lines) - datagram.endswith(b"\n")
+        self._lines(lines)
+
+    def _lines(self, lines: list[bytes]) -> None:
+        """The pure Python loop (the C loop's definition), without the line count."""
+        feeds = self._feeds
         for line in lines:
             if not line:  # a blank line shares its key with ":" below; only ":" is an error
                 continue
@@ -254,6 +265,9 @@ class Aggregator:
         feed: Feed
         if key[0].startswith((EVENT_PREFIX, CHECK_PREFIX)):
             return self._special(line)
+        if b":" in key[1] and (lines := split_multi_metric(line)) is not None:
+            self._lines(lines)  # etsy's name:1|c:2|ms: never cached (its tail holds values)
+            return _done
         if key[0] and not key[0].strip() and not key[1]:
             feed = _ignore
         else:

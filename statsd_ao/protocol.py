@@ -156,6 +156,27 @@ def parse_line(line: bytes) -> Sample:
     return Sample(shape, first, delta, tuple(more))
 
 
+def split_multi_metric(line: bytes) -> list[bytes] | None:
+    """An etsy multi-metric line (``name:1|c:2|ms:5|g``) as one line per value, else None.
+
+    The rule that tells it from a DogStatsD 1.1 multi-value line (``lat:12:15:9|ms``, where
+    only the last value carries the type): the line has no DogStatsD tags (``#``) and every
+    ``:``-separated segment after the name is ``value|type[|...]`` with a known type.  Each
+    segment keeps its own sample rate (``a:1|c|@0.1:5|ms``); mixed types are fine.
+    """
+    if b"#" in line:
+        return None
+    name, _, rest = line.partition(b":")
+    segments = rest.split(b":")
+    if len(segments) < 2:
+        return None
+    for segment in segments:
+        _, bar, fields = segment.partition(b"|")
+        if not bar or fields.split(b"|", 1)[0].rstrip(b"\r\n\t ") not in _KINDS:
+            return None
+    return [name + b":" + segment for segment in segments]
+
+
 def iter_lines(datagram: bytes) -> list[bytes]:
     """The non-blank lines of a datagram; ``\\r\\n`` and trailing newlines are tolerated."""
     return [line for line in datagram.split(b"\n") if line.strip()]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from statsd_ao.aggregator import Aggregator, Snapshot
 from statsd_ao.events import Event, ServiceCheck, parse_event, parse_service_check
 from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.protocol import Kind, ParseError, parse_line
+from statsd_ao.protocol import Kind, ParseError, parse_line, split_multi_metric
 from statsd_ao.sanitize import Naming
 
 
@@ -50,6 +50,85 @@ def test_multi_value_with_one_bad_value_keeps_the_others() -> None:
     got, snapshot = aggregate(b"c:1:x:2|c")
     assert values(got)["c"] == 3.0
     assert snapshot.rejected == {"bad value": 1}
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"a:1|c:2|c", {"a": 3.0}),
+        (b"a:1|c:250|ms", {"a": 250.0}),  # the timer's sum (the counter is a second series)
+        (b"a:1|c|@0.1:5|c", {"a": 15.0}),  # each segment keeps its own rate
+        (b"g:10|g:+5|g:-2|g", {"g": 13.0}),  # deltas in order
+        (b"u:alice|s:bob|s:alice|s", {"u": 2.0}),
+        (b"a:1|c:x|c", {"a": 1.0}),  # one bad value: the rest count
+    ],
+)
+def test_etsy_multi_metric_lines(line: bytes, expected: dict[str, float]) -> None:
+    got, _ = aggregate(line)
+    assert {name: values(got)[name] for name in expected} == expected
+
+
+def test_a_multi_metric_line_with_mixed_types_makes_one_series_per_type() -> None:
+    _, snapshot = aggregate(b"req:1|c:250|ms:7|g")
+    assert sorted(kind.value for kind, _, _ in snapshot.series) == ["c", "g", "ms"]
+    assert not snapshot.rejected
+    assert snapshot.lines == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"a:1|c:2|zz", "unknown type"),  # one unknown type: not multi-metric, rejected whole
+        (b"a:1|c:2", "unknown type"),  # the last value has no type
+        (b"a:1|c:2|c|#k:v", "unknown type"),  # DogStatsD tags: never multi-metric
+    ],
+)
+def test_lines_that_are_not_multi_metric_are_rejected_whole(line: bytes, reason: str) -> None:
+    got, snapshot = aggregate(line)
+    assert got == []
+    assert snapshot.rejected == {reason: 1}
+
+
+@pytest.mark.parametrize(
+    ("line", "split"),
+    [
+        (b"a:1|c:2|ms", [b"a:1|c", b"a:2|ms"]),
+        (b"a:1|c|@0.5:2|g", [b"a:1|c|@0.5", b"a:2|g"]),
+        (b"lat:12:15:9|ms", None),  # DogStatsD 1.1 multi-value: only the last carries a type
+        (b"s:a:b|s", None),  # a set member with a colon
+        (b"a:1|c|#env:prod", None),
+        (b"a:1|c", None),
+    ],
+)
+def test_the_multi_metric_rule(line: bytes, split: list[bytes] | None) -> None:
+    assert split_multi_metric(line) == split
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 1000), st.sampled_from([b"c", b"g", b"ms", b"h", b"d", b"s"])),
+        min_size=2,
+        max_size=6,
+    )
+)
+def test_multi_metric_is_the_same_as_one_line_per_value(parts: list[tuple[int, bytes]]) -> None:
+    segments = [b"%d|%s" % (number, kind) for number, kind in parts]
+    _, together = aggregate(b"m:" + b":".join(segments))
+    _, apart = aggregate(b"\n".join(b"m:" + segment for segment in segments))
+    assert measured(together) == measured(apart)
+
+
+@given(st.sampled_from([b"c", b"g", b"ms", b"h", b"d"]), st.lists(st.integers(0, 99), min_size=2))
+def test_dogstatsd_multi_value_is_never_multi_metric(kind: bytes, numbers: list[int]) -> None:
+    line = b"m:" + b":".join(b"%d" % n for n in numbers) + b"|" + kind
+    assert split_multi_metric(line) is None
+
+
+def measured(snapshot: Snapshot) -> list[Measurement]:
+    return sorted(
+        Converter([50]).convert(snapshot.series.items(), 0, 10),
+        key=lambda m: (m["name"], sorted(m)),
+    )
 
 
 def test_parse_line_returns_every_value() -> None:

@@ -149,6 +149,11 @@ TAILS = st.sampled_from(
 LINES = st.one_of(
     st.builds(lambda n, v, t: n + b":" + v + b"|" + t, NAMES, NUMBERS, TAILS),
     st.builds(lambda n, v: n + b":" + v, NAMES, NUMBERS),
+    st.builds(  # etsy multi-metric lines: name:1|c:2|ms:...
+        lambda n, parts: n + b":" + b":".join(v + b"|" + t for v, t in parts),
+        NAMES,
+        st.lists(st.tuples(NUMBERS, TAILS), min_size=2, max_size=4),
+    ),
     st.binary(max_size=40),
 )
 DATAGRAMS = st.lists(LINES, max_size=30).map(b"\n".join)
