@@ -32,6 +32,24 @@ SEND_WINDOW = 64 * 1024
 SKB_OVERHEAD = 1024
 
 
+_TCP_LISTEN, _TCP_OPEN = "0A", {"01": "established", "08": "close-wait"}
+
+
+def _tcp_busy(port: int) -> list[str]:
+    """What still keeps the proxy's TCP port busy, from /proc/net/tcp (IPv4 only)."""
+    busy = []
+    with open("/proc/net/tcp") as table:
+        for row in list(table)[1:]:
+            local, state, queues = row.split()[1], row.split()[3], row.split()[4]
+            if int(local.split(":")[1], 16) != port:
+                continue
+            if state == _TCP_LISTEN and int(queues.split(":")[1], 16):
+                busy.append("connections waiting in the accept queue")
+            elif state in _TCP_OPEN:
+                busy.append(_TCP_OPEN[state])
+    return busy
+
+
 def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -151,6 +169,15 @@ class Proxy:
             time.sleep(0.001)
         drops = 0 if stats is None else stats.drops
         assert drops == 0, f"the kernel dropped {drops} datagrams for the proxy"
+
+    def wait_tcp_done(self, timeout: float = 10.0) -> None:
+        """Return once the proxy has accepted, read to the end and closed every connection
+        to its TCP port: none waits in the accept queue, none is established or half-closed
+        by the peer (CLOSE_WAIT).  Read from /proc/net/tcp, as the kernel signals neither."""
+        deadline = time.monotonic() + timeout
+        while busy := _tcp_busy(self.ports["tcp"]):
+            assert time.monotonic() < deadline, f"proxy left TCP connections open: {busy}"
+            time.sleep(0.001)
 
     async def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``signum`` and wait for the exit status."""

@@ -231,6 +231,7 @@ def test_tcp_end_to_end() -> None:
                 await writer.drain()
                 writer.close()
                 await writer.wait_closed()
+                proxy.wait_tcp_done()
                 assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
             got = by_name(api.accepted)
             assert got["tcp.hits"]["value"] == 5.0
