@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
 from statsd_ao.etsy_config import JsRegExp, js_number_string
+from statsd_ao.logs import RateLimitedLog
+
+log = logging.getLogger(__name__)
 
 END = "END\n\n"
 HELP = (
@@ -312,11 +317,16 @@ def _utf16_length(text: str) -> int:
 
 async def serve_admin(host: str, port: int, commands: AdminCommands) -> asyncio.Server:
     """Listen on ``host:port`` and answer each line with ``commands``; ``quit`` or the end of
-    input closes the connection.  Close the returned server to stop listening."""
+    input closes the connection.  At `MAX_ADMIN_SESSIONS` open sessions a new one closes the
+    session idle the longest (logged at most once a minute).  Close the returned server to
+    stop listening."""
+    sessions = _Sessions()
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sessions.open(writer)
         try:
             while line := await _read_line(reader):
+                sessions.touch(writer)
                 text = line.decode("utf-8", "replace")
                 if parse_command(text)[0] == QUIT:
                     break
@@ -324,11 +334,43 @@ async def serve_admin(host: str, port: int, commands: AdminCommands) -> asyncio.
                 with contextlib.suppress(ConnectionError):
                     await writer.drain()
         finally:
-            writer.close()
+            sessions.close(writer)
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
     return await asyncio.start_server(session, host, port)
+
+
+# Open management sessions at most; each holds a reader buffer of up to one 64 KiB line.
+MAX_ADMIN_SESSIONS = 64
+_eviction_log = RateLimitedLog(log, 60.0)
+
+
+class _Sessions:
+    """The open management sessions, idle longest first."""
+
+    def __init__(self) -> None:
+        self._order: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()
+
+    def open(self, writer: asyncio.StreamWriter) -> None:
+        if len(self._order) >= MAX_ADMIN_SESSIONS:
+            victim = next(iter(self._order))
+            _eviction_log.warning(
+                "admin",
+                "admin: %d sessions open, the limit: closed the one idle longest (from %s)",
+                MAX_ADMIN_SESSIONS,
+                victim.get_extra_info("peername"),
+            )
+            self.close(victim)
+        self._order[writer] = None
+
+    def touch(self, writer: asyncio.StreamWriter) -> None:
+        if writer in self._order:
+            self._order.move_to_end(writer)
+
+    def close(self, writer: asyncio.StreamWriter) -> None:
+        self._order.pop(writer, None)
+        writer.close()
 
 
 async def _read_line(reader: asyncio.StreamReader) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from statsd_ao import admin
 from statsd_ao.admin import (
     END,
     ERROR,
@@ -365,6 +366,37 @@ def test_serve_admin_survives_a_client_that_vanishes() -> None:
             await server.wait_closed()
 
     assert asyncio.run(main()) == b"health: up\n"
+
+
+def test_admin_at_the_session_cap_closes_the_one_idle_longest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admin, "MAX_ADMIN_SESSIONS", 3)
+
+    async def ask(session: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bytes:
+        session[1].write(b"health\n")
+        return await asyncio.wait_for(session[0].readline(), timeout=10)
+
+    async def main() -> None:
+        server = await serve_admin("127.0.0.1", 0, commands(FakeState()))
+        port = server.sockets[0].getsockname()[1]
+        try:
+            first, idle, third = [await asyncio.open_connection("127.0.0.1", port) for _ in "abc"]
+            for session in (first, idle, third, first):  # `idle` is now the idle longest
+                assert await ask(session) == b"health: up\n"
+            newcomer = await asyncio.open_connection("127.0.0.1", port)
+            assert await ask(newcomer) == b"health: up\n"
+            assert await asyncio.wait_for(idle[0].read(), timeout=10) == b""  # closed
+            for session in (first, third, newcomer):
+                assert await ask(session) == b"health: up\n"
+            for _, writer in (first, idle, third, newcomer):
+                writer.close()
+                await writer.wait_closed()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
 
 
 def test_last_msg_seen_is_when_lines_arrived_not_when_stats_is_asked() -> None:
