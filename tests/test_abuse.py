@@ -86,3 +86,50 @@ def test_random_bytes_on_every_port_leave_other_senders_exact(tmp_path: Path) ->
             assert "Traceback" not in proxy.log, proxy.log[-3000:]
 
     asyncio.run(scenario())
+
+
+SLOW_LINE = b"slow.hits:1|c\n"
+BYTE_GAP = 0.05  # seconds between the slow sender's bytes: each gap is shorter than the idle
+IDLE_TIMEOUT = 0.3  # timeout, the whole line longer, so only activity keeps it open
+
+
+async def _trickle(port: int, data: bytes) -> None:
+    """Send ``data`` one byte at a time, a gap between bytes (slowness is what is tested)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    for byte in data:
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(BYTE_GAP)
+    writer.close()
+    await writer.wait_closed()
+
+
+def test_slow_endless_and_idle_tcp_senders_cost_only_their_own_connection() -> None:
+    async def scenario() -> None:
+        async with FakeAppOptics(token=TOKEN) as api:
+            flags = ["--api-url", api.url, "--flush-interval", "86400", "--tcp", "127.0.0.1:0"]
+            flags += ["--tcp-idle-timeout", str(IDLE_TIMEOUT), "--tcp-max-line", "20"]
+            flags += ["--self-metrics", "on"]
+            async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
+                port = proxy.ports["tcp"]
+                idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+                slow = asyncio.create_task(_trickle(port, SLOW_LINE))
+                endless = asyncio.create_task(_trickle(port, b"e" * 30 + b"\nafter:1|c\n"))
+                for _ in range(GOOD_LINES):  # a good sender, connecting anew each time
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(b"good.tcp:1|c\n")
+                    writer.close()
+                    await writer.wait_closed()
+                assert await idle_reader.read() == b""  # the idle one was closed
+                idle_writer.close()
+                await asyncio.gather(slow, endless)
+                proxy.wait_tcp_done()
+                assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
+            got = {m["name"]: m for m in api.accepted if not m["tags"].get("reason")}
+            assert got["good.tcp"]["value"] == GOOD_LINES
+            assert got["slow.hits"]["value"] == 1  # survived: every byte is activity
+            assert got["after"]["value"] == 1  # the endless line was dropped, not the rest
+            assert got["statsd_ao.tcp.lines_too_long"]["value"] == 1
+            assert got["statsd_ao.tcp.idle_closed"]["value"] == 1
+
+    asyncio.run(scenario())
