@@ -35,6 +35,7 @@ from statsd_ao.merge import Merger
 from statsd_ao.selfmetrics import SelfMetrics, Timings, standard_metrics, udp_drops
 from statsd_ao.settings import Address
 from statsd_ao.sink import DryRunSink, HttpSink
+from statsd_ao.spool import Spool, SpoolError
 from statsd_ao.tcp import TcpListener
 from statsd_ao.wiring import make_aggregator
 from statsd_ao.workers import WorkerPool
@@ -60,6 +61,7 @@ def make_sink(config: Config) -> DryRunSink | HttpSink:
         max_age=config.max_age,
         max_attempts=config.max_attempts,
         resend_unconfirmed=config.resend_unconfirmed,
+        spool=Spool(config.spool_dir, config.spool_max_bytes) if config.spool_dir else None,
     )
 
 
@@ -154,6 +156,8 @@ class App:
         log.info("statsd-ao starting: %s", config.describe())
         log.info("hot path: %s", hotpath.describe())
         if not config.posting:
+            if config.spool_dir:
+                log.info("dry run: --spool-dir %s is not used", config.spool_dir)
             why = "--dry-run" if config.dry_run else "no token (set APPOPTICS_TOKEN or --token)"
             log.warning("dry run (%s): each flush's measurements are printed to stdout", why)
         elif config.api_url.startswith("http://"):
@@ -161,7 +165,12 @@ class App:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
-        await self.sink.start()
+        try:
+            await self.sink.start()
+        except SpoolError as error:
+            log.error("%s", error)
+            await self.sink.close()
+            return False
         self.sink_open = True
         if not await self._open_intake(loop):
             await self._close_intake()
@@ -199,11 +208,14 @@ class App:
             await self.pool.close()
         if left:
             log.error("shutdown: %d measurements could not be delivered", left)
+        kept = self.sink.kept if isinstance(self.sink, HttpSink) else 0
         log.info(
-            "stopped: %d lines received, final flush of %d measurements, %d undelivered",
+            "stopped: %d lines received, final flush of %d measurements, %d undelivered, "
+            "%d kept in the spool for the next run",
             self.flusher.lines,
             measurements,
             left,
+            kept,
         )
         return 0
 
@@ -291,6 +303,7 @@ class App:
             aggregator=self.aggregator,
             converter=self.converter,
             sink=self.sink if isinstance(self.sink, HttpSink) else None,
+            spool=self.sink.spool if isinstance(self.sink, HttpSink) else None,
             series_active=lambda: self.flusher.series_flushed,
             flush_duration=self.flush_timings.distribution,
             post_latency=self.post_timings.distribution if self.config.posting else None,

@@ -23,6 +23,7 @@ from statsd_ao.outbox import MAX_PENDING
 from statsd_ao.retry import MAX_AGE, MAX_ATTEMPTS
 from statsd_ao.sanitize import MAX_TAGS, fit_tag
 from statsd_ao.settings import SETTINGS, Address, Setting, parse_address
+from statsd_ao.spoolfile import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
 
 DEFAULT_API_URL = "https://api.appoptics.com"
 # The port every StatsD client sends to by default.
@@ -63,6 +64,8 @@ class Config:
     annotation_stream: str = DEFAULT_STREAM
     http: Address | None = None
     max_pending: int = MAX_PENDING
+    spool_dir: str | None = None
+    spool_max_bytes: int = DEFAULT_SPOOL_BYTES
     max_age: float = MAX_AGE
     max_attempts: int = MAX_ATTEMPTS
     resend_unconfirmed: bool = True
@@ -131,6 +134,7 @@ class Config:
             f"request_timeout={self.request_timeout:g}s "
             f"shutdown_timeout={self.shutdown_timeout:g}s rcvbuf={self.rcvbuf} "
             f"max_pending={self.max_pending} max_age={self.max_age:g}s "
+            f"spool_dir={self.spool_dir or 'off'} spool_max_bytes={self.spool_max_bytes} "
             f"max_attempts={self.max_attempts} resend_unconfirmed={self.resend_unconfirmed} "
             f"cardinality_limit={self.cardinality_limit} "
             f"cardinality_total_limit={self.cardinality_total_limit} "

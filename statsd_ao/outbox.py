@@ -34,6 +34,7 @@ class Parcel:
     seq: int  # arrival order, for ties and for logs
     attempts: int = 0  # failures charged to it (see `statsd_ao.retry.Policy`)
     not_before: float = 0.0  # earliest time to post it again
+    ticket: tuple[int, int] | None = None  # where the spool keeps it (`statsd_ao.spool`)
 
     def retry(self, at: float, attempts: int) -> Parcel:
         return replace(self, not_before=at, attempts=attempts)
@@ -108,6 +109,19 @@ class Outbox:
         self._queue = [
             replace(p, not_before=latest) if p.not_before > latest else p for p in self._queue
         ]
+
+    @property
+    def queue(self) -> list[Parcel]:
+        """The parcels queued (not in flight), oldest first."""
+        return list(self._queue)
+
+    def discard(self, segment: int) -> list[Parcel]:
+        """Remove and return the queued parcels the spool kept in ``segment``."""
+        gone = [p for p in self._queue if p.ticket is not None and p.ticket[0] == segment]
+        if gone:
+            self._queue = [p for p in self._queue if p.ticket is None or p.ticket[0] != segment]
+            self.queued -= sum(p.count for p in gone)
+        return gone
 
     def abandon(self) -> int:
         """Forget every parcel, queued or in flight; returns the measurements forgotten."""

@@ -96,7 +96,8 @@ class Loss(StrEnum):
     BUFFER_FULL = "buffer_full"  # the oldest pending data, dropped to make room
     ATTEMPTS = "attempts"  # failed the attempt limit while the API took other posts
     UNCONFIRMED = "unconfirmed"  # no answer after sending, and re-sending is switched off
-    SHUTDOWN = "shutdown"  # still pending when the drain deadline passed
+    SHUTDOWN = "shutdown"  # still pending when the drain deadline passed (and no spool)
+    SPOOL_FULL = "spool_full"  # the oldest spooled data, dropped past --spool-max-bytes
     INTERNAL = "internal_error"  # a bug in statsd-ao, logged with its traceback
 
 

@@ -436,6 +436,19 @@ class SinkCounts(Protocol):
     def pending(self) -> int: ...
 
 
+class SpoolCounts(Protocol):
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def segments(self) -> int: ...
+    @property
+    def write_errors(self) -> int: ...
+    @property
+    def damaged(self) -> Mapping[str, int]: ...
+    @property
+    def replayed(self) -> int: ...
+
+
 def standard_metrics(
     tags: Mapping[str, str],
     *,
@@ -446,6 +459,7 @@ def standard_metrics(
     aggregator: AggregatorCounts | None = None,
     converter: DropCounts | None = None,
     sink: SinkCounts | None = None,
+    spool: SpoolCounts | None = None,
     series_active: Callable[[], float | None] | None = None,
     flush_duration: Callable[[], Distribution | None] | None = None,
     post_latency: Callable[[], Distribution | None] | None = None,
@@ -488,6 +502,8 @@ def standard_metrics(
         _register_guard(metrics, aggregator)
     if sink is not None:
         _register_sink(metrics, sink)
+    if spool is not None:
+        _register_spool(metrics, spool)
     if sink is not None or converter is not None:
         metrics.register_counter(
             "measurements.lost",
@@ -561,6 +577,29 @@ def _register_sink(metrics: SelfMetrics, sink: SinkCounts) -> None:
     )
     metrics.register_gauge(
         "measurements.pending", "measurements queued or in flight", lambda: sink.pending
+    )
+
+
+def _register_spool(metrics: SelfMetrics, spool: SpoolCounts) -> None:
+    metrics.register_gauge("spool.bytes", "bytes of posts kept in --spool-dir", lambda: spool.bytes)
+    metrics.register_gauge(
+        "spool.segments", "segment files kept in --spool-dir", lambda: spool.segments
+    )
+    metrics.register_counter(
+        "spool.write_errors",
+        "spool writes that failed (disk full, I/O error): those posts were in memory only",
+        lambda: spool.write_errors,
+    )
+    metrics.register_counter(
+        "spool.damaged",
+        "damaged spool files or records found at start and skipped, by kind",
+        lambda: spool.damaged,
+        label="kind",
+    )
+    metrics.register_counter(
+        "spool.replayed",
+        "measurements a previous run left in --spool-dir, queued for delivery at start",
+        lambda: spool.replayed,
     )
 
 

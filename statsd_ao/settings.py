@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from statsd_ao.annotations import stream_name
 from statsd_ao.batching import MAX_BATCH
+from statsd_ao.spoolfile import MIN_MAX_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,24 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"must be a positive number, got {text!r}")
+    return value
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_bytes(text: str) -> int:
+    """A size: ``536870912``, ``512M``, ``512MiB``, ``2G`` (binary units)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text.lower())
+    if match is None:
+        raise ValueError(f"expected a size such as 512M or 2G, got {text!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _spool_bytes(text: str) -> int:
+    value = parse_bytes(text)
+    if value < MIN_MAX_BYTES:
+        raise ValueError(f"must be at least {MIN_MAX_BYTES >> 20}M, got {text!r}")
     return value
 
 
@@ -216,6 +235,20 @@ SETTINGS: tuple[Setting, ...] = (
         "STATSD_AO_MAX_PENDING",
         _positive_int,
         "measurements kept for delivery while the API is down (oldest dropped past it)",
+    ),
+    Setting(
+        "spool_dir",
+        "--spool-dir",
+        "STATSD_AO_SPOOL_DIR",
+        parse_optional,
+        "directory that keeps pending posts across restarts (default off: memory only)",
+    ),
+    Setting(
+        "spool_max_bytes",
+        "--spool-max-bytes",
+        "STATSD_AO_SPOOL_MAX_BYTES",
+        _spool_bytes,
+        "bytes the spool may hold; past it the oldest posts are dropped (default 512 MiB)",
     ),
     Setting(
         "max_age",

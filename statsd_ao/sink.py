@@ -53,6 +53,8 @@ from statsd_ao.retry import (
     Verdict,
     classify,
 )
+from statsd_ao.spool import Spool, Ticket
+from statsd_ao.spoolfile import Record
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,7 @@ class HttpSink:
         backoff: Backoff = DEFAULT_BACKOFF,
         denied_backoff: Backoff = DENIED_BACKOFF,
         resend_unconfirmed: bool = RESEND_UNCONFIRMED,
+        spool: Spool | None = None,
         random: Callable[[], float] = _random.random,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -163,6 +166,9 @@ class HttpSink:
         self._denied_cap = denied_backoff.cap
         self._outbox = Outbox(max_pending)
         self._resend_unconfirmed = resend_unconfirmed
+        self._spool = self.spool = spool
+        if spool is not None:
+            spool.on_drop = self._spool_dropped
         self._random = random
         self._clock = clock
         self._wall = wall
@@ -170,6 +176,7 @@ class HttpSink:
         self._session: aiohttp.ClientSession | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._posts: set[asyncio.Task[None]] = set()
+        self._flying_parcels: dict[int, Parcel] = {}  # by id(): taken, no answer handled yet
         self._annotating: set[asyncio.Task[None]] = set()
         self._flying = 0  # posts started and not finished
         self._wake = asyncio.Event()
@@ -187,6 +194,7 @@ class HttpSink:
         # Measurements re-sent after a post that got no answer although it was sent: an
         # upper bound on the duplicates AppOptics may hold.
         self.unconfirmed = 0
+        self.kept = 0  # measurements left in the spool at exit, for the next run
         self.annotations_posted = 0
         self.annotations_lost = 0
         # Seconds from sending a measurement post to its answer (the app's self-metrics).
@@ -203,6 +211,10 @@ class HttpSink:
         return self._session is not None and not (self._draining or self._closed)
 
     async def start(self) -> None:
+        """Open the spool (`SpoolError` if it cannot be used) and queue what a previous run
+        left in it; then start posting."""
+        if self._spool is not None:
+            self._replay(await self._spool.open())
         self._session = aiohttp.ClientSession(
             headers={"Authorization": basic_auth(self._token), "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=self._timeout),
@@ -217,8 +229,13 @@ class HttpSink:
             self._lose(Loss.SHUTDOWN, len(batch))
             return
         now = self._clock()
-        expires = now + self._policy.max_age
-        self._queue(Parcel(encode(batch), len(batch), expires, next(self._seq), not_before=now))
+        body, expires = encode(batch), now + self._policy.max_age
+        ticket = None
+        if self._spool is not None:
+            ticket = self._spool.add(body, len(batch), self._wall() + self._policy.max_age)
+        self._queue(
+            Parcel(body, len(batch), expires, next(self._seq), not_before=now, ticket=ticket)
+        )
         self._changed()
 
     async def drain(self, timeout: float) -> int:
@@ -285,7 +302,7 @@ class HttpSink:
             self._wake.clear()
             now = self._clock()
             for expired in self._outbox.expire(now):
-                self._lose(Loss.TOO_OLD, expired.count)
+                self._lose(Loss.TOO_OLD, expired.count, parcel=expired)
             while self._room() and self._gate.is_open(now):
                 parcel = self._outbox.take(now)
                 if parcel is None:
@@ -311,6 +328,7 @@ class HttpSink:
 
     def _launch(self, parcel: Parcel) -> None:
         self._flying += 1
+        self._flying_parcels[id(parcel)] = parcel
         task = asyncio.create_task(self._deliver(parcel, charged=not self._gate.probing))
         self._posts.add(task)
         task.add_done_callback(self._posts.discard)
@@ -344,13 +362,15 @@ class HttpSink:
             if self.on_latency is not None:
                 self.on_latency(time.monotonic() - posted_at)
             self._outbox.settle(parcel)
+            self._flying_parcels.pop(id(parcel), None)
             settled = True
             self._settle(parcel, answer, charged=charged)
         except Exception:  # a bug in this module: say so loudly, count the data, go on
             log.exception("internal error delivering %d measurements", parcel.count)
             if not settled:
                 self._outbox.settle(parcel)
-            self._lose(Loss.INTERNAL, parcel.count)
+                self._flying_parcels.pop(id(parcel), None)
+            self._lose(Loss.INTERNAL, parcel.count, parcel=parcel)
         finally:
             self._flying -= 1
             self._changed()
@@ -389,11 +409,12 @@ class HttpSink:
         match verdict.kind:
             case Kind.DELIVERED:
                 self.posted += parcel.count
+                self._settled(parcel)
             case Kind.PARTIAL:
                 self.posted += verdict.accepted
-                self._lose(Loss.REJECTED, verdict.refused, verdict.errors)
+                self._lose(Loss.REJECTED, verdict.refused, verdict.errors, parcel=parcel)
             case Kind.REJECTED:
-                self._lose(Loss.REJECTED, parcel.count, verdict.errors)
+                self._lose(Loss.REJECTED, parcel.count, verdict.errors, parcel=parcel)
             case Kind.SPLIT:
                 self._split(parcel, verdict, now)
             case _:
@@ -404,17 +425,22 @@ class HttpSink:
         """Bisect a batch the API refused as a whole: the halves without a bad measurement
         are stored, and the search narrows down to the bad ones (about 2*log2(n) posts)."""
         if parcel.count == 1:
-            self._lose(Loss.REJECTED, 1, verdict.errors)
+            self._lose(Loss.REJECTED, 1, verdict.errors, parcel=parcel)
             return
         measurements = orjson.loads(parcel.body)["measurements"]
         middle = len(measurements) // 2
         self.splits += 1
+        if self._spool is not None and parcel.ticket is not None:
+            self._spool.split(parcel.ticket)  # two pieces to settle now
         for half in (measurements[:middle], measurements[middle:]):
             self._queue(replace(parcel, body=encode(half), count=len(half), not_before=now))
 
     def _retry(self, parcel: Parcel, answer: Answer, charged: bool, now: float) -> None:
         if answer.unconfirmed and not self._resend_unconfirmed:
-            self._lose(Loss.UNCONFIRMED, parcel.count)
+            self._lose(Loss.UNCONFIRMED, parcel.count, parcel=parcel)
+            return
+        if self._spool is not None and parcel.ticket and not self._spool.holds(parcel.ticket):
+            self._lose(Loss.SPOOL_FULL, parcel.count)  # its segment was dropped while in flight
             return
         decision = self._policy.after_failure(
             parcel.attempts,
@@ -425,7 +451,7 @@ class HttpSink:
             max_delay=DRAIN_BACKOFF_CAP if self._draining else None,
         )
         if isinstance(decision, GiveUp):
-            self._lose(decision.reason, parcel.count)
+            self._lose(decision.reason, parcel.count, parcel=parcel)
             return
         self.retries += 1
         self.unconfirmed += parcel.count if answer.unconfirmed else 0
@@ -433,11 +459,61 @@ class HttpSink:
 
     def _queue(self, parcel: Parcel) -> None:
         for evicted in self._outbox.put(parcel):
-            self._lose(Loss.BUFFER_FULL, evicted.count)
+            self._lose(Loss.BUFFER_FULL, evicted.count, parcel=evicted)
 
     # -- accounting ---------------------------------------------------------------------
 
-    def _lose(self, reason: Loss, count: int, errors: Sequence[str] = ()) -> None:
+    def _replay(self, stored: Sequence[tuple[Ticket, Record]]) -> None:
+        """Queue the posts a previous run left in the spool, under their original expiry."""
+        now, wall = self._clock(), self._wall()
+        for ticket, record in stored:
+            expires = now + (record.expires - wall)
+            parcel = Parcel(
+                record.body, record.count, expires, next(self._seq), not_before=now, ticket=ticket
+            )
+            if expires <= now:
+                self._lose(Loss.TOO_OLD, record.count, parcel=parcel)
+            else:
+                self._queue(parcel)
+        if stored:
+            log.info(
+                "spool: %d measurements a previous run left to deliver (%d posts)",
+                sum(record.count for _, record in stored),
+                len(stored),
+            )
+
+    def _spool_dropped(self, segment: int) -> int:
+        """The spool dropped ``segment`` to stay in its bound: its queued posts go too."""
+        dropped = sum(parcel.count for parcel in self._outbox.discard(segment))
+        self._lose(Loss.SPOOL_FULL, dropped)
+        self._changed()
+        return dropped
+
+    async def _keep(self, unsettled: Sequence[Parcel], left: int) -> int:
+        """Close the spool at exit: what is on disk is kept for the next run; the rest (its
+        write failed) is lost.  Returns the measurements lost."""
+        assert self._spool is not None
+        await self._spool.close()
+        durable = self._spool.durable
+        self.kept = sum(p.count for p in unsettled if p.ticket is not None and durable(p.ticket))
+        if self.kept:
+            log.info(
+                "spool: %d measurements kept in %s for the next run",
+                self.kept,
+                self._spool.directory,
+            )
+        return max(left - self.kept, 0)
+
+    def _settled(self, parcel: Parcel) -> None:
+        """``parcel`` has left for good (posted, or lost and counted): the spool forgets it."""
+        if self._spool is not None and parcel.ticket is not None:
+            self._spool.settle(parcel.ticket)
+
+    def _lose(
+        self, reason: Loss, count: int, errors: Sequence[str] = (), *, parcel: Parcel | None = None
+    ) -> None:
+        if parcel is not None:
+            self._settled(parcel)
         if count <= 0:
             return
         self.lost[reason.value] = self.lost.get(reason.value, 0) + count
@@ -485,11 +561,14 @@ class HttpSink:
         remaining = self._deadline - self._clock() if self._draining else 0.0
         if self._annotating and remaining > 0:  # annotations get what is left of the drain
             await asyncio.wait(set(self._annotating), timeout=remaining)
+        unsettled = [*self._flying_parcels.values(), *self._outbox.queue]
         tasks = [*self._posts, *self._annotating, *([self._dispatcher] if self._dispatcher else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         left = self._outbox.abandon()
+        if self._spool is not None:
+            left = await self._keep(unsettled, left)
         if left:
             self._lose(Loss.SHUTDOWN, left)
         log.info(

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Self
 
@@ -59,10 +59,16 @@ class Proxy:
     """One ``python -m statsd_ao`` process with its output."""
 
     def __init__(
-        self, *args: str, env: dict[str, str] | None = None, command: list[str] | None = None
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         """``command``: run that instead of ``python -m statsd_ao --udp 127.0.0.1:0 ...``,
-        configured by ``env`` alone (as the container image is)."""
+        configured by ``env`` alone (as the container image is).  ``preexec`` runs in the
+        child before the program (resource limits, a user)."""
+        self.preexec = preexec
         self.command = command or [sys.executable, "-m", "statsd_ao"]
         self.args = [] if command else ["--udp", "127.0.0.1:0", *args]
         if not command and "--self-metrics" not in args:  # exact contents unless asked
@@ -86,6 +92,7 @@ class Proxy:
             env=self.env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=self.preexec,
         )
         listening = asyncio.get_running_loop().create_future()
         assert self.process.stderr is not None and self.process.stdout is not None
