@@ -10,8 +10,12 @@ RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim-bookworm
 COPY --from=build /install /usr/local
-RUN useradd --system --uid 10001 --no-create-home statsd
+RUN useradd --system --uid 10001 --no-create-home statsd \
+    && install -d -m 0700 -o 10001 -g 10001 /var/spool/statsd-ao
 USER 10001
+# Pending posts are kept here across restarts (docs/delivery.md).  Mount a volume on it to
+# keep them across containers too (the Kubernetes examples mount an emptyDir).
+ENV STATSD_AO_SPOOL_DIR=/var/spool/statsd-ao
 # The health endpoint, on loopback inside the container (Kubernetes manifests override it
 # with 0.0.0.0:8080 because the kubelet probes through the pod IP).
 ENV STATSD_AO_HTTP=127.0.0.1:8080

@@ -8,7 +8,7 @@ import pytest
 
 from statsd_ao import cli
 from statsd_ao.config import ConfigError, build
-from statsd_ao.settings import Address, parse_address
+from statsd_ao.settings import Address, parse_address, parse_bytes
 
 
 def test_defaults() -> None:
@@ -80,6 +80,8 @@ def test_token_never_described() -> None:
         ({"percentiles": "ninety"}, "--percentiles"),
         ({"batch_size": "1001"}, "--batch-size"),
         ({"request_timeout": "nan"}, "--request-timeout"),
+        ({"spool_max_bytes": "1M"}, "--spool-max-bytes: must be at least 16M"),
+        ({"spool_max_bytes": "lots"}, "--spool-max-bytes: expected a size"),
     ],
 )
 def test_invalid_settings_name_the_setting(flags: dict[str, str | list[str]], names: str) -> None:
@@ -131,3 +133,33 @@ def test_no_host_tag_and_no_tags_is_refused_at_start() -> None:
     assert build({"host_tag": "false", "tags": ["env=prod"]}, environ={}).global_tags == {
         "env": "prod"
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("536870912", 536870912),
+        ("512M", 512 << 20),
+        ("512MiB", 512 << 20),
+        ("2g", 2 << 30),
+        (" 64 KB ", 64 << 10),
+        ("100b", 100),
+    ],
+)
+def test_sizes_take_binary_units(text: str, size: int) -> None:
+    assert parse_bytes(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "M", "1.5G", "-1M", "12T", "5 M B"])
+def test_what_is_not_a_size_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a size"):
+        parse_bytes(text)
+
+
+def test_the_spool_is_off_unless_a_directory_is_given() -> None:
+    assert build({}, environ={}).spool_dir is None
+    config = build(
+        {}, environ={"STATSD_AO_SPOOL_DIR": "/var/spool/x", "STATSD_AO_SPOOL_MAX_BYTES": "1G"}
+    )
+    assert (config.spool_dir, config.spool_max_bytes) == ("/var/spool/x", 1 << 30)
+    assert build({"spool_dir": "off"}, environ={"STATSD_AO_SPOOL_DIR": "/x"}).spool_dir is None

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from statsd_ao.health import HealthState, start_http
-from statsd_ao.settings import SETTINGS, parse_address
+from statsd_ao.settings import SETTINGS, parse_address, parse_bytes
 from tests.proxy import Proxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +108,30 @@ def test_statsd_ao_env_vars_are_known_settings_with_valid_values(name: str, doc:
     for var, value in env_values(container).items():
         if var in parsers:
             parsers[var](value)  # raises as statsd-ao would at start
+
+
+_MI = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+
+
+@pytest.mark.parametrize(("name", "doc"), workloads())
+def test_the_spool_is_a_volume_with_room_for_its_bound(name: str, doc: Doc) -> None:
+    """The root file system is read-only: the spool needs a mounted volume, and the volume's
+    sizeLimit (past which the kubelet evicts the pod) must hold --spool-max-bytes."""
+    container = statsd_ao(doc)
+    env = env_values(container)
+    directory = env["STATSD_AO_SPOOL_DIR"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    volumes = {v["name"]: v for v in doc["spec"]["template"]["spec"]["volumes"]}
+    limit = volumes[mount["name"]]["emptyDir"]["sizeLimit"]
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", limit).groups()  # type: ignore[union-attr]
+    bound = parse_bytes(env["STATSD_AO_SPOOL_MAX_BYTES"])
+    assert bound * 1.1 <= int(number) * _MI[unit], f"{name}: {limit} for a {bound}-byte spool"
+
+
+def test_the_image_keeps_its_spool_in_a_directory_its_user_owns() -> None:
+    assert image_env()["STATSD_AO_SPOOL_DIR"] == "/var/spool/statsd-ao"
+    runs = " ".join(args for keyword, args in instructions() if keyword == "RUN")
+    assert "install -d -m 0700 -o 10001 -g 10001 /var/spool/statsd-ao" in runs
 
 
 @pytest.mark.parametrize(("name", "doc"), workloads())
