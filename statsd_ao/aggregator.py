@@ -27,6 +27,7 @@ from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
 from statsd_ao.cardinality import OVERFLOW_TAG, CardinalityGuard
 from statsd_ao.events import CHECK_PREFIX, EVENT_PREFIX, Event, parse_event, parse_service_check
 from statsd_ao.hotpath import INGEST, Feed, Ingest
+from statsd_ao.mapping import MappingRules
 from statsd_ao.protocol import (
     Kind,
     ParseError,
@@ -212,6 +213,13 @@ class Aggregator:
             self._gauges.pop(key, None)
         self._feeds = {}  # no cached feed may keep feeding a forgotten accumulator
 
+    def remap(self, mapping: MappingRules | None) -> None:
+        """New mapping rules (a reload): every line shape is resolved again from the next
+        line on.  The interval goes on; series already fed keep what they have."""
+        self._naming.mapping = mapping if mapping is not None and len(mapping) else None
+        self._shapes = {}
+        self._feeds = {}
+
     @property
     def lines_now(self) -> int:
         """Lines received in the current interval."""
@@ -297,7 +305,7 @@ class Aggregator:
             else:
                 check = parse_service_check(line)
                 tags = check.tags + ((("host", check.host),) if check.host else ())
-                name, tags = self._naming.series(check.name, tags)
+                name, tags = self._naming.series(check.name, tags, Kind.GAUGE.value)
                 self._guarded_feed(Resolved((Kind.GAUGE, name, tags), 1.0))(b"%d" % check.status)
         except ParseError as error:
             return _rejecter(error.reason)
@@ -350,7 +358,8 @@ class Aggregator:
             return resolved
         try:
             shape = parse_shape(*key, self._container_tag)
-            name, tags = self._naming.series(shape.name, shape.tags)  # may filter it out
+            # may filter it out
+            name, tags = self._naming.series(shape.name, shape.tags, shape.kind.value)
         except ParseError as error:
             resolved = error
         else:

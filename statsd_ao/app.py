@@ -30,8 +30,10 @@ from statsd_ao.health import HealthState, HttpServer, assess, cardinality_status
 from statsd_ao.idle import IdleKeeper
 from statsd_ao.listeners import DatagramListener
 from statsd_ao.logs import RateLimitedLog
+from statsd_ao.mapping import MappingError, MappingRules
 from statsd_ao.measurements import Converter, Measurement
 from statsd_ao.merge import Merger
+from statsd_ao.remapping import Remapping
 from statsd_ao.selfmetrics import SelfMetrics, Timings, standard_metrics, udp_drops
 from statsd_ao.settings import Address
 from statsd_ao.sink import DryRunSink, HttpSink
@@ -67,21 +69,28 @@ def make_sink(config: Config) -> DryRunSink | HttpSink:
 
 async def run(config: Config) -> int:
     """Run the proxy until SIGTERM or SIGINT; the process exit status."""
-    return await App(config).run()
+    try:
+        remapping = Remapping.load(config.mapping) if config.mapping else None
+    except (MappingError, OSError, UnicodeDecodeError) as error:
+        log.error("mapping: cannot use %s: %s", config.mapping, error)
+        return 1
+    return await App(config, remapping).run()
 
 
 class App:
     """The proxy's components, wired from one Config, and their lifecycle."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, remapping: Remapping | None = None) -> None:
         self.config = config
+        self.remapping = remapping
         # Tag sets free their slot an hour plus an interval after they were last seen, so the
         # hour the API counts by measurement time (interval starts) is respected.
         window = WINDOW + config.flush_interval
         self.guard = CardinalityGuard(
             config.cardinality_limit, config.cardinality_total_limit, window=window
         )
-        self.aggregator = make_aggregator(config, self.guard)
+        rules = remapping.rules if remapping is not None else None
+        self.aggregator = make_aggregator(config, self.guard, rules)
         self.converter = Converter(
             config.percentiles,
             style=config.percentile_style,
@@ -143,6 +152,9 @@ class App:
         self.udp_port: int | None = None  # the bound port, known once listening
         self.drop_log = RateLimitedLog(log, KERNEL_DROP_LOG_INTERVAL)
         self.http: HttpServer | None = None
+        self.reloading: set[asyncio.Task[bool]] = set()
+        if remapping is not None:
+            remapping.on_rules = self._remapped
 
     async def run(self) -> int:
         if not await self.start():
@@ -165,6 +177,7 @@ class App:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
             await self.sink.start()
         except SpoolError as error:
@@ -304,6 +317,7 @@ class App:
             converter=self.converter,
             sink=self.sink if isinstance(self.sink, HttpSink) else None,
             spool=self.sink.spool if isinstance(self.sink, HttpSink) else None,
+            mapping=self.remapping,
             series_active=lambda: self.flusher.series_flushed,
             flush_duration=self.flush_timings.distribution,
             post_latency=self.post_timings.distribution if self.config.posting else None,
@@ -312,6 +326,20 @@ class App:
         self.flusher.on_event = self._annotate
         if self.config.posts_self_metrics:
             self.flusher.extra = self._self_measurements
+
+    def _reload(self) -> None:
+        """SIGHUP: read the mapping rules again (a bad file keeps the rules in use)."""
+        if self.remapping is None:
+            log.info("SIGHUP: nothing to reload (no --mapping file)")
+            return
+        task = asyncio.create_task(self.remapping.reload())
+        self.reloading.add(task)
+        task.add_done_callback(self.reloading.discard)
+
+    def _remapped(self, rules: MappingRules, text: str) -> None:
+        self.aggregator.remap(rules)
+        if self.pool is not None and self.remapping is not None:
+            self.pool.remap(text, self.remapping.path)
 
     async def _take_all(self) -> Snapshot:
         """(--workers) every worker's interval and this process's, merged into one."""

@@ -14,6 +14,8 @@ from statsd_ao import __version__, migration
 from statsd_ao.app import run
 from statsd_ao.config import ConfigError, build
 from statsd_ao.logs import configure
+from statsd_ao.mapping import MappingError
+from statsd_ao.remapping import read_rules
 from statsd_ao.settings import SETTINGS
 
 EXIT_CONFIG = 2
@@ -50,6 +52,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_mapping(path: str | None) -> int | str:
+    """The number of rules in the mapping file, or why it cannot be used (every problem)."""
+    if path is None:
+        return 0
+    try:
+        return len(read_rules(path)[0])
+    except MappingError as error:
+        return f"{len(error.problems)} problem(s) in the rules file:\n{error}"
+    except (OSError, UnicodeDecodeError) as error:
+        return f"cannot read {path}: {error}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     flags = {s.name: getattr(args, s.name) for s in SETTINGS}
@@ -62,8 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"statsd-ao: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    rules = _check_mapping(config.mapping)
+    if isinstance(rules, str):
+        print(f"statsd-ao: error: --mapping: {rules}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.check_config:
         print(f"configuration OK: {config.describe()}")
+        if config.mapping:
+            print(f"mapping OK: {rules} rules in {config.mapping}")
         if unsupported:
             print(f"not supported from {args.statsd_config}: {'; '.join(unsupported)}")
         return 0

@@ -83,6 +83,7 @@ class Config:
     host_tag: bool = True
     global_prefix: str = ""
     key_name_sanitize: bool = False
+    mapping: str | None = None  # the rules file's path (statsd_ao.mapping)
     include_metrics: tuple[str, ...] = ()
     exclude_metrics: tuple[str, ...] = ()
     source_regex: str | None = None
@@ -126,7 +127,7 @@ class Config:
             f"annotation_stream={self.annotation_stream} "
             f"percentile_style={self.percentile_style} "
             f"send_idle={','.join(self.send_idle) or 'none'} "
-            f"admin={self.admin or 'off'} "
+            f"admin={self.admin or 'off'} mapping={self.mapping or 'off'} "
             f"self_metrics={'on' if self.posts_self_metrics else 'off'} "
             f"log_format={self.log_format} "
             f"flush_interval={self.flush_interval}s tags={tags} percentiles={percentiles} "

@@ -23,6 +23,7 @@ from statsd_ao.events import Event
 from statsd_ao.idle import IdleKeeper
 from statsd_ao.logs import RateLimitedLog
 from statsd_ao.measurements import Converter, Measurement
+from statsd_ao.sanitize import DELIBERATE
 from statsd_ao.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -190,16 +191,14 @@ class Flusher:
         self.lines += snapshot.lines
         for reason, count in snapshot.rejected.items():
             self.rejected[reason] = self.rejected.get(reason, 0) + count
-        if snapshot.rejected:
+        # Lines left out on purpose (filters, drop rules) are counted, not warned about.
+        bad = {r: n for r, n in snapshot.rejected.items() if r not in DELIBERATE}
+        if bad:
             detail = "; ".join(
                 f"{reason}: {count} (e.g. {snapshot.examples[reason][:EXAMPLE_BYTES]!r})"
-                for reason, count in sorted(snapshot.rejected.items())
+                for reason, count in sorted(bad.items())
             )
-            log.warning(
-                "rejected %d lines in the last interval: %s",
-                sum(snapshot.rejected.values()),
-                detail,
-            )
+            log.warning("rejected %d lines in the last interval: %s", sum(bad.values()), detail)
 
     def _report_folds(self) -> None:
         """Name the metrics whose new tag sets were folded since the last flush."""

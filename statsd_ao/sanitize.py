@@ -19,6 +19,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 
+from statsd_ao.mapping import MappingRules
 from statsd_ao.name_rules import NameRules
 from statsd_ao.protocol import ParseError
 
@@ -39,6 +40,8 @@ _BAD_TAG_VALUE_CHARS = re.compile(r"[^A-Za-z0-9.:_\-?\\/ ]")
 TagTuple = tuple[tuple[str, str], ...]
 # Why a line left out by the include / exclude metric filters is counted.
 FILTERED = "left out by metric filter"
+DROPPED_BY_RULE = "dropped by mapping rule"
+DELIBERATE = frozenset({FILTERED, DROPPED_BY_RULE})  # left out as configured, not bad input
 
 
 def fit_name(name: str) -> str:
@@ -72,8 +75,15 @@ class Naming:
     the dropped tags are counted.
     """
 
-    def __init__(self, global_tags: Mapping[str, str], rules: NameRules | None = None) -> None:
+    def __init__(
+        self,
+        global_tags: Mapping[str, str],
+        rules: NameRules | None = None,
+        mapping: MappingRules | None = None,
+    ) -> None:
         self._rules = rules if rules is not None and rules.active else None
+        # Replaced whole on reload (SIGHUP); the aggregator forgets its resolved shapes then.
+        self.mapping = mapping if mapping is not None and len(mapping) else None
         fitted = [fit_tag(k, v) for k, v in global_tags.items()]
         valid = dict(pair for pair in fitted if pair is not None)
         self.global_tags: dict[str, str] = dict(sorted(valid.items())[:MAX_TAGS])
@@ -82,9 +92,18 @@ class Naming:
         self.tags_dropped = 0
         self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
 
-    def series(self, name: str, tags: Iterable[tuple[str, str]]) -> tuple[str, TagTuple]:
-        """``(metric name, sorted tag pairs)`` for a parsed name and its tags.  Raises
-        `ParseError` when the name rules (include / exclude filters) leave the metric out."""
+    def series(
+        self, name: str, tags: Iterable[tuple[str, str]], kind: str = "c"
+    ) -> tuple[str, TagTuple]:
+        """``(metric name, sorted tag pairs)`` for a parsed name and its tags (``kind``: a
+        `statsd_ao.protocol.Kind` value, for rules that apply to one type).  The mapping
+        rules come first, on the name as the client sent it, then the etsy name rules.
+        Raises `ParseError` when a drop rule or a metric filter leaves the metric out."""
+        if self.mapping is not None:
+            mapped = self.mapping.apply(kind, name, tuple(tags))
+            if mapped is None:
+                raise ParseError(DROPPED_BY_RULE)
+            name, tags = mapped
         if self._rules is not None:
             ruled = self._rules.apply(name)
             if ruled is None:

@@ -35,7 +35,7 @@ from statsd_ao.measurements import (
     percentile_suffix,
     postable,
 )
-from statsd_ao.sanitize import MAX_TAGS, fit_tag
+from statsd_ao.sanitize import DROPPED_BY_RULE, MAX_TAGS, fit_tag
 
 PREFIX = "statsd_ao"
 # Quantiles reported for durations: the median, and the tail that alerts are written on.
@@ -449,6 +449,15 @@ class SpoolCounts(Protocol):
     def replayed(self) -> int: ...
 
 
+class MappingCounts(Protocol):
+    @property
+    def rule_count(self) -> int: ...
+    @property
+    def matched(self) -> int: ...
+    @property
+    def reloads(self) -> Mapping[str, int]: ...
+
+
 def standard_metrics(
     tags: Mapping[str, str],
     *,
@@ -460,6 +469,7 @@ def standard_metrics(
     converter: DropCounts | None = None,
     sink: SinkCounts | None = None,
     spool: SpoolCounts | None = None,
+    mapping: MappingCounts | None = None,
     series_active: Callable[[], float | None] | None = None,
     flush_duration: Callable[[], Distribution | None] | None = None,
     post_latency: Callable[[], Distribution | None] | None = None,
@@ -504,6 +514,8 @@ def standard_metrics(
         _register_sink(metrics, sink)
     if spool is not None:
         _register_spool(metrics, spool)
+    if mapping is not None:
+        _register_mapping(metrics, mapping, flusher)
     if sink is not None or converter is not None:
         metrics.register_counter(
             "measurements.lost",
@@ -601,6 +613,29 @@ def _register_spool(metrics: SelfMetrics, spool: SpoolCounts) -> None:
         "measurements a previous run left in --spool-dir, queued for delivery at start",
         lambda: spool.replayed,
     )
+
+
+def _register_mapping(
+    metrics: SelfMetrics, mapping: MappingCounts, flusher: FlusherCounts | None
+) -> None:
+    metrics.register_gauge("mapping.rules", "mapping rules in use", lambda: mapping.rule_count)
+    metrics.register_counter(
+        "mapping.matched",
+        "line shapes a mapping rule matched (each resolved once, then cached)",
+        lambda: mapping.matched,
+    )
+    metrics.register_counter(
+        "mapping.reloads",
+        "mapping file reloads (SIGHUP), by outcome",
+        lambda: mapping.reloads,
+        label="outcome",
+    )
+    if flusher is not None:
+        metrics.register_counter(
+            "mapping.lines_dropped",
+            "lines a drop rule removed",
+            lambda: flusher.rejected.get(DROPPED_BY_RULE, 0),
+        )
 
 
 def _field(stats: UdpSocketStats | None) -> int | None:

@@ -345,6 +345,13 @@ SETTINGS: tuple[Setting, ...] = (
         "etsy's name rules: spaces to _, / to -, other characters removed",
     ),
     Setting(
+        "mapping",
+        "--mapping",
+        "STATSD_AO_MAPPING",
+        parse_optional,
+        "rules FILE (TOML, or YAML by its suffix) turning dotted names into names and tags",
+    ),
+    Setting(
         "include_metrics",
         "--include-metric",
         "STATSD_AO_INCLUDE_METRICS",

@@ -5,11 +5,12 @@ from __future__ import annotations
 from statsd_ao.aggregator import Aggregator
 from statsd_ao.cardinality import CardinalityGuard
 from statsd_ao.config import Config
+from statsd_ao.mapping import MappingRules
 from statsd_ao.name_rules import NameRules
 from statsd_ao.sanitize import Naming
 
 
-def make_naming(config: Config) -> Naming:
+def make_naming(config: Config, mapping: MappingRules | None = None) -> Naming:
     rules = NameRules.compile(
         key_name_sanitize=config.key_name_sanitize,
         include=config.include_metrics,
@@ -17,12 +18,14 @@ def make_naming(config: Config) -> Naming:
         source_regex=config.source_regex,
         prefix=config.global_prefix,
     )
-    return Naming(config.global_tags, rules)
+    return Naming(config.global_tags, rules, mapping)
 
 
-def make_aggregator(config: Config, guard: CardinalityGuard | None) -> Aggregator:
+def make_aggregator(
+    config: Config, guard: CardinalityGuard | None, mapping: MappingRules | None = None
+) -> Aggregator:
     return Aggregator(
-        make_naming(config),
+        make_naming(config, mapping),
         guard=guard,
         container_tag=config.container_tag,
         interval=config.flush_interval,

@@ -25,7 +25,9 @@ from statsd_ao.config import Config
 from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.listeners import DatagramListener
 from statsd_ao.logs import configure
+from statsd_ao.mapping import parse_rules
 from statsd_ao.merge import from_wire, to_wire
+from statsd_ao.remapping import is_yaml, read_rules
 from statsd_ao.settings import Address
 from statsd_ao.wiring import make_aggregator
 
@@ -39,13 +41,15 @@ def worker_main(config: Config, conn: Connection, address: Address) -> None:
     """The entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the coordinator
     configure("INFO", config.log_format == "json")
     uvloop.run(_serve(config, conn, address))
 
 
 async def _serve(config: Config, conn: Connection, address: Address) -> None:
     loop = asyncio.get_running_loop()
-    aggregator = make_aggregator(config, guard=None)  # the coordinator guards the merge
+    mapping = read_rules(config.mapping)[0] if config.mapping else None
+    aggregator = make_aggregator(config, None, mapping)  # the coordinator guards the merge
     gc_policy = GcPolicy()  # as in the main process: no full collections over the interval
     gc_policy.start()
     listener = DatagramListener(address, aggregator.ingest, config.rcvbuf, reuse_port=True)
@@ -58,6 +62,9 @@ async def _serve(config: Config, conn: Connection, address: Address) -> None:
             command = conn.recv()
         except (EOFError, OSError):  # the coordinator is gone
             command = "gone"
+        if isinstance(command, tuple):  # ("mapping", text): rules reloaded, checked already
+            aggregator.remap(parse_rules(command[1], yaml=command[2], source=command[3]))
+            return
         if command in ("stop", "gone"):
             listener.close()
         if command != "gone":
@@ -100,6 +107,11 @@ class WorkerPool:
                 self._conns.append(parent)
             await asyncio.gather(*(self._receive(conn) for conn in self._conns))
         return bound
+
+    def remap(self, text: str, path: str) -> None:
+        """Hand reloaded mapping rules (checked by the coordinator) to every worker."""
+        for conn in self._conns:
+            conn.send(("mapping", text, is_yaml(path), path))
 
     async def take(self) -> list[Snapshot]:
         """Every worker's interval (at shutdown, its last)."""
