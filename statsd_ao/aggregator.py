@@ -163,8 +163,12 @@ class Aggregator:
         if not datagram:
             return
         if self._table is not None:  # the same loop in C (statsd_ao/hotpath.py)
-            self._now.lines += datagram.count(b"\n") + 1 - datagram.endswith(b"\n")
-            self._table.ingest(datagram, self._feeds, self._feed_for, self._failed)
+            try:
+                count = self._table.ingest(datagram, self._feeds, self._feed_for, self._failed)
+            except BaseException:  # (a bug) its lines still count, as in Python
+                self._now.lines += datagram.count(b"\n") + 1 - datagram.endswith(b"\n")
+                raise
+            self._now.lines += count
             return
         lines = datagram.split(b"\n")
         self._now.lines += len(lines) - datagram.endswith(b"\n")

@@ -34,9 +34,9 @@ DISABLE = "STATSD_AO_PURE_PYTHON"
 class Table(Protocol):
     """statsd_ao._hotpath.Table: one per aggregator."""
 
-    def ingest(
-        self, datagram: bytes, feeds: Feeds, feed_for: FeedFor, failed: Failed, /
-    ) -> None: ...
+    def ingest(self, datagram: bytes, feeds: Feeds, feed_for: FeedFor, failed: Failed, /) -> int:
+        """The lines of the datagram, as the Python loop counts them."""
+        ...
 
     def receive(  # noqa: PLR0917 (the C function's positional signature)
         self,
