@@ -738,6 +738,17 @@ static PyObject *table_receive(Table *self, PyObject *const *args, Py_ssize_t na
     return Py_BuildValue("nnni", t.datagrams, t.bytes, t.lines, t.error);
 }
 
+/* Table.follow(feeds): forget every record now if ``feeds`` is not the dict mirrored (so a
+   swapped-out interval is not kept alive until the next datagram). */
+static PyObject *table_follow(Table *self, PyObject *feeds) {
+    if (!PyDict_Check(feeds)) {
+        PyErr_SetString(PyExc_TypeError, "follow(feeds: dict)");
+        return NULL;
+    }
+    if (self->feeds != NULL && self->feeds != feeds) reset(self);
+    Py_RETURN_NONE;
+}
+
 static PyObject *table_len(Table *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromSize_t(self->count);
 }
@@ -763,6 +774,8 @@ static PyMethodDef table_methods[] = {
     {"receive", (PyCFunction)(void (*)(void))table_receive, METH_FASTCALL,
      "receive(fd, limit, owner, attribute, feed_for, failed, errored) -> "
      "(datagrams, bytes, lines, errno)"},
+    {"follow", (PyCFunction)table_follow, METH_O,
+     "follow(feeds): drop every record unless feeds is the dict mirrored"},
     {"records", (PyCFunction)table_len, METH_NOARGS, "records(): line shapes cached now"},
     {NULL, NULL, 0, NULL},
 };

@@ -212,6 +212,8 @@ class Aggregator:
     def swap(self) -> Snapshot:
         """Hand over this interval's data and start a fresh interval, in O(1)."""
         done, self._now, self._feeds = self._now, Snapshot(), {}
+        if self._table is not None:  # (it would keep the old interval until the next line)
+            self._table.follow(self._feeds)
         now = self._clock()
         self._current_start = now - now % self._interval
         return done

@@ -52,6 +52,10 @@ class Table(Protocol):
         """(datagrams, bytes, lines, errno): see _hotpath.c."""
         ...
 
+    def follow(self, feeds: Feeds, /) -> None:
+        """Drop every record now unless ``feeds`` is the dict mirrored."""
+        ...
+
     def records(self) -> int: ...
 
 
