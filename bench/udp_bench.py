@@ -1,6 +1,6 @@
 """End-to-end UDP throughput: real sockets, the real program, one pinned core.
 
-Usage: python -m bench.udp_bench [--quick] [--etsy] [--proxy worktree|GIT-REF ...]
+Usage: python -m bench.udp_bench [--quick] [--etsy] [--collectd] [--proxy worktree|GIT-REF ...]
                                  [--workload packed|single|both] [--wait-quiet SECONDS]
 
 What it does, in order:
@@ -23,6 +23,11 @@ What it does, in order:
    by the ladder and then bisection.  ``--etsy`` also installs etsy statsd from npm into
    ``bench/build/etsy`` and runs the same ladders against it, so the ratio statsd-ao /
    etsy is measured in one run.
+   ``--collectd`` runs collectd's statsd plugin (Debian's collectd-core) the same way on
+   tag-free copies of both workloads (``packed-plain``, ``single-plain``: no ``|#tags``,
+   ``|h`` as ``|ms``), which statsd-ao also runs, so the three are compared in one run;
+   after the one-line-per-datagram ladders a drain mode (``--drain-cycles``) fills
+   statsd-ao's socket while it is stopped and times it emptying it.
    ``--proxy GIT-REF`` runs statsd-ao from a copy of that commit's ``statsd_ao/`` (in
    ``bench/build/ref-SHA/``) instead of the working tree; repeat it to compare versions.
 
@@ -1114,8 +1119,8 @@ def main() -> None:
                         if (
                             workload == "single"
                             and args.drain_cycles > 0
-                            and receiver.kind != "collectd"
-                        ):  # (its 208 KiB buffer holds ~256 datagrams: no drain to time)
+                            and receiver.kind == "statsd-ao"
+                        ):  # (etsy's and collectd's 208 KiB buffers hold ~256 datagrams)
                             drains.append(drain(receiver, plan, args.drain_cycles))
                     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
                         print(f"{receiver.name}, {variant}: FAILED: {error}")
