@@ -1,6 +1,6 @@
 """End-to-end UDP throughput: real sockets, the real program, one pinned core.
 
-Usage: python -m bench.udp_bench [--quick] [--etsy] [--proxy worktree|GIT-REF ...]
+Usage: python -m bench.udp_bench [--quick] [--etsy] [--collectd] [--proxy worktree|GIT-REF ...]
                                  [--workload packed|single|both] [--wait-quiet SECONDS]
 
 What it does, in order:
@@ -23,6 +23,11 @@ What it does, in order:
    by the ladder and then bisection.  ``--etsy`` also installs etsy statsd from npm into
    ``bench/build/etsy`` and runs the same ladders against it, so the ratio statsd-ao /
    etsy is measured in one run.
+   ``--collectd`` runs collectd's statsd plugin (Debian's collectd-core) the same way on
+   tag-free copies of both workloads (``packed-plain``, ``single-plain``: no ``|#tags``,
+   ``|h`` as ``|ms``), which statsd-ao also runs, so the three are compared in one run;
+   after the one-line-per-datagram ladders a drain mode (``--drain-cycles``) fills
+   statsd-ao's socket while it is stopped and times it emptying it.
    ``--proxy GIT-REF`` runs statsd-ao from a copy of that commit's ``statsd_ao/`` (in
    ``bench/build/ref-SHA/``) instead of the working tree; repeat it to compare versions.
 
@@ -91,15 +96,23 @@ PR_SET_PDEATHSIG = 1
 
 # Offered rates in M lines/s; None is "as fast as the load generator can", for MAX_SECONDS.
 LADDERS: dict[tuple[str, str, bool], tuple[float | None, ...]] = {
-    ("statsd-ao", "packed", False): (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, None),
-    ("statsd-ao", "single", False): (0.1, 0.2, 0.3, 0.4, 0.5, None),
+    ("statsd-ao", "packed", False): (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, None),
+    ("statsd-ao", "single", False): (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, None),
     ("etsy", "packed", False): (0.1, 0.2, 0.3, 0.4, 0.5, None),
     ("etsy", "single", False): (0.05, 0.1, 0.15, 0.2, None),
-    ("statsd-ao", "packed", True): (0.5, 1.0, 1.5, None),
-    ("statsd-ao", "single", True): (0.2, 0.3, None),
+    ("collectd", "packed", False): (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, None),
+    ("collectd", "single", False): (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, None),
+    ("statsd-ao", "packed", True): (1.0, 2.0, 3.0, 4.0, None),
+    ("statsd-ao", "single", True): (0.2, 0.4, 0.6, None),
     ("etsy", "packed", True): (0.2, 0.4, None),
     ("etsy", "single", True): (0.1, 0.15, None),
+    ("collectd", "packed", True): (1.0, 2.0, 3.0, None),
+    ("collectd", "single", True): (0.2, 0.4, 0.6, None),
 }
+# Tag-free copies of the workloads ("packed-plain", "single-plain"): the same lines without
+# their DogStatsD "|#tags" and with histograms sent as timers, which is what collectd's
+# statsd plugin understands (it has no tags and no "|h").  Ladders as for the tagged ones.
+PLAIN = "-plain"
 LINES = {"packed": 2_000_000, "single": 600_000}
 QUICK_LINES = {"packed": 600_000, "single": 200_000}
 MAX_SECONDS = 3.0
@@ -107,6 +120,13 @@ MAX_SECONDS = 3.0
 # of the workload at least once (99+%), so the run measures the steady state of a proxy
 # that has been up for a while, not the one-off parse of 10,000 new shapes.
 WARMUP = {"packed": (100_000, 0.2), "single": (50_000, 0.05)}  # lines, M lines/s
+# Drain mode (one line per datagram): the receiver is stopped (SIGSTOP) while the load
+# generator fills its socket, then continued; the time from SIGCONT until the socket is
+# empty again shows the receiver's own ceiling, which the load generator cannot offer.
+DRAIN_CYCLES = 60
+DRAIN_DATAGRAMS = 8_000  # per cycle: well inside an 8 MiB receive buffer
+COLLECTD = Path("/usr/sbin/collectd")
+COLLECTD_PLUGINS = Path("/usr/lib/collectd")
 QUICK_MAX_SECONDS = 1.5
 WORKLOAD_LINES = 500_000  # distinct lines in each file; the load generator cycles through it
 
@@ -139,22 +159,35 @@ def write_datagrams(path: Path, datagrams: Sequence[bytes]) -> None:
     tmp.replace(path)
 
 
+def plain(line: bytes) -> bytes:
+    """The tag-free line collectd's statsd plugin parses: no ``|#tags``, ``|h`` as ``|ms``."""
+    head, *fields = line.split(b"|")
+    fields = [b"ms" if f == b"h" else f for f in fields if not f.startswith(b"#")]
+    return b"|".join([head, *fields])
+
+
 def workload_files() -> dict[str, tuple[Path, float]]:
-    """``{"packed"|"single": (file, lines per datagram)}``, generated once per version of
-    bench/workload.py and kept in bench/build/."""
-    version = hashlib.sha256((BENCH / "workload.py").read_bytes()).hexdigest()[:10]
-    stem = f"workload-{SERIES}-{WORKLOAD_LINES}-{version}"
+    """``{"packed"|"single"|"packed-plain"|"single-plain": (file, lines per datagram)}``,
+    generated once per version of bench/workload.py (and of this file) in bench/build/."""
+    digest = hashlib.sha256((BENCH / "workload.py").read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    stem = f"workload-{SERIES}-{WORKLOAD_LINES}-{digest.hexdigest()[:10]}"
     meta_path = BUILD / f"{stem}.json"
-    packed = BUILD / f"{stem}-packed.bin"
-    single = BUILD / f"{stem}-single.bin"
-    if not (meta_path.exists() and packed.exists() and single.exists()):
+    names = ("packed", "single", f"packed{PLAIN}", f"single{PLAIN}")
+    paths = {name: BUILD / f"{stem}-{name}.bin" for name in names}
+    if not (meta_path.exists() and all(path.exists() for path in paths.values())):
         lines = make_lines(make_series(SERIES), WORKLOAD_LINES)
-        datagrams = pack(lines)
-        write_datagrams(packed, datagrams)
-        write_datagrams(single, lines)
-        meta_path.write_text(json.dumps({"packed": len(lines) / len(datagrams)}))
+        plain_lines = [plain(line) for line in lines]
+        meta = {}
+        for name, chosen in (("packed", lines), (f"packed{PLAIN}", plain_lines)):
+            datagrams = pack(chosen)
+            write_datagrams(paths[name], datagrams)
+            meta[name] = len(chosen) / len(datagrams)
+        write_datagrams(paths["single"], lines)
+        write_datagrams(paths[f"single{PLAIN}"], plain_lines)
+        meta_path.write_text(json.dumps(meta))
     meta = json.loads(meta_path.read_text())
-    return {"packed": (packed, float(meta["packed"])), "single": (single, 1.0)}
+    return {name: (paths[name], float(meta.get(name, 1.0))) for name in names}
 
 
 # ---------------------------------------------------------------------------- /proc readers
@@ -244,7 +277,7 @@ def pinned(cpu: str, command: list[str]) -> list[str]:
 
 
 class Receiver(Protocol):
-    kind: str  # "statsd-ao" or "etsy": picks the ladder
+    kind: str  # "statsd-ao", "etsy" or "collectd": picks the ladder
     name: str
     port: int
     pid: int
@@ -518,6 +551,109 @@ class Etsy:
             self._dir = None
 
 
+COLLECTD_CONFIG = """\
+Hostname "bench"
+FQDNLookup false
+Interval {interval}
+BaseDir "{dir}"
+PIDFile "{dir}/collectd.pid"
+PluginDir "{plugins}"
+TypesDB "/usr/share/collectd/types.db"
+LoadPlugin logfile
+<Plugin logfile>
+  LogLevel "info"
+  File "{dir}/collectd.log"
+</Plugin>
+LoadPlugin statsd
+<Plugin statsd>
+  Host "127.0.0.1"
+  Port "{port}"
+</Plugin>
+"""
+
+
+def collectd_trouble() -> str | None:
+    """None when Debian's collectd (package collectd-core) and its statsd plugin are here."""
+    if not COLLECTD.exists() or not (COLLECTD_PLUGINS / "statsd.so").exists():
+        return "collectd is not installed (apt-get install collectd-core)"
+    return None
+
+
+class Collectd:
+    """collectd's statsd plugin (Debian's collectd-core), no write plugin, foreground.
+
+    It keeps no count of lines received, so its lines processed are counted by the kernel:
+    every datagram it did not drop was read (the bench waits until its socket is empty) and
+    parsed; the lines of the dropped ones (at the workload's mean lines per datagram) are
+    the loss.  Lines it could not parse are logged, counted from its log and reported."""
+
+    kind = name = "collectd"
+    kernel_counted = True
+    _REJECTED = "Unable to parse line"
+
+    def __init__(self, flush_interval: int) -> None:
+        self._flush_interval = flush_interval
+        self._process: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.port = 0
+        self.pid = 0
+        self.note = "default receive buffer (net.core.rmem_default); processed = not dropped"
+        self.rejected = 0
+
+    def start(self) -> None:
+        self.port = free_port(socket.SOCK_DGRAM)
+        self._dir = tempfile.TemporaryDirectory(prefix="collectd-")
+        config = Path(self._dir.name) / "collectd.conf"
+        config.write_text(
+            COLLECTD_CONFIG.format(
+                interval=self._flush_interval,
+                dir=self._dir.name,
+                plugins=COLLECTD_PLUGINS,
+                port=self.port,
+            )
+        )
+        self._process = subprocess.Popen(
+            pinned(RECEIVER_CPU, [str(COLLECTD), "-f", "-C", str(config)]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self._dir.name,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (the bench has one thread)
+        )
+        self.pid = self._process.pid
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                break
+            if udp_socket(self.port) is not None:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"collectd did not start: {self._log()[-2000:]}")
+
+    def _log(self) -> str:
+        assert self._dir is not None
+        path = Path(self._dir.name) / "collectd.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def so_far(self) -> int | None:
+        return None
+
+    def processed(self) -> int:
+        """Stops it; the lines it logged as unparsable are kept in ``rejected``."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGTERM)
+        _wait_exit(self._process, STOP_TIMEOUT)
+        self.rejected = self._log().count(self._REJECTED)
+        return 0  # (counted by the kernel: see the class)
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(10)
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
 # ---------------------------------------------------------------------------- one rung
 
 
@@ -666,6 +802,11 @@ def run_rung(receiver: Receiver, plan: Plan, offered: float | None) -> Rung:
     if warm_drops and not exact:
         print(f"  (the warm-up lost {warm_drops} datagrams: counted as this run's loss)")
     sent_datagrams, sent_lines, send_seconds = parse_loadgen(output)
+    if getattr(receiver, "kernel_counted", False):  # every datagram not dropped was read
+        processed = sent_lines - round(drops * sent_lines / max(sent_datagrams, 1))
+        rejected = getattr(receiver, "rejected", 0)
+        if rejected:
+            print(f"  ({receiver.name} logged {rejected:,} lines it could not parse)")
     return Rung(
         offered,
         sent_lines,
@@ -678,6 +819,55 @@ def run_rung(receiver: Receiver, plan: Plan, offered: float | None) -> Rung:
         load_average(),
         max(0.0, (used_after - used_before) - (cpu_after - cpu_before)) / window,
     )
+
+
+def drain(receiver: Receiver, plan: Plan, cycles: int) -> tuple[str, str, float, float]:
+    """Drain mode: ``cycles`` times, stop the receiver, fill its socket with
+    DRAIN_DATAGRAMS datagrams, continue it and time it until the socket is empty (polled
+    without sleeping, from CPU 0).  (name, workload, lines/s, CPU s per M lines)."""
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(LOADGEN_CPU)})
+    busy = 0.0
+    sent = drops = 0
+    try:
+        receiver.start()
+        warm = 0
+        if plan.warmup is not None:
+            count, rate = plan.warmup
+            warm = parse_loadgen(run_loadgen(plan.path, receiver.port, rate, count, 0.0))[1]
+            wait_drained(receiver.port)
+        warm_drops = socket_drops(receiver.port)
+        cpu_before = wait_idle(receiver.pid)
+        for _ in range(cycles):
+            os.kill(receiver.pid, signal.SIGSTOP)
+            try:
+                command = [str(LOADGEN), "--file", str(plan.path), "--host", "127.0.0.1"]
+                command += ["--port", str(receiver.port), "--lines", str(DRAIN_DATAGRAMS)]
+                command += ["--seconds", "10", "--batch", "256"]
+                output = subprocess.run(
+                    pinned(LOADGEN_CPU, command), capture_output=True, text=True, check=True
+                ).stdout
+                sent += parse_loadgen(output)[1]
+            finally:
+                started = time.monotonic()
+                os.kill(receiver.pid, signal.SIGCONT)
+            while (state := udp_socket(receiver.port)) is not None and state.rx_queue:
+                pass
+            busy += time.monotonic() - started
+        cpu = wait_idle(receiver.pid) - cpu_before
+        drops = socket_drops(receiver.port) - warm_drops
+        counted = receiver.processed()
+        processed = sent - drops if getattr(receiver, "kernel_counted", False) else counted - warm
+    finally:
+        receiver.kill()
+        os.sched_setaffinity(0, affinity)
+    print(
+        f"drain mode, {receiver.name}, {plan.workload}: {cycles} x {DRAIN_DATAGRAMS:,} "
+        f"datagrams, {processed:,} lines processed of {sent:,} ({drops:,} dropped) in "
+        f"{busy:.3f} s of draining: {processed / busy / 1e6:.3f} M lines/s, "
+        f"{cpu / processed * 1e6:.2f} CPU s/M"
+    )
+    return receiver.name, plan.workload, processed / busy, cpu / processed * 1e6
 
 
 # ---------------------------------------------------------------------------- reports
@@ -775,26 +965,44 @@ def print_summaries(summaries: Sequence[Summary]) -> None:
         f"up (processed/s within {KEEP_UP:.0%} of sent/s), every lower rung too"
     )
     print(
-        f"{'receiver':<{width}} {'workload':<8} {'<1% loss':>10} {'peak proc/s':>11} "
+        f"{'receiver':<{width}} {'workload':<13} {'<1% loss':>10} {'peak proc/s':>11} "
         f"{'CPU s/M there':>13}"
     )
     for s in summaries:
         headline = f"{s.headline:g} M" if s.headline is not None else "none"
         print(
-            f"{s.receiver:<{width}} {s.workload:<8} {headline:>10} {s.peak:>9.3f} M "
+            f"{s.receiver:<{width}} {s.workload:<13} {headline:>10} {s.peak:>9.3f} M "
             f"{s.cpu_per_million:>13.2f}"
         )
-    etsy = {s.workload: s for s in summaries if s.receiver == "etsy"}
-    for ours in summaries:
-        theirs = etsy.get(ours.workload)
-        if theirs is None or ours is theirs:
-            continue
-        parts = [f"peak processed/s {ours.peak / theirs.peak:.2f}x"]
-        if ours.headline is not None and theirs.headline:
-            parts.insert(0, f"under 1% loss {ours.headline / theirs.headline:.2f}x")
-        ratio = theirs.cpu_per_million / ours.cpu_per_million
-        parts.append(f"CPU per line at peak {ratio:.2f}x less")
-        print(f"{ours.receiver} / etsy, {ours.workload}: " + ", ".join(parts))
+    for reference in ("etsy", "collectd"):
+        theirs_by = {s.workload: s for s in summaries if s.receiver == reference}
+        for ours in summaries:
+            if not ours.receiver.startswith("statsd-ao"):
+                continue
+            for workload in {ours.workload, ours.workload.removesuffix(PLAIN) + PLAIN}:
+                theirs = theirs_by.get(workload)
+                if theirs is not None:
+                    compare(ours, theirs)
+
+
+def compare(ours: Summary, theirs: Summary) -> None:
+    parts = [f"peak processed/s {ours.peak / theirs.peak:.2f}x"]
+    if ours.headline is not None and theirs.headline:
+        parts.insert(0, f"under 1% loss {ours.headline / theirs.headline:.2f}x")
+    ratio = theirs.cpu_per_million / ours.cpu_per_million
+    parts.append(f"CPU per line at peak {ratio:.2f}x less")
+    print(
+        f"{ours.receiver} {ours.workload} / {theirs.receiver} {theirs.workload}: "
+        + ", ".join(parts)
+    )
+
+
+def print_drains(drains: Sequence[tuple[str, str, float, float]]) -> None:
+    if not drains:
+        return
+    print("\ndrain mode: socket filled while the receiver was stopped, then emptied by it")
+    for name, workload, rate, cpu in drains:
+        print(f"{name:<20} {workload:<13} {rate / 1e6:>7.3f} M lines/s  {cpu:.2f} CPU s/M")
 
 
 @contextlib.contextmanager
@@ -808,11 +1016,38 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop receivers
 
 
+def make_receivers(args: argparse.Namespace) -> list[Receiver]:
+    receivers: list[Receiver] = [StatsdAo(FLUSH_INTERVAL, s) for s in args.proxy or ["worktree"]]
+    if args.collectd:
+        trouble = collectd_trouble()
+        if trouble is None:
+            receivers.append(Collectd(FLUSH_INTERVAL))
+        else:
+            print(f"collectd skipped: {trouble}")
+    if args.etsy:
+        trouble = install_etsy()
+        if trouble is None:
+            receivers.append(Etsy(FLUSH_INTERVAL))
+        else:
+            print(f"etsy statsd skipped: {trouble}")
+    return receivers
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rungs, fewer lines")
     parser.add_argument("--etsy", action="store_true", help="also run etsy statsd from npm")
+    parser.add_argument(
+        "--collectd", action="store_true", help="also run collectd's statsd plugin (Debian)"
+    )
+    parser.add_argument(
+        "--drain-cycles",
+        type=int,
+        default=DRAIN_CYCLES,
+        metavar="N",
+        help=f"drain-mode cycles of {DRAIN_DATAGRAMS:,} datagrams, one line each (0: none)",
+    )
     parser.add_argument("--lines-packed", type=int, help="lines per rung, packed workload")
     parser.add_argument("--lines-single", type=int, help="lines per rung, one per datagram")
     parser.add_argument(
@@ -854,36 +1089,43 @@ def main() -> None:
     with timed("build + workload"):
         build_loadgen()
         files = workload_files()
-    receivers: list[Receiver] = [StatsdAo(FLUSH_INTERVAL, s) for s in args.proxy or ["worktree"]]
-    if args.etsy:
-        trouble = install_etsy()
-        if trouble is None:
-            receivers.append(Etsy(FLUSH_INTERVAL))
-        else:
-            print(f"etsy statsd skipped: {trouble}")
+    receivers = make_receivers(args)
     print(f"load average at start: {load_average()}")
     workloads = ("packed", "single") if args.workload == "both" else (args.workload,)
     summaries: list[Summary] = []
+    drains: list[tuple[str, str, float, float]] = []
     with timed("all rungs"):
         for workload in workloads:
-            path, per_datagram = files[workload]
-            for receiver in receivers:
-                plan = Plan(
-                    workload,
-                    path,
-                    per_datagram,
-                    LADDERS[(receiver.kind, workload, args.quick)],
-                    lines[workload],
-                    max_seconds,
-                    None if args.no_warmup else WARMUP[workload],
-                    args.wait_quiet,
-                    refine,
-                )
-                try:
-                    summaries.append(ladder(receiver, plan))
-                except (RuntimeError, OSError, subprocess.SubprocessError) as error:
-                    print(f"{receiver.name}, {workload}: FAILED: {error}")
+            for variant in (workload, workload + PLAIN):
+                for receiver in receivers:
+                    if receiver.kind != "statsd-ao" and (receiver.kind == "collectd") != (
+                        variant != workload
+                    ):  # etsy on tagged lines, collectd on tag-free ones, statsd-ao on both
+                        continue
+                    path, per_datagram = files[variant]
+                    plan = Plan(
+                        variant,
+                        path,
+                        per_datagram,
+                        LADDERS[(receiver.kind, workload, args.quick)],
+                        lines[workload],
+                        max_seconds,
+                        None if args.no_warmup else WARMUP[workload],
+                        args.wait_quiet,
+                        refine,
+                    )
+                    try:
+                        summaries.append(ladder(receiver, plan))
+                        if (
+                            workload == "single"
+                            and args.drain_cycles > 0
+                            and receiver.kind == "statsd-ao"
+                        ):  # (etsy's and collectd's 208 KiB buffers hold ~256 datagrams)
+                            drains.append(drain(receiver, plan, args.drain_cycles))
+                    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                        print(f"{receiver.name}, {variant}: FAILED: {error}")
     print_summaries(summaries)
+    print_drains(drains)
     print(f"load average at end: {load_average()}")
 
 

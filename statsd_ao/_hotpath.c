@@ -1,19 +1,31 @@
 /* The hot path of Aggregator.ingest in C: the same loop, minus the interpreter.
 
    For each line of a datagram it splits ``name:value|tail`` exactly as two bytes.partition
-   calls do and looks ``(name, tail)`` up in the aggregator's dict of feeds.  A feed this
-   module recognises (the bound add / add_rated of Counter, Gauge, Summary, SetOf, rated
-   ones through functools.partial) with a plain decimal value is applied here, to the same
-   Python accumulator objects, with the same arithmetic.  Everything else (an unknown shape,
-   an unusual value, a full timer, an error) is handed to the Python callbacks, so the
-   Python code stays the one definition of what a line means; this file only makes the
-   common case cheap.  statsd_ao/hotpath.py loads it; tests compare it with pure Python.  */
+   calls do and looks the raw bytes of (name, tail) up in a Table: a hash table in front of
+   the aggregator's dict of feeds, so a line shape seen before in this interval costs no
+   Python object.  A shape the table does not know goes to the dict (and to the aggregator's
+   feed_for), exactly as the Python loop does, and is cached when the dict keeps its feed.
+   A feed this module recognises (the bound add / add_rated of Counter, Gauge, Summary,
+   SetOf, rated ones through functools.partial) with a plain decimal value is applied here,
+   to the same Python accumulator objects, with the same arithmetic.  Everything else (an
+   unknown shape, an unusual value, a full timer, an error) is handed to the Python
+   callbacks, so the Python code stays the one definition of what a line means; this file
+   only makes the common case cheap.  Table.receive reads datagrams with recvmmsg, many per
+   system call, and ingests each.  statsd_ao/hotpath.py loads it; tests compare it with pure
+   Python.  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <string.h>
 #include <structmember.h>
+#include <errno.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <limits.h>
 
 /* Set once by configure(): the functions whose bound methods we recognise, and where the
    accumulators keep their state (their __slots__, read through the member descriptors). */
@@ -97,23 +109,32 @@ static int parse_number(const char *s, Py_ssize_t n, double *out) {
     return 1;
 }
 
+/* slot = v, where the slot holds ``old``: in place when the slot holds the only reference
+   (no one can tell the difference), so a counter or gauge line allocates nothing. */
+static int set_float(PyObject *self, const Slot *slot, PyObject *old, double v) {
+    if (old != NULL && PyFloat_CheckExact(old) && Py_REFCNT(old) == 1) {
+        ((PyFloatObject *)old)->ob_fval = v;
+        return HANDLED;
+    }
+    PyObject *f = PyFloat_FromDouble(v);
+    if (f == NULL) return FAILED;
+    put(self, slot, f);
+    return HANDLED;
+}
+
 /* slot += v, for a float slot */
 static int add_to(PyObject *self, const Slot *slot, double v) {
     PyObject *old = get(self, slot);
     if (old == NULL || !PyFloat_CheckExact(old)) return DECLINED;
-    PyObject *sum = PyFloat_FromDouble(PyFloat_AS_DOUBLE(old) + v);
-    if (sum == NULL) return FAILED;
-    put(self, slot, sum);
-    return HANDLED;
+    return set_float(self, slot, old, PyFloat_AS_DOUBLE(old) + v);
 }
 
 static int gauge(PyObject *self, const char *s, double v) {
     if (s[0] == '+' || s[0] == '-') return add_to(self, &value_slot, v);
-    if (get(self, &value_slot) == NULL) return DECLINED;
-    PyObject *f = PyFloat_FromDouble(v);
-    if (f == NULL) return FAILED;
-    put(self, &value_slot, f);
-    put(self, &absolute, Py_NewRef(Py_True));
+    PyObject *old = get(self, &value_slot);
+    if (old == NULL) return DECLINED;
+    if (set_float(self, &value_slot, old, v) == FAILED) return FAILED;
+    if (get(self, &absolute) != Py_True) put(self, &absolute, Py_NewRef(Py_True));
     return HANDLED;
 }
 
@@ -151,36 +172,16 @@ static int members(PyObject *self, const char *s, Py_ssize_t n) {
     return r < 0 ? FAILED : HANDLED;
 }
 
-/* partial(acc.add_rated, rate) */
-static int apply_rated(PyObject *feed, const char *s, Py_ssize_t n) {
-    PyObject *method = get(feed, &func_slot), *args = get(feed, &args_slot);
-    PyObject *keywords = get(feed, &keywords_slot);
-    double v;
-    if (keywords == NULL || !PyDict_CheckExact(keywords) || PyDict_GET_SIZE(keywords) != 0)
-        return DECLINED;
-    if (method == NULL || args == NULL || !PyMethod_Check(method) || !PyTuple_CheckExact(args) ||
-        PyTuple_GET_SIZE(args) != 1 || !PyFloat_CheckExact(PyTuple_GET_ITEM(args, 0)))
-        return DECLINED;
-    double rate = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(args, 0));
-    PyObject *func = PyMethod_GET_FUNCTION(method), *self = PyMethod_GET_SELF(method);
-    if (!(rate > 0.0) || !parse_number(s, n, &v)) return DECLINED;
-    if (func == counter_rated) return add_to(self, &total, v / rate);
-    if (func == summary_rated) return summary(self, v, 1.0 / rate);
-    return DECLINED;
-}
-
-/* Apply the value to the feed natively if it is one we know; DECLINED otherwise. */
-static int apply(PyObject *feed, const char *s, Py_ssize_t n) {
-    double v;
-    if (Py_TYPE(feed) == (PyTypeObject *)partial_type) return apply_rated(feed, s, n);
-    if (!PyMethod_Check(feed)) return DECLINED;
-    PyObject *func = PyMethod_GET_FUNCTION(feed), *self = PyMethod_GET_SELF(feed);
-    if (func == set_add) return members(self, s, n);
-    if (!parse_number(s, n, &v)) return DECLINED;
-    if (func == counter_add) return add_to(self, &total, v);
-    if (func == summary_add) return summary(self, v, 0.0);
-    if (func == gauge_add) return gauge(self, s, v);
-    return DECLINED;
+/* The raised exception, normalized, its traceback attached; cleared (3.12's
+   PyErr_GetRaisedException). */
+static PyObject *fetch_error(void) {
+    PyObject *type, *error, *traceback;
+    PyErr_Fetch(&type, &error, &traceback);
+    PyErr_NormalizeException(&type, &error, &traceback);
+    if (traceback != NULL) PyException_SetTraceback(error, traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    return error;
 }
 
 /* The Python way for one line: feed(value), and on ValueError failed(feed, value, line,
@@ -199,12 +200,7 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
         Py_DECREF(value);
         return FAILED;
     }
-    PyObject *type, *error, *traceback;
-    PyErr_Fetch(&type, &error, &traceback);
-    PyErr_NormalizeException(&type, &error, &traceback);
-    if (traceback != NULL) PyException_SetTraceback(error, traceback);
-    Py_XDECREF(type);
-    Py_XDECREF(traceback);
+    PyObject *error = fetch_error();
     PyObject *whole = PyBytes_FromStringAndSize(line, len);
     PyObject *saved = PyErr_GetHandledException(); /* as in Python's except block: an */
     PyErr_SetHandledException(error);             /* error in failed() chains to this one */
@@ -219,43 +215,348 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
     return HANDLED;
 }
 
-/* The feed for (name, tail): from the dict, else from feed_for(key, value, line).
-   Returns a new reference, or NULL with an exception set. */
-static PyObject *find_feed(PyObject *feeds, PyObject *feed_for, const char *line,
-                           Py_ssize_t len, Py_ssize_t name_len, const char *s, Py_ssize_t n,
-                           const char *tail, Py_ssize_t tail_len) {
+/* ---------------------------------------------------------------- the line-shape table
+
+   A hash table over the raw bytes of a line's (name, tail), in front of the aggregator's
+   feeds dict, so a line seen before in this interval is resolved without building a key
+   tuple (or any other Python object).  Each record holds a strong reference to the feed
+   and what applying it needs (the kind, the accumulator, the rate), decided once when the
+   record is made.  The dict stays the source of truth: a record is only made for a feed the
+   dict holds under that key, and the table is tied to the identity of the dict it mirrors.
+   The aggregator replaces its dict (never clears it) whenever feeds become invalid; a
+   table that sees another dict, or its own dict shrunk, forgets every record first.
+
+   Records live in one arena (offsets, so it may move when it grows); the index is open
+   addressing with linear probing at most half full.  The seed is random per process and a
+   key whose probe sequence would pass MAX_PROBE is not cached (it takes the dict path), so
+   crafted names cannot make a lookup cost more than MAX_PROBE comparisons.  The table is
+   not tracked by the cyclic GC: what it references (the dict, feeds, accumulators) never
+   references the table back. */
+
+enum Kind { K_OTHER, K_COUNTER, K_COUNTER_RATED, K_GAUGE, K_SUMMARY, K_SUMMARY_RATED, K_SET };
+#define MAX_PROBE 32
+
+typedef struct {
+    uint64_t hash;
+    PyObject *feed;  /* strong */
+    PyObject *self;  /* the accumulator, kept alive by the feed; NULL for K_OTHER */
+    double rate;
+    uint32_t name_len, tail_len;
+    uint32_t kind;
+    char key[];      /* name, then tail */
+} Record;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *feeds;      /* the dict mirrored (strong), or NULL */
+    Py_ssize_t seen_size; /* its size when last looked at: smaller means it was cleared */
+    char *arena;
+    size_t used, room;
+    uint32_t *slots;      /* offset + 1 of a record; 0 is empty */
+    size_t mask, count;
+} Table;
+
+static uint64_t seed;
+
+static inline uint64_t mix(uint64_t h, uint64_t w) {
+    h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 29);
+}
+
+/* Two independent lanes over 16 bytes a round, so the multiplications overlap. */
+static uint64_t hash_bytes(uint64_t h, const char *s, size_t n) {
+    uint64_t a, b, g = h ^ 0x243F6A8885A308D3ull;
+    for (; n >= 16; s += 16, n -= 16) {
+        memcpy(&a, s, 8);
+        memcpy(&b, s + 8, 8);
+        h = mix(h, a);
+        g = mix(g, b);
+    }
+    if (n >= 8) {
+        memcpy(&a, s, 8);
+        h = mix(h, a);
+        s += 8;
+        n -= 8;
+    }
+    a = 0;
+    memcpy(&a, s, n);
+    return mix(h ^ (g * 0xC2B2AE3D27D4EB4Full), a ^ ((uint64_t)n << 56));
+}
+
+static inline uint64_t key_hash(const char *name, size_t name_len, const char *tail,
+                                size_t tail_len) {
+    return hash_bytes(hash_bytes(seed ^ name_len, name, name_len), tail, tail_len);
+}
+
+static inline size_t record_size(size_t key_len) {
+    return (sizeof(Record) + key_len + 7) & ~(size_t)7;
+}
+
+static inline Record *record_at(Table *t, uint32_t slot) {
+    return (Record *)(t->arena + slot - 1);
+}
+
+static Record *lookup(Table *t, uint64_t h, const char *name, size_t name_len,
+                      const char *tail, size_t tail_len) {
+    if (t->slots == NULL) return NULL;
+    size_t i = h & t->mask;
+    for (int probe = 0; probe < MAX_PROBE; probe++, i = (i + 1) & t->mask) {
+        uint32_t slot = t->slots[i];
+        if (slot == 0) return NULL;
+        Record *r = record_at(t, slot);
+        if (r->hash == h && r->name_len == name_len && r->tail_len == tail_len &&
+            memcmp(r->key, name, name_len) == 0 &&
+            memcmp(r->key + name_len, tail, tail_len) == 0)
+            return r;
+    }
+    return NULL;
+}
+
+/* Forget every record (the allocations are kept for the next interval's records, unless
+   this interval used few of them). */
+static void reset(Table *t) {
+    char *arena = t->arena;
+    size_t used = t->used;
+    int shrink = t->used < t->room / 8;
+    if (t->slots != NULL) memset(t->slots, 0, (t->mask + 1) * sizeof *t->slots);
+    t->used = t->count = 0;
+    t->seen_size = 0;
+    Py_CLEAR(t->feeds);
+    if (shrink) {
+        t->arena = NULL;
+        t->room = 0;
+        PyMem_Free(t->slots);
+        t->slots = NULL;
+        t->mask = 0;
+    }
+    for (size_t at = 0; at < used;) { /* (no record is reachable any more) */
+        Record *r = (Record *)(arena + at);
+        at += record_size(r->name_len + r->tail_len);
+        Py_DECREF(r->feed);
+    }
+    if (shrink) PyMem_Free(arena);
+}
+
+/* Follow ``feeds``: a table mirroring anything else, or a dict that shrank, starts over. */
+static void follow(Table *t, PyObject *feeds) {
+    if (t->feeds != feeds || PyDict_GET_SIZE(feeds) < t->seen_size) {
+        reset(t);
+        t->feeds = Py_NewRef(feeds);
+    }
+    t->seen_size = PyDict_GET_SIZE(feeds);
+}
+
+static int grow_index(Table *t) {
+    size_t size = t->slots == NULL ? 1024 : (t->mask + 1) * 2;
+    uint32_t *slots = PyMem_Calloc(size, sizeof *slots);
+    if (slots == NULL) return -1;
+    for (size_t at = 0; at < t->used;) {
+        Record *r = (Record *)(t->arena + at);
+        size_t i = r->hash & (size - 1);
+        while (slots[i] != 0) i = (i + 1) & (size - 1);
+        slots[i] = (uint32_t)(at + 1);
+        at += record_size(r->name_len + r->tail_len);
+    }
+    PyMem_Free(t->slots);
+    t->slots = slots;
+    t->mask = size - 1;
+    return 0;
+}
+
+/* What applying ``feed`` natively needs, or K_OTHER. */
+static void classify(PyObject *feed, Record *r) {
+    r->kind = K_OTHER;
+    r->self = NULL;
+    r->rate = 1.0;
+    if (Py_TYPE(feed) == (PyTypeObject *)partial_type) {
+        PyObject *method = get(feed, &func_slot), *args = get(feed, &args_slot);
+        PyObject *keywords = get(feed, &keywords_slot);
+        if (keywords == NULL || !PyDict_CheckExact(keywords) || PyDict_GET_SIZE(keywords) != 0)
+            return;
+        if (method == NULL || args == NULL || !PyMethod_Check(method) ||
+            !PyTuple_CheckExact(args) || PyTuple_GET_SIZE(args) != 1 ||
+            !PyFloat_CheckExact(PyTuple_GET_ITEM(args, 0)))
+            return;
+        double rate = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(args, 0));
+        PyObject *func = PyMethod_GET_FUNCTION(method);
+        if (!(rate > 0.0)) return;
+        r->rate = rate;
+        r->self = PyMethod_GET_SELF(method);
+        r->kind = func == counter_rated ? K_COUNTER_RATED
+                  : func == summary_rated ? K_SUMMARY_RATED
+                                          : K_OTHER;
+        return;
+    }
+    if (!PyMethod_Check(feed)) return;
+    PyObject *func = PyMethod_GET_FUNCTION(feed);
+    r->self = PyMethod_GET_SELF(feed);
+    r->kind = func == counter_add   ? K_COUNTER
+              : func == gauge_add   ? K_GAUGE
+              : func == summary_add ? K_SUMMARY
+              : func == set_add     ? K_SET
+                                    : K_OTHER;
+}
+
+/* A record for a feed the mirrored dict holds under this key; NULL (no error) when not
+   cached: not in the dict, a probe sequence too long, or no memory (a cache may fail). */
+static Record *insert(Table *t, uint64_t h, const char *name, size_t name_len,
+                      const char *tail, size_t tail_len, PyObject *feed) {
+    if ((t->count + 1) * 2 > t->mask + 1 && grow_index(t) < 0) goto nomem;
+    size_t i = h & t->mask;
+    int probe = 0;
+    for (; t->slots[i] != 0; i = (i + 1) & t->mask)
+        if (++probe >= MAX_PROBE) return NULL;
+    size_t size = record_size(name_len + tail_len);
+    if (t->used + size > t->room) {
+        size_t room = t->room ? t->room * 2 : 64 * 1024;
+        while (room < t->used + size) room *= 2;
+        if (room > UINT32_MAX) return NULL;
+        char *arena = PyMem_Realloc(t->arena, room);
+        if (arena == NULL) goto nomem;
+        t->arena = arena;
+        t->room = room;
+    }
+    Record *r = (Record *)(t->arena + t->used);
+    r->hash = h;
+    r->feed = Py_NewRef(feed);
+    r->name_len = (uint32_t)name_len;
+    r->tail_len = (uint32_t)tail_len;
+    memcpy(r->key, name, name_len);
+    memcpy(r->key + name_len, tail, tail_len);
+    classify(feed, r);
+    t->slots[i] = (uint32_t)(t->used + 1);
+    t->used += size;
+    t->count++;
+    return r;
+nomem:
+    PyErr_Clear();
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- one line, one datagram */
+
+/* Apply the value natively for a known kind; DECLINED when Python has to. */
+static int apply(const Record *r, const char *s, Py_ssize_t n) {
+    double v;
+    switch (r->kind) {
+    case K_SET:
+        return members(r->self, s, n);
+    case K_OTHER:
+        return DECLINED;
+    }
+    if (!parse_number(s, n, &v)) return DECLINED;
+    switch (r->kind) {
+    case K_COUNTER:
+        return add_to(r->self, &total, v);
+    case K_COUNTER_RATED:
+        return add_to(r->self, &total, v / r->rate);
+    case K_GAUGE:
+        return gauge(r->self, s, v);
+    case K_SUMMARY:
+        return summary(r->self, v, 0.0);
+    case K_SUMMARY_RATED:
+        return summary(r->self, v, 1.0 / r->rate);
+    }
+    return DECLINED;
+}
+
+typedef struct { /* what one ingest call works with */
+    Table *table;
+    PyObject *feeds, *feed_for, *failed;
+} Context;
+
+/* The feed for a line the table does not know: from the dict, else from
+   feed_for(key, value, line); cached when the dict holds it.  A new reference in *feed, and
+   the record if one was made; -1 with an exception set. */
+static int miss(Context *c, uint64_t h, const char *line, Py_ssize_t len, Py_ssize_t name_len,
+                const char *s, Py_ssize_t n, const char *tail, Py_ssize_t tail_len,
+                PyObject **feed, Record **record) {
     PyObject *key = Py_BuildValue("(y#y#)", line, name_len, tail, tail_len);
-    if (key == NULL) return NULL;
-    PyObject *feed = PyDict_GetItemWithError(feeds, key);
-    if (feed != NULL && feed != Py_None) { /* None: a miss, as feeds.get() sees it */
-        Py_INCREF(feed);
+    if (key == NULL) return -1;
+    PyObject *found = PyDict_GetItemWithError(c->feeds, key);
+    if (found != NULL && found != Py_None) { /* None: a miss, as feeds.get() sees it */
+        *feed = Py_NewRef(found);
     } else if (!PyErr_Occurred()) {
         PyObject *value = PyBytes_FromStringAndSize(s, n);
         PyObject *whole = PyBytes_FromStringAndSize(line, len);
         if (value != NULL && whole != NULL)
-            feed = PyObject_CallFunctionObjArgs(feed_for, key, value, whole, NULL);
+            *feed = PyObject_CallFunctionObjArgs(c->feed_for, key, value, whole, NULL);
         Py_XDECREF(value);
         Py_XDECREF(whole);
     }
+    if (*feed != NULL && c->table->feeds == c->feeds) {
+        follow(c->table, c->feeds); /* (cleared in place meanwhile: start over) */
+        found = PyDict_GetItemWithError(c->feeds, key); /* what feed_for left there */
+        if (found == *feed)
+            *record = insert(c->table, h, line, name_len, tail, tail_len, *feed);
+        else if (found == NULL && PyErr_Occurred())
+            Py_CLEAR(*feed);
+    }
     Py_DECREF(key);
-    return feed;
+    return *feed == NULL ? -1 : 0;
 }
 
-static int one_line(PyObject *feeds, PyObject *feed_for, PyObject *failed, const char *line,
-                    Py_ssize_t len) {
+typedef struct { /* one line, split as the Python loop splits it */
+    const char *line, *value, *tail;
+    Py_ssize_t len, name_len, n, tail_len;
+    uint64_t hash;
+} Line;
+
+static inline void split(const char *line, Py_ssize_t len, Line *l) {
     const char *end = line + len;
     const char *colon = memchr(line, ':', len);
     const char *value = colon ? colon + 1 : end;
     const char *pipe = memchr(value, '|', end - value);
     const char *value_end = pipe ? pipe : end;
-    const char *tail = pipe ? pipe + 1 : end;
-    Py_ssize_t name_len = (colon ? colon : end) - line, n = value_end - value;
-    PyObject *feed = find_feed(feeds, feed_for, line, len, name_len, value, n, tail, end - tail);
-    if (feed == NULL) return FAILED;
-    int r = apply(feed, value, n);
-    if (r == DECLINED) r = call_feed(feed, failed, line, len, value, n);
+    l->line = line;
+    l->len = len;
+    l->value = value;
+    l->tail = pipe ? pipe + 1 : end;
+    l->name_len = (colon ? colon : end) - line;
+    l->n = value_end - value;
+    l->tail_len = end - l->tail;
+    l->hash = key_hash(line, l->name_len, l->tail, l->tail_len);
+}
+
+static int one_line(Context *c, const Line *l) {
+    Record *r = c->table->feeds == c->feeds
+                    ? lookup(c->table, l->hash, l->line, l->name_len, l->tail, l->tail_len)
+                    : NULL;
+    if (r != NULL) {
+        int done = apply(r, l->value, l->n);
+        if (done != DECLINED) return done;
+        PyObject *feed = Py_NewRef(r->feed); /* (a feed may replace the table's records) */
+        done = call_feed(feed, c->failed, l->line, l->len, l->value, l->n);
+        Py_DECREF(feed);
+        return done;
+    }
+    PyObject *feed = NULL;
+    if (miss(c, l->hash, l->line, l->len, l->name_len, l->value, l->n, l->tail, l->tail_len,
+             &feed, &r) < 0)
+        return FAILED;
+    Record local;
+    if (r == NULL) classify(feed, &local);
+    int done = apply(r != NULL ? r : &local, l->value, l->n);
+    if (done == DECLINED) done = call_feed(feed, c->failed, l->line, l->len, l->value, l->n);
     Py_DECREF(feed);
-    return r;
+    return done;
+}
+
+/* Ask the memory for what a group of lines will touch (index slots, then records, then
+   accumulators) before touching any, so the cache misses overlap.  Only hints: the lines
+   are then looked up one by one as usual. */
+static void prefetch(Table *t, const Line *lines, int count) {
+    if (t->slots == NULL) return;
+    for (int i = 0; i < count; i++) __builtin_prefetch(&t->slots[lines[i].hash & t->mask]);
+    for (int i = 0; i < count; i++) {
+        uint32_t slot = t->slots[lines[i].hash & t->mask];
+        if (slot != 0) __builtin_prefetch(record_at(t, slot));
+    }
+    for (int i = 0; i < count; i++) {
+        uint32_t slot = t->slots[lines[i].hash & t->mask];
+        if (slot != 0 && record_at(t, slot)->self != NULL)
+            __builtin_prefetch(record_at(t, slot)->self);
+    }
 }
 
 static PyObject *max_values_name, *max_members_name; /* interned by configure() */
@@ -269,38 +570,225 @@ static int read_limit(PyObject *name, Py_ssize_t *limit) {
 }
 
 static int read_limits(void) {
+    if (counter_add == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() was not called");
+        return -1;
+    }
     if (read_limit(max_values_name, &max_values) < 0) return -1;
     return read_limit(max_members_name, &max_members);
 }
 
-/* ingest(datagram, feeds, feed_for, failed): every line of the datagram (the caller counts
-   them first, so a line that raises still counts, as in Python). */
-static PyObject *ingest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyDict_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "ingest(datagram: bytes, feeds: dict, feed_for, failed)");
-        return NULL;
+/* Lines in ``n`` bytes, as Python counts them: split's parts, less the empty one after a
+   final newline. */
+static Py_ssize_t lines_in(const char *p, Py_ssize_t n) {
+    Py_ssize_t count = 0;
+    if (n == 0) return 0;
+    for (const char *q = p, *end = p + n; (q = memchr(q, '\n', end - q)) != NULL; q++) count++;
+    return count + 1 - (p[n - 1] == '\n');
+}
+
+#define GROUP 16 /* lines split and prefetched together */
+
+/* Every line of a datagram, adding its lines to *lines (all of them even when one raises,
+   as Python counts before its loop).  -1 with an exception set. */
+static int datagram(Context *c, const char *p, Py_ssize_t size, Py_ssize_t *lines) {
+    const char *end = p + size, *line = p;
+    Line group[GROUP];
+    int r = 0;
+    follow(c->table, c->feeds);
+    Py_INCREF(c->feeds); /* a feed_for may replace the aggregator's dict: keep this one */
+    while (line < end && r == 0) {
+        int count = 0;
+        for (; line < end && count < GROUP; count++) {
+            const char *nl = memchr(line, '\n', end - line);
+            const char *stop = nl ? nl : end;
+            split(line, stop - line, &group[count]);
+            line = nl ? nl + 1 : end;
+        }
+        *lines += count;
+        if (c->table->feeds == c->feeds) prefetch(c->table, group, count);
+        for (int i = 0; i < count && r == 0; i++)
+            if (group[i].len > 0 && one_line(c, &group[i]) < 0) r = -1;
     }
-    if (counter_add == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "configure() was not called");
+    *lines += lines_in(line, end - line); /* those after a line that raised */
+    Py_DECREF(c->feeds);
+    return r;
+}
+
+/* Table.ingest(datagram, feeds, feed_for, failed) -> lines: Aggregator.ingest's loop. */
+static PyObject *table_ingest(Table *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "ingest(datagram: bytes, feeds: dict, feed_for, failed)");
         return NULL;
     }
     if (read_limits() < 0) return NULL;
-    const char *p = PyBytes_AS_STRING(args[0]);
-    const char *end = p + PyBytes_GET_SIZE(args[0]);
-    Py_INCREF(args[1]); /* a feed_for may replace the aggregator's dict: keep this one alive */
-    for (const char *line = p; line < end;) {
-        const char *nl = memchr(line, '\n', end - line);
-        const char *stop = nl ? nl : end;
-        if (stop > line && one_line(args[1], args[2], args[3], line, stop - line) < 0) {
-            Py_DECREF(args[1]);
-            return NULL;
-        }
-        if (nl == NULL) break;
-        line = nl + 1;
+    Context c = {self, args[1], args[2], args[3]};
+    Py_ssize_t lines = 0;
+    if (datagram(&c, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), &lines) < 0)
+        return NULL;
+    return PyLong_FromSsize_t(lines);
+}
+
+/* ---------------------------------------------------------------- batch receive */
+
+#define BATCH 64
+#define SLOT 65535 /* as recv(65535): no UDP payload is longer */
+
+static char *buffer; /* BATCH slots, mapped once; pages are only touched as datagrams land */
+
+/* ingest_failed(datagram) for a datagram whose ingest raised, called as from an except
+   block (so its logging sees the exception); -1 if it raised itself. */
+static int report(PyObject *errored, const char *p, Py_ssize_t n) {
+    PyObject *error = fetch_error();
+    PyObject *data = PyBytes_FromStringAndSize(p, n);
+    PyObject *saved = PyErr_GetHandledException();
+    PyErr_SetHandledException(error);
+    PyObject *r = data == NULL ? NULL : PyObject_CallOneArg(errored, data);
+    PyErr_SetHandledException(saved);
+    Py_XDECREF(saved);
+    Py_XDECREF(data);
+    Py_DECREF(error);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+typedef struct {
+    Py_ssize_t datagrams, bytes, lines;
+    int error; /* errno of a receive error other than EAGAIN, else 0 */
+} Totals;
+
+static int receive_batch(Context *c, PyObject *owner, PyObject *name, PyObject *errored,
+                         int fd, unsigned int want, Totals *t, int *more) {
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    memset(msgs, 0, sizeof msgs);
+    for (unsigned int i = 0; i < want; i++) {
+        iov[i].iov_base = buffer + (size_t)i * SLOT;
+        iov[i].iov_len = SLOT;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
     }
-    Py_DECREF(args[1]);
+    int got;
+    Py_BEGIN_ALLOW_THREADS
+    do got = recvmmsg(fd, msgs, want, MSG_DONTWAIT, NULL);
+    while (got < 0 && errno == EINTR);
+    Py_END_ALLOW_THREADS
+    *more = got == (int)want;
+    if (got < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) t->error = errno;
+        return 0;
+    }
+    if (read_limits() < 0) return -1;
+    for (int i = 0; i < got; i++) {
+        const char *p = iov[i].iov_base;
+        Py_ssize_t n = msgs[i].msg_len;
+        t->datagrams++;
+        t->bytes += n;
+        PyObject *feeds = PyObject_GetAttr(owner, name); /* the aggregator's dict of now */
+        if (feeds == NULL || !PyDict_Check(feeds)) {
+            Py_XDECREF(feeds);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "feeds must be a dict");
+            return -1;
+        }
+        c->feeds = feeds;
+        int r = datagram(c, p, n, &t->lines);
+        Py_DECREF(feeds);
+        if (r < 0 && (!PyErr_ExceptionMatches(PyExc_Exception) || report(errored, p, n) < 0))
+            return -1;
+    }
+    return 0;
+}
+
+/* Table.receive(fd, limit, owner, attribute, feed_for, failed, errored):
+   read up to ``limit`` datagrams from the non-blocking socket ``fd`` with recvmmsg, BATCH at
+   a time, until it has none; ingest each (the feeds dict is ``getattr(owner, attribute)``
+   at each datagram, as the aggregator may replace it); a datagram whose ingest raises an
+   Exception goes to errored(datagram), called as from an except block.  Returns
+   (datagrams, bytes, lines, errno): errno is that of a receive error other than EAGAIN
+   (which ends the call), else 0.  If errored raises, so does this (the counts are lost). */
+static PyObject *table_receive(Table *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyLong_Check(args[0]) || !PyLong_Check(args[1]) ||
+        !PyUnicode_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "receive(fd, limit, owner, attribute: str, feed_for, failed, errored)");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if ((fd == -1 || limit == -1) && PyErr_Occurred()) return NULL;
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+        return NULL;
+    }
+    if (buffer == NULL) {
+        void *mapped = mmap(NULL, (size_t)BATCH * SLOT, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (mapped == MAP_FAILED) return PyErr_SetFromErrno(PyExc_OSError);
+        buffer = mapped;
+    }
+    Context c = {self, NULL, args[4], args[5]};
+    Totals t = {0, 0, 0, 0};
+    for (int more = 1; more && t.datagrams < limit && t.error == 0;) {
+        Py_ssize_t want = limit - t.datagrams < BATCH ? limit - t.datagrams : BATCH;
+        if (receive_batch(&c, args[2], args[3], args[6], (int)fd, (unsigned int)want, &t, &more) < 0)
+            return NULL;
+    }
+    return Py_BuildValue("nnni", t.datagrams, t.bytes, t.lines, t.error);
+}
+
+/* Table.follow(feeds): forget every record now if ``feeds`` is not the dict mirrored (so a
+   swapped-out interval is not kept alive until the next datagram). */
+static PyObject *table_follow(Table *self, PyObject *feeds) {
+    if (!PyDict_Check(feeds)) {
+        PyErr_SetString(PyExc_TypeError, "follow(feeds: dict)");
+        return NULL;
+    }
+    if (self->feeds != NULL && self->feeds != feeds) reset(self);
     Py_RETURN_NONE;
 }
+
+static PyObject *table_len(Table *self, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromSize_t(self->count);
+}
+
+static void table_dealloc(Table *self) {
+    reset(self);
+    PyMem_Free(self->arena);
+    PyMem_Free(self->slots);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *table_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Table() takes no arguments");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0); /* zeroed: an empty table mirroring nothing */
+}
+
+static PyMethodDef table_methods[] = {
+    {"ingest", (PyCFunction)(void (*)(void))table_ingest, METH_FASTCALL,
+     "ingest(datagram, feeds, feed_for, failed) -> lines: Aggregator.ingest's loop."},
+    {"receive", (PyCFunction)(void (*)(void))table_receive, METH_FASTCALL,
+     "receive(fd, limit, owner, attribute, feed_for, failed, errored) -> "
+     "(datagrams, bytes, lines, errno)"},
+    {"follow", (PyCFunction)table_follow, METH_O,
+     "follow(feeds): drop every record unless feeds is the dict mirrored"},
+    {"records", (PyCFunction)table_len, METH_NOARGS, "records(): line shapes cached now"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TableType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "statsd_ao._hotpath.Table",
+    .tp_basicsize = sizeof(Table),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Line shapes -> feeds, over raw bytes, in front of an aggregator's feeds dict.",
+    .tp_new = table_new,
+    .tp_dealloc = (destructor)table_dealloc,
+    .tp_methods = table_methods,
+};
 
 static int slot_of(PyObject *descriptor, Slot *slot) {
     if (Py_TYPE(descriptor) != &PyMemberDescr_Type) {
@@ -345,9 +833,8 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+
 static PyMethodDef methods[] = {
-    {"ingest", (PyCFunction)(void (*)(void))ingest, METH_FASTCALL,
-     "ingest(datagram, feeds, feed_for, failed): Aggregator.ingest's loop."},
     {"configure", configure, METH_VARARGS,
      "configure((the add functions, partial), (the slot descriptors), the limits' module)"},
     {NULL, NULL, 0, NULL},
@@ -358,4 +845,15 @@ static struct PyModuleDef module_def = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__hotpath(void) { return PyModule_Create(&module_def); }
+PyMODINIT_FUNC PyInit__hotpath(void) {
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed)
+        seed = (uint64_t)(uintptr_t)&seed ^ (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
+    if (PyType_Ready(&TableType) < 0) return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) return NULL;
+    if (PyModule_AddObjectRef(module, "Table", (PyObject *)&TableType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -26,7 +26,7 @@ from functools import partial
 from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
 from statsd_ao.cardinality import OVERFLOW_TAG, CardinalityGuard
 from statsd_ao.events import CHECK_PREFIX, EVENT_PREFIX, Event, parse_event, parse_service_check
-from statsd_ao.hotpath import INGEST, Feed, Ingest
+from statsd_ao.hotpath import NATIVE, Errored, Feed, Feeds, Native
 from statsd_ao.mapping import MappingRules
 from statsd_ao.protocol import (
     Kind,
@@ -134,10 +134,11 @@ class Aggregator:
         max_sample_age: float = DEFAULT_MAX_SAMPLE_AGE,
         shape_limit: int = DEFAULT_SHAPE_LIMIT,
         feed_limit: int = DEFAULT_FEED_LIMIT,
-        hot: Ingest | None = INGEST,
+        hot: Native | None = NATIVE,
     ) -> None:
         self._naming = naming
-        self._hot = hot
+        # The C loop's line-shape table (statsd_ao/hotpath.py), in front of self._feeds.
+        self._table = hot() if hot is not None else None
         self.guard = guard
         self._container_tag = container_tag
         self._interval = interval
@@ -153,20 +154,44 @@ class Aggregator:
         self._feed_limit = feed_limit
         self._shapes: dict[tuple[bytes, bytes], Resolved | ParseError] = {}
         self._gauges: dict[SeriesKey, Gauge] = {}
-        self._feeds: dict[tuple[bytes, bytes], Feed] = {}
+        # Replaced, never cleared, whenever its feeds become invalid: the C table caches it
+        # by identity (swap, forget, the feed limit).
+        self._feeds: Feeds = {}
         self._now = Snapshot()
 
     def ingest(self, datagram: bytes) -> None:
         """Aggregate every line of a datagram.  Never raises on any input."""
         if not datagram:
             return
-        if self._hot is not None:  # the same loop in C (statsd_ao/hotpath.py)
-            self._now.lines += datagram.count(b"\n") + 1 - datagram.endswith(b"\n")
-            self._hot(datagram, self._feeds, self._feed_for, self._failed)
+        if self._table is not None:  # the same loop in C (statsd_ao/hotpath.py)
+            try:
+                count = self._table.ingest(datagram, self._feeds, self._feed_for, self._failed)
+            except BaseException:  # (a bug) its lines still count, as in Python
+                self._now.lines += datagram.count(b"\n") + 1 - datagram.endswith(b"\n")
+                raise
+            self._now.lines += count
             return
         lines = datagram.split(b"\n")
         self._now.lines += len(lines) - datagram.endswith(b"\n")
         self._lines(lines)
+
+    @property
+    def receives(self) -> bool:
+        """`receive` is available: the C loop is loaded."""
+        return self._table is not None
+
+    def receive(self, fd: int, limit: int, errored: Errored) -> tuple[int, int, int]:
+        """Read up to ``limit`` datagrams from the non-blocking socket ``fd`` (recvmmsg, in
+        C) and ingest each, until it has none.  A datagram whose ingest raised (a bug) goes
+        to ``errored``, called as from an except block.  (datagrams, bytes, errno of a
+        receive error other than EAGAIN, else 0)."""
+        if self._table is None:
+            raise RuntimeError("receive() needs the C loop (see .receives)")
+        datagrams, size, lines, error = self._table.receive(
+            fd, limit, self, "_feeds", self._feed_for, self._failed, errored
+        )
+        self._now.lines += lines
+        return datagrams, size, error
 
     def _lines(self, lines: list[bytes]) -> None:
         """The pure Python loop (the C loop's definition), without the line count."""
@@ -188,6 +213,8 @@ class Aggregator:
     def swap(self) -> Snapshot:
         """Hand over this interval's data and start a fresh interval, in O(1)."""
         done, self._now, self._feeds = self._now, Snapshot(), {}
+        if self._table is not None:  # (it would keep the old interval until the next line)
+            self._table.follow(self._feeds)
         now = self._clock()
         self._current_start = now - now % self._interval
         return done
@@ -293,7 +320,7 @@ class Aggregator:
                 except ParseError as error:  # a timestamp out of range: same for the key
                     feed = _rejecter(error.reason)
         if len(self._feeds) >= self._feed_limit:
-            self._feeds.clear()
+            self._feeds = {}  # replaced, not cleared (see __init__)
         self._feeds[key] = feed
         return feed
 

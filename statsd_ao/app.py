@@ -28,7 +28,7 @@ from statsd_ao.flusher import Flusher, FlushReport
 from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.health import HealthState, HttpServer, assess, cardinality_status, start_http
 from statsd_ao.idle import IdleKeeper
-from statsd_ao.listeners import DatagramListener
+from statsd_ao.listeners import DatagramListener, Receive
 from statsd_ao.logs import RateLimitedLog
 from statsd_ao.mapping import MappingError, MappingRules
 from statsd_ao.measurements import Converter, Measurement
@@ -108,7 +108,7 @@ class App:
         self.pool = WorkerPool(config, config.workers) if config.workers > 1 else None
         udp = config.udp if self.pool is None else None
         self.datagrams = [
-            DatagramListener(target, self.aggregator.ingest, config.rcvbuf)
+            DatagramListener(target, self.aggregator.ingest, config.rcvbuf, receive=self._receive())
             for target in (udp, config.unix)
             if target is not None
         ]
@@ -155,6 +155,10 @@ class App:
         self.reloading: set[asyncio.Task[bool]] = set()
         if remapping is not None:
             remapping.on_rules = self._remapped
+
+    def _receive(self) -> Receive | None:
+        """The C loop's batch reader for the datagram listeners, when it is loaded."""
+        return self.aggregator.receive if self.aggregator.receives else None
 
     async def run(self) -> int:
         if not await self.start():

@@ -6,6 +6,11 @@ Python loop.  Both give the same results (tests/test_hotpath.py compares them on
 input); the C loop applies the common cases to the same accumulator objects and hands
 every other line to the aggregator's Python code, which stays the one definition of what a
 line means.
+
+Its `Table` caches line shapes over their raw bytes in front of the aggregator's feeds dict
+(the source of truth), tied to that dict's identity: an aggregator invalidates every cached
+feed by *replacing* its dict, never by clearing it.  ``Table.receive`` reads a socket with
+``recvmmsg`` and ingests every datagram in C.
 """
 
 from __future__ import annotations
@@ -19,20 +24,42 @@ from statsd_ao import accumulators
 from statsd_ao.accumulators import Counter, Gauge, SetOf, Summary
 
 Feed = Callable[[bytes], None]
+Feeds = dict[tuple[bytes, bytes], Feed]
 FeedFor = Callable[[tuple[bytes, bytes], bytes, bytes], Feed]
 Failed = Callable[[Feed, bytes, bytes, ValueError], None]
+Errored = Callable[[bytes], None]
 DISABLE = "STATSD_AO_PURE_PYTHON"
 
 
-class Ingest(Protocol):
-    def __call__(
+class Table(Protocol):
+    """statsd_ao._hotpath.Table: one per aggregator."""
+
+    def ingest(self, datagram: bytes, feeds: Feeds, feed_for: FeedFor, failed: Failed, /) -> int:
+        """The lines of the datagram, as the Python loop counts them."""
+        ...
+
+    def receive(  # noqa: PLR0917 (the C function's positional signature)
         self,
-        datagram: bytes,
-        feeds: dict[tuple[bytes, bytes], Feed],
+        fd: int,
+        limit: int,
+        owner: object,
+        attribute: str,
         feed_for: FeedFor,
         failed: Failed,
+        errored: Errored,
         /,
-    ) -> None: ...
+    ) -> tuple[int, int, int, int]:
+        """(datagrams, bytes, lines, errno): see _hotpath.c."""
+        ...
+
+    def follow(self, feeds: Feeds, /) -> None:
+        """Drop every record now unless ``feeds`` is the dict mirrored."""
+        ...
+
+    def records(self) -> int: ...
+
+
+Native = Callable[[], Table]
 
 
 def disabled() -> bool:
@@ -40,8 +67,8 @@ def disabled() -> bool:
     return os.environ.get(DISABLE, "") not in {"", "0"}
 
 
-def load() -> Ingest | None:
-    """The C ``ingest``, configured; None if it is not built or is switched off."""
+def load() -> Native | None:
+    """The C `Table` type, configured; None if it is not built or is switched off."""
     if disabled():
         return None
     try:
@@ -59,17 +86,17 @@ def load() -> Ingest | None:
         tuple(vars(owner)[name] for name, owner in slots),
         accumulators,  # MAX_SUMMARY_VALUES and MAX_SET_MEMBERS, read at each datagram
     )
-    ingest: Ingest = _hotpath.ingest
-    return ingest
+    native: Native = _hotpath.Table
+    return native
 
 
-INGEST = load()
+NATIVE = load()
 
 
 def describe() -> str:
     """Which loop runs, for the start-up log."""
-    if INGEST is not None:
-        return "C loop (statsd_ao/_hotpath.c)"
+    if NATIVE is not None:
+        return "C loop (statsd_ao/_hotpath.c: shape table, recvmmsg)"
     if disabled():
         return f"pure Python ({DISABLE} is set)"
-    return "pure Python (the C loop is not built: install with a C compiler for ~2x the speed)"
+    return "pure Python (the C loop is not built: install with a C compiler for ~3x the speed)"

@@ -17,6 +17,7 @@ import socket
 import stat
 from collections.abc import Callable
 
+from statsd_ao.hotpath import Errored
 from statsd_ao.logs import RateLimitedLog
 from statsd_ao.settings import Address
 
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 DRAIN_LIMIT = 1000
 # The largest UDP payload, so no datagram is ever truncated.
 MAX_DATAGRAM = 65535
+# Reads and ingests up to a number of datagrams natively (`Aggregator.receive`):
+# (datagrams, bytes, errno of a receive error or 0).
+Receive = Callable[[int, int, Errored], tuple[int, int, int]]
 # Unix socket permissions: the owner and its group may send (clients in a pod share a group
 # via fsGroup); others may not.
 UNIX_MODE = 0o660
@@ -41,7 +45,11 @@ class DatagramListener:
         rcvbuf: int,
         *,
         reuse_port: bool = False,
+        receive: Receive | None = None,
     ) -> None:
+        """``receive``, when given, reads and ingests in C (``recvmmsg``) in place of a
+        Python ``recv`` and ``ingest`` per datagram."""
+        self._receive = receive
         self._reuse_port = reuse_port  # several processes on one port (--workers)
         self._target = target  # an Address for UDP, a filesystem path for a Unix socket
         self._ingest = ingest
@@ -125,6 +133,24 @@ class DatagramListener:
     def _drain(self) -> bool:
         """Read up to DRAIN_LIMIT datagrams; True when the limit was hit (more may wait)."""
         assert self._sock is not None
+        if self._receive is not None:
+            count, size, error = self._receive(self._sock.fileno(), DRAIN_LIMIT, self._errored)
+            if error:
+                log.warning("udp receive error: %s", os.strerror(error))
+        else:
+            count, size = self._read()
+        self.datagrams += count
+        self.bytes += size
+        return count >= DRAIN_LIMIT
+
+    def _errored(self, data: bytes) -> None:
+        """``ingest`` raised on ``data`` (called from its except block)."""
+        self.errors += 1
+        ingest_failed(data)
+
+    def _read(self) -> tuple[int, int]:
+        """The Python way: recv and ingest one datagram at a time."""
+        assert self._sock is not None
         recv, ingest = self._sock.recv, self._ingest
         count = size = 0
         try:
@@ -135,15 +161,12 @@ class DatagramListener:
                 try:
                     ingest(data)
                 except Exception:  # a bug in ingest: lose that datagram, keep reading
-                    self.errors += 1
-                    ingest_failed(data)
+                    self._errored(data)
         except BlockingIOError:
             pass
         except OSError as error:  # e.g. ECONNREFUSED echoes on some kernels: never fatal
             log.warning("udp receive error: %s", error)
-        self.datagrams += count
-        self.bytes += size
-        return count >= DRAIN_LIMIT
+        return count, size
 
 
 _bug_log = RateLimitedLog(log, 60.0)

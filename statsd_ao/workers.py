@@ -52,7 +52,10 @@ async def _serve(config: Config, conn: Connection, address: Address) -> None:
     aggregator = make_aggregator(config, None, mapping)  # the coordinator guards the merge
     gc_policy = GcPolicy()  # as in the main process: no full collections over the interval
     gc_policy.start()
-    listener = DatagramListener(address, aggregator.ingest, config.rcvbuf, reuse_port=True)
+    receive = aggregator.receive if aggregator.receives else None
+    listener = DatagramListener(
+        address, aggregator.ingest, config.rcvbuf, reuse_port=True, receive=receive
+    )
     listener.open(loop)
     conn.send("ready")
     done = asyncio.Event()

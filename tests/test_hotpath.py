@@ -8,8 +8,11 @@ arbitrary datagrams, near-valid lines and every spelling of a number.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import random
+import socket
 import sys
 from typing import Any
 
@@ -22,7 +25,7 @@ from statsd_ao.accumulators import Accumulator, Running
 from statsd_ao.aggregator import Aggregator, Snapshot
 from statsd_ao.sanitize import Naming
 
-HOT = hotpath.INGEST
+HOT = hotpath.NATIVE
 needs_c = pytest.mark.skipif(
     HOT is None and hotpath.disabled(),
     reason=f"{hotpath.DISABLE} is set: the pure-Python loop is under test",
@@ -222,3 +225,154 @@ def test_configuring_again_holds_no_extra_references() -> None:
         hotpath.load()
     after = sys.getrefcount(accumulators.Counter)  # (outside assert: its rewriting holds one)
     assert after == before  # was +100: a leak per call
+
+
+# ---------------------------------------------------------------- the shape table and receive
+
+OPERATIONS = st.lists(
+    st.one_of(
+        DATAGRAMS.map(lambda d: ("ingest", d)),
+        st.just(("swap", b"")),
+        st.just(("forget", b"")),
+        st.just(("remap", b"")),
+    ),
+    max_size=12,
+)
+
+
+def apply_operations(agg: Aggregator, operations: list[tuple[str, bytes]]) -> list[Any]:
+    """Run the operations; the state of every interval handed over."""
+    random.seed(7)
+    states = []
+    for operation, datagram in operations:
+        if operation == "ingest":
+            agg.ingest(datagram)
+        elif operation == "swap":
+            states.append(snapshot_state(agg.swap()))
+        elif operation == "forget":
+            agg.forget(list(agg.current)[::2])
+        else:  # what Aggregator.remap does on main: every cached shape and feed dropped
+            agg._shapes = {}
+            agg._feeds = {}
+    states.append(snapshot_state(agg.swap()))
+    return states
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(OPERATIONS, st.sampled_from([3, 10, 200_000]))
+def test_the_same_state_across_swaps_forgets_and_replaced_feeds(
+    operations: list[tuple[str, bytes]], feed_limit: int
+) -> None:
+    fast, pure = aggregators(feed_limit=feed_limit)
+    assert apply_operations(fast, operations) == apply_operations(pure, operations)
+
+
+@needs_c
+def test_a_feeds_dict_cleared_in_place_is_noticed() -> None:
+    # The contract is to replace the dict; a clear() (it shrinks) still resets the table.
+    fast, pure = aggregators()
+    for agg in (fast, pure):
+        agg.ingest(b"a:1|c\nb:1|c")
+        agg.forget([])  # new dict, same accumulators through new feeds
+        agg.ingest(b"a:1|c")
+        snapshot = agg.swap()
+        agg._feeds = {(b"a", b"c"): snapshot.series[next(iter(snapshot.series))].add}
+        agg._feeds.clear()
+        agg.ingest(b"a:1|c\na:2|c")
+    assert snapshot_state(fast.swap()) == snapshot_state(pure.swap())
+
+
+@needs_c
+def test_a_counter_total_read_earlier_is_not_changed_by_later_lines() -> None:
+    # Floats are updated in place only while the accumulator holds the one reference.
+    fast, _ = aggregators()
+    fast.ingest(b"a:1|c\na:1|c")
+    (counter,) = fast.current.values()
+    seen = counter.total  # type: ignore[union-attr]
+    fast.ingest(b"a:5|c\ng:3|g\ng:+1|g")
+    assert seen == 2.0
+    assert counter.total == 7.0  # type: ignore[union-attr]
+
+
+def udp_pair() -> tuple[socket.socket, socket.socket]:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.connect(receiver.getsockname())
+    return receiver, sender
+
+
+def received(agg: Aggregator, datagrams: list[bytes], limit: int = 1000) -> tuple[Any, ...]:
+    """Send the datagrams to a fresh socket, drain it through ``agg.receive``."""
+    receiver, sender = udp_pair()
+    errors: list[bytes] = []
+    totals = [0, 0]
+    with receiver, sender:
+        for datagram in datagrams:
+            sender.send(datagram)
+        while True:
+            count, size, error = agg.receive(receiver.fileno(), limit, errors.append)
+            assert error == 0
+            totals[0] += count
+            totals[1] += size
+            if count < limit:
+                break
+    return totals[0], totals[1], errors
+
+
+@needs_c
+@settings(max_examples=100, deadline=None)
+@given(st.lists(DATAGRAMS, max_size=80), st.sampled_from([1, 7, 1000]))
+def test_receive_leaves_the_state_of_ingesting_each_datagram(
+    datagrams: list[bytes], limit: int
+) -> None:
+    fast, pure = aggregators()
+    random.seed(7)
+    count, size, errors = received(fast, datagrams, limit)
+    random.seed(7)
+    for datagram in datagrams:
+        pure.ingest(datagram)
+    assert (count, size, errors) == (len(datagrams), sum(map(len, datagrams)), [])
+    assert snapshot_state(fast.swap()) == snapshot_state(pure.swap())
+
+
+@needs_c
+def test_receive_hands_a_datagram_that_raised_to_errored_in_an_except_block() -> None:
+    seen: list[tuple[bytes, BaseException | None]] = []
+
+    def broken(raw: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    fast, pure = aggregators()
+    for agg in (fast, pure):
+        agg._feeds[(b"boom", b"c")] = broken
+    receiver, sender = udp_pair()
+    with receiver, sender:
+        for datagram in (b"a:1|c", b"a:1|c\nboom:1|c\nb:1|c", b"c:1|c"):
+            sender.send(datagram)
+            with contextlib.suppress(RuntimeError):
+                pure.ingest(datagram)
+        count, _, error = fast.receive(
+            receiver.fileno(), 10, lambda data: seen.append((data, sys.exc_info()[1]))
+        )
+    assert (count, error) == (3, 0)
+    assert [data for data, _ in seen] == [b"a:1|c\nboom:1|c\nb:1|c"]
+    assert isinstance(seen[0][1], RuntimeError)
+    assert snapshot_state(fast.swap()) == snapshot_state(pure.swap())
+
+
+@needs_c
+def test_receive_reports_a_socket_error() -> None:
+    fast, _ = aggregators()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as unconnected:
+        assert fast.receive(unconnected.fileno(), 10, print)[2] == errno.ENOTCONN
+
+
+def test_receive_needs_the_c_loop() -> None:
+    _, pure = aggregators()
+    assert not pure.receives
+    with pytest.raises(RuntimeError):
+        pure.receive(0, 1, print)
