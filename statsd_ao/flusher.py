@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from statsd_ao.aggregator import Aggregator, Snapshot
 from statsd_ao.events import Event
+from statsd_ao.hotpath import Feeds
 from statsd_ao.idle import IdleKeeper
 from statsd_ao.logs import RateLimitedLog
 from statsd_ao.measurements import Converter, Measurement
@@ -50,6 +51,12 @@ class FlushReport:
     measurements: int
     rejected: int
     seconds: float
+
+
+def _free_some(table: Feeds) -> None:
+    """Let one chunk of the old interval's line shapes go."""
+    for _ in range(min(CONVERT_CHUNK, len(table))):
+        table.popitem()
 
 
 class Flusher:
@@ -143,8 +150,10 @@ class Flusher:
                     self.idle.remember(chunk)
                 pending.extend(self._converter.convert(chunk, group_stamp, self._interval))
                 del chunk  # the accumulators go now, not all at the end
+                _free_some(snapshot.feeds)
                 posted += self._submit(pending, whole_batches_only=True)
                 await asyncio.sleep(0)  # let the listener read between chunks
+        snapshot.feeds.clear()  # what the chunks left (lines shapes of no series)
         self.series_flushed = series  # before the extras, whose self-metrics report it
         pending.extend(self._closing_measurements(stamp))
         posted += self._submit(pending, whole_batches_only=False)

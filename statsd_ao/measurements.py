@@ -4,6 +4,11 @@ Names and tags arrive already sanitized (see `statsd_ao.sanitize`); only derived
 (percentile suffixes) are fitted here.  Values the API cannot take (NaN, infinities, anything
 of magnitude 1e126 or more, which would abort the whole post with a 400) are dropped and
 counted in `Converter.dropped`, never posted.
+
+The common cases run in C when the extension is built (statsd_ao/_convert.c): it builds the
+same measurements for every item it fully understands and hands the rest (anything to drop
+or fit) back to the Python code here, which stays the definition.  tests/test_convert.py
+compares the two.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import NotRequired, TypedDict
 
+from statsd_ao import hotpath
 from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
 from statsd_ao.aggregator import SeriesKey
-from statsd_ao.sanitize import fit_name
+from statsd_ao.sanitize import MAX_NAME, fit_name
 
 # The API aborts a whole request over a value whose exponent exceeds 10^126 (seed 001,
 # "Float Restrictions"); anything at or above this magnitude is never posted.
@@ -131,6 +138,26 @@ def postable(number: float) -> bool:
     return math.isfinite(number) and abs(number) < MAX_MAGNITUDE
 
 
+def load_native() -> ModuleType | None:
+    """statsd_ao._convert, configured; None if it is not built or is switched off."""
+    if hotpath.disabled():
+        return None
+    try:
+        from statsd_ao import _convert  # type: ignore[attr-defined]  # noqa: PLC0415
+    except ImportError:
+        return None
+    slots = [(Counter, "total"), (Gauge, "value"), (Summary, "values"), (Summary, "weights")]
+    slots += [(Summary, "running"), (SetOf, "members")]
+    _convert.configure(tuple(vars(owner)[name] for owner, name in slots))
+    module: ModuleType = _convert
+    return module
+
+
+NATIVE = load_native()
+
+Items = Iterable[tuple[SeriesKey, Accumulator]]
+
+
 class Converter:
     """Builds measurements for one interval; counts what it had to drop, by reason."""
 
@@ -140,21 +167,37 @@ class Converter:
         *,
         style: str = "p",
         always_suffix_percentile: bool = False,
+        native: bool = True,
     ) -> None:
         """``style`` "p": ``x.p90`` values; "backend": ``x.90`` summaries, as the incumbent
-        backend posted them (its 100th percentile only with ``always_suffix_percentile``)."""
+        backend posted them (its 100th percentile only with ``always_suffix_percentile``).
+        ``native``: use the C conversion when it is built (False: Python only)."""
         self._backend = style == "backend"
         if self._backend:
             kept = [p for p in percentiles if p < 100 or always_suffix_percentile]
             self._suffixes = [(p, "." + _js_number(p)) for p in kept]
         else:
             self._suffixes = [(p, percentile_suffix(p)) for p in percentiles]
+        # The C code does "p" style percentiles only; None hands it no summary.
+        self._native_suffixes = (
+            None if self._backend else tuple((float(p), s) for p, s in self._suffixes)
+        )
+        self._native = NATIVE if native else None
         self.dropped: dict[str, int] = {}
 
-    def convert(
-        self, items: Iterable[tuple[SeriesKey, Accumulator]], time: int, period: int
-    ) -> list[Measurement]:
+    def convert(self, items: Items, time: int, period: int) -> list[Measurement]:
         """Measurements for ``items`` (e.g. a slice of `Snapshot.series`)."""
+        if self._native is None or not isinstance(items, list):
+            return self._convert(items, time, period)
+        out: list[Measurement]
+        out, rest = self._native.convert(
+            items, time, period, self._native_suffixes, COUNTER_ATTRIBUTES, MAX_NAME
+        )
+        if rest:
+            out.extend(self._convert(rest, time, period))
+        return out
+
+    def _convert(self, items: Items, time: int, period: int) -> list[Measurement]:
         out: list[Measurement] = []
         for (_kind, name, tag_pairs), acc in items:
             base = Measurement(name=name, tags=dict(tag_pairs), time=time, period=period)
@@ -189,7 +232,7 @@ class Converter:
             m = base.copy()
             m["name"] = fit_name(base["name"] + suffix)
             if self._backend:
-                self._add_backend(out, m, backend_percentile(ordered, percentile))
+                self._add_backend(out, m, ordered, percentile)
                 continue
             value = nearest_rank(ordered, percentile)
             if not postable(value):
@@ -198,7 +241,14 @@ class Converter:
             m["value"] = value
             out.append(m)
 
-    def _add_backend(self, out: list[Measurement], m: Measurement, stats: Stats | None) -> None:
+    def _add_backend(
+        self, out: list[Measurement], m: Measurement, ordered: list[float], percentile: float
+    ) -> None:
+        try:
+            stats = backend_percentile(ordered, percentile)
+        except (OverflowError, ValueError):  # figures past a double's range
+            self._drop(DROPPED_VALUE)
+            return
         if stats is None:
             return
         if not all(map(postable, stats.fields())):

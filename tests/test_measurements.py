@@ -263,6 +263,18 @@ def test_summary_out_of_range_is_dropped_and_counted_never_raised(datagram: byte
         assert api_violations(m) == []
 
 
+def test_backend_percentiles_out_of_range_are_dropped_and_counted_never_raised() -> None:
+    # The lowest 90% of [0, 1.9e154] is both values: the sum of their squared deviations
+    # overflows, for the summary and for its percentile (this once raised out of the flush,
+    # losing the whole interval).
+    agg = Aggregator(Naming(GLOBAL))
+    agg.ingest(b"t:0|ms\nt:1.9e154|ms\nok:1|c")
+    converter = Converter([90.0], style="backend")
+    ms = converter.convert(agg.swap().series.items(), T0, PERIOD)
+    assert {m["name"] for m in ms} == {"ok"}
+    assert converter.dropped == {"value out of range": 2}
+
+
 def test_every_measurement_can_be_encoded() -> None:
     """A tiny sample rate makes a count beyond 64 bits, which JSON encoding refuses."""
     ms, _ = pipeline(b"t:1|ms|@1e-20\nok:1|c")
