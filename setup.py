@@ -1,8 +1,8 @@
-"""The C parts, built when a compiler is at hand: the hot path's loop (statsd_ao/_hotpath.c)
-and the flush's conversion (statsd_ao/_convert.c).
+"""The C parts, built when a compiler is at hand: the hot path's loop (statsd_ao/core/_hotpath.c)
+and the flush's conversion (statsd_ao/core/_convert.c).
 
 Everything else is in pyproject.toml.  ``optional``: without a compiler the install still
-succeeds and the pure-Python code runs instead (statsd_ao/hotpath.py says which).
+succeeds and the pure-Python code runs instead (statsd_ao/core/hotpath.py says which).
 """
 
 from setuptools import Extension, setup
@@ -12,15 +12,15 @@ FLAGS = ["-O2", "-Wall", "-Werror=implicit-function-declaration"]
 setup(
     ext_modules=[
         Extension(
-            "statsd_ao._hotpath",
-            sources=["statsd_ao/_hotpath.c"],
+            "statsd_ao.core._hotpath",
+            sources=["statsd_ao/core/_hotpath.c"],
             extra_compile_args=FLAGS,
             optional=True,
         ),
         # No fused multiply-add: the sums and squares must round as Python's do.
         Extension(
-            "statsd_ao._convert",
-            sources=["statsd_ao/_convert.c"],
+            "statsd_ao.core._convert",
+            sources=["statsd_ao/core/_convert.c"],
             extra_compile_args=[*FLAGS, "-ffp-contract=off"],
             optional=True,
         ),

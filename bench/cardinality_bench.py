@@ -20,10 +20,10 @@ import time
 import tracemalloc
 
 from bench.workload import make_lines, make_series, pack
-from statsd_ao.aggregator import Aggregator
-from statsd_ao.cardinality import DEFAULT_TOTAL_LIMIT, CardinalityGuard
-from statsd_ao.measurements import Converter
-from statsd_ao.sanitize import Naming
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.cardinality import DEFAULT_TOTAL_LIMIT, CardinalityGuard
+from statsd_ao.core.measurements import Converter
+from statsd_ao.core.sanitize import Naming
 
 
 def hot_path(guarded: bool, datagrams: list[bytes], lines: int) -> float:

@@ -14,11 +14,11 @@ import argparse
 import time
 
 from bench.workload import make_lines, make_series, pack
-from statsd_ao.aggregator import Aggregator
-from statsd_ao.batching import encode_batches
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.batching import encode_batches
+from statsd_ao.core.measurements import Converter
+from statsd_ao.core.sanitize import Naming
 from statsd_ao.gcpolicy import GcPolicy
-from statsd_ao.measurements import Converter
-from statsd_ao.sanitize import Naming
 
 
 def main() -> None:

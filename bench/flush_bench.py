@@ -7,8 +7,8 @@ Fills an `Aggregator` with ``--series`` series of the standard mix (40% counters
 as many members), then runs `statsd_ao.flusher.Flusher.flush` on a uvloop loop and waits
 until the sink has encoded every batch.  Two in-memory sinks:
 
-- ``queued``: like `statsd_ao.sink.HttpSink`, ``submit`` only enqueues; worker tasks encode
-  each batch with `statsd_ao.batching.encode` and then yield once (where the real sink awaits
+- ``queued``: like `statsd_ao.io.sink.HttpSink`, ``submit`` only enqueues; worker tasks encode
+  each batch with `statsd_ao.core.batching.encode` and then yield once (where the real sink awaits
   the network);
 - ``inline``: encodes inside ``submit`` (as the dry-run sink does), the worst case.
 
@@ -31,14 +31,14 @@ from collections.abc import Sequence
 import uvloop
 
 from bench.workload import make_series, pack
-from statsd_ao.aggregator import Aggregator
-from statsd_ao.batching import encode
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.batching import encode
+from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.sanitize import Naming
 from statsd_ao.flusher import Flusher
 from statsd_ao.gcpolicy import GcPolicy
-from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.sanitize import Naming
 
-BATCH_SIZE = 500  # statsd_ao.batching.DEFAULT_BATCH
+BATCH_SIZE = 500  # statsd_ao.core.batching.DEFAULT_BATCH
 INTERVAL = 10
 WORKERS = 4  # statsd_ao.config.DEFAULT_CONCURRENCY
 

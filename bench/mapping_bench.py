@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 
-from statsd_ao.mapping import MappingRules, parse_rules
+from statsd_ao.core.mapping import MappingRules, parse_rules
 
 
 def rules_text(count: int, seed: int = 7) -> str:

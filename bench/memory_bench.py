@@ -14,7 +14,7 @@ is built first and kept alive, so it is not counted):
    cache entry), and what is still held once `Aggregator.swap` has handed the snapshot over
    and it was dropped (the shape cache and, for gauges, the last value kept for deltas).
 2. Timer series with N values each (unsampled, then every line ``@0.5``): bytes per series.
-   Past `statsd_ao.accumulators.MAX_SUMMARY_VALUES` values a series keeps a fixed-size
+   Past `statsd_ao.core.accumulators.MAX_SUMMARY_VALUES` values a series keeps a fixed-size
    reservoir, so the figure stops growing: that is the bound per series per interval.
 3. Set series with N distinct members: a set keeps every member for the interval.
 """
@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.workload import make_series, pack
-from statsd_ao.accumulators import MAX_SUMMARY_VALUES
-from statsd_ao.aggregator import Aggregator
-from statsd_ao.sanitize import Naming
+from statsd_ao.core.accumulators import MAX_SUMMARY_VALUES
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.sanitize import Naming
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

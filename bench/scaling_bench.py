@@ -29,10 +29,10 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 from bench.workload import make_lines, make_series, pack
-from statsd_ao.aggregator import Aggregator
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.merge import Merger, from_wire, to_wire
+from statsd_ao.core.sanitize import Naming
 from statsd_ao.gcpolicy import GcPolicy
-from statsd_ao.merge import Merger, from_wire, to_wire
-from statsd_ao.sanitize import Naming
 
 _barrier: Barrier | None = None
 

@@ -1,4 +1,4 @@
-"""The durable outbox (`statsd_ao.spool`): write rate, and what it costs a flush.
+"""The durable outbox (`statsd_ao.io.spool`): write rate, and what it costs a flush.
 
 Usage: python -m bench.spool_bench [--dir D] [--passes 1,4,16,64] [--seconds S]
        [--series N] [--rounds N] [--skip-write] [--skip-flush]
@@ -6,7 +6,7 @@ Usage: python -m bench.spool_bench [--dir D] [--passes 1,4,16,64] [--seconds S]
 Two parts, both on a uvloop loop with the app's GC policy (`statsd_ao.gcpolicy`):
 
 1. Write rate.  Realistic post bodies (``--batch`` measurements each, converted from the
-   standard mix by the real `Converter` and encoded by `statsd_ao.batching.encode`) are
+   standard mix by the real `Converter` and encoded by `statsd_ao.core.batching.encode`) are
    added to a `Spool` in passes of N posts each; at the end of each pass the spool seals the
    pass into a segment (a segment is sealed early at 4 MiB) and its worker thread writes it:
    temp file, fsync, rename, fsync of the directory.  Posts whose segment is on disk are
@@ -49,13 +49,13 @@ from pathlib import Path
 import uvloop
 
 from bench.flush_bench import fill
-from statsd_ao.batching import DEFAULT_BATCH, MAX_BATCH, chunked, encode
+from statsd_ao.core.batching import DEFAULT_BATCH, MAX_BATCH, chunked, encode
+from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.flusher import Flusher
 from statsd_ao.gcpolicy import GcPolicy
-from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.sink import HttpSink
-from statsd_ao.spool import Spool, Ticket
-from statsd_ao.spoolfile import Record
+from statsd_ao.io.sink import HttpSink
+from statsd_ao.io.spool import Spool, Ticket
+from statsd_ao.io.spoolfile import Record
 
 INTERVAL = 10
 CONCURRENCY = 4  # statsd_ao.config.DEFAULT_CONCURRENCY

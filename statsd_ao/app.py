@@ -16,29 +16,30 @@ import signal
 import time
 from dataclasses import replace
 
-from statsd_ao import hotpath
-from statsd_ao.admin import AdminCommands, serve_admin
-from statsd_ao.admin_state import ProxyAdminState
-from statsd_ao.aggregator import Snapshot
-from statsd_ao.annotations import to_annotation
-from statsd_ao.cardinality import WINDOW, CardinalityGuard
 from statsd_ao.config import Config
-from statsd_ao.events import Event
+from statsd_ao.core import hotpath
+from statsd_ao.core.aggregator import Snapshot
+from statsd_ao.core.annotations import to_annotation
+from statsd_ao.core.cardinality import WINDOW, CardinalityGuard
+from statsd_ao.core.events import Event
+from statsd_ao.core.idle import IdleKeeper
+from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.core.mapping import MappingError, MappingRules
+from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.merge import Merger
+from statsd_ao.core.selfmetrics import SelfMetrics, Timings
+from statsd_ao.etsy.admin import AdminCommands, serve_admin
+from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher, FlushReport
 from statsd_ao.gcpolicy import GcPolicy
-from statsd_ao.health import HealthState, HttpServer, assess, cardinality_status, start_http
-from statsd_ao.idle import IdleKeeper
-from statsd_ao.listeners import DatagramListener, Receive
-from statsd_ao.logs import RateLimitedLog
-from statsd_ao.mapping import MappingError, MappingRules
-from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.merge import Merger
+from statsd_ao.io.address import Address
+from statsd_ao.io.health import HealthState, HttpServer, assess, cardinality_status, start_http
+from statsd_ao.io.listeners import DatagramListener, Receive
+from statsd_ao.io.sink import DryRunSink, HttpSink
+from statsd_ao.io.spool import Spool, SpoolError
+from statsd_ao.io.tcp import TcpListener
 from statsd_ao.remapping import Remapping
-from statsd_ao.selfmetrics import SelfMetrics, Timings, standard_metrics, udp_drops
-from statsd_ao.settings import Address
-from statsd_ao.sink import DryRunSink, HttpSink
-from statsd_ao.spool import Spool, SpoolError
-from statsd_ao.tcp import TcpListener
+from statsd_ao.selfreport import standard_metrics, udp_drops
 from statsd_ao.wiring import make_aggregator
 from statsd_ao.workers import WorkerPool
 

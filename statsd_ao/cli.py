@@ -10,11 +10,12 @@ from pathlib import Path
 
 import uvloop
 
-from statsd_ao import __version__, migration
+from statsd_ao import __version__
 from statsd_ao.app import run
 from statsd_ao.config import ConfigError, build
-from statsd_ao.logs import configure
-from statsd_ao.mapping import MappingError
+from statsd_ao.core.logs import configure
+from statsd_ao.core.mapping import MappingError
+from statsd_ao.etsy import migration
 from statsd_ao.remapping import read_rules
 from statsd_ao.settings import SETTINGS
 

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from statsd_ao.annotations import DEFAULT_STREAM
-from statsd_ao.batching import DEFAULT_BATCH
-from statsd_ao.cardinality import DEFAULT_LIMIT, DEFAULT_TOTAL_LIMIT
-from statsd_ao.outbox import MAX_PENDING
-from statsd_ao.retry import MAX_AGE, MAX_ATTEMPTS
-from statsd_ao.sanitize import MAX_TAGS, fit_tag
-from statsd_ao.settings import SETTINGS, Address, Setting, parse_address
-from statsd_ao.spoolfile import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
+from statsd_ao.core.annotations import DEFAULT_STREAM
+from statsd_ao.core.batching import DEFAULT_BATCH
+from statsd_ao.core.cardinality import DEFAULT_LIMIT, DEFAULT_TOTAL_LIMIT
+from statsd_ao.core.outbox import MAX_PENDING
+from statsd_ao.core.retry import MAX_AGE, MAX_ATTEMPTS
+from statsd_ao.core.sanitize import MAX_TAGS, fit_tag
+from statsd_ao.io.address import Address, parse_address
+from statsd_ao.io.spoolfile import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
+from statsd_ao.settings import SETTINGS, Setting
 
 DEFAULT_API_URL = "https://api.appoptics.com"
 # The port every StatsD client sends to by default.
@@ -83,7 +84,7 @@ class Config:
     host_tag: bool = True
     global_prefix: str = ""
     key_name_sanitize: bool = False
-    mapping: str | None = None  # the rules file's path (statsd_ao.mapping)
+    mapping: str | None = None  # the rules file's path (statsd_ao.core.mapping)
     include_metrics: tuple[str, ...] = ()
     exclude_metrics: tuple[str, ...] = ()
     source_regex: str | None = None

@@ -18,14 +18,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from statsd_ao.aggregator import Aggregator, Snapshot
-from statsd_ao.events import Event
-from statsd_ao.hotpath import Feeds
-from statsd_ao.idle import IdleKeeper
-from statsd_ao.logs import RateLimitedLog
-from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.sanitize import DELIBERATE
-from statsd_ao.sink import Sink
+from statsd_ao.core.aggregator import Aggregator, Snapshot
+from statsd_ao.core.events import Event
+from statsd_ao.core.hotpath import Feeds
+from statsd_ao.core.idle import IdleKeeper
+from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.sanitize import DELIBERATE
+from statsd_ao.io.sink import Sink
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The mapping rules in use, and their reload on SIGHUP (the shell's side of
-`statsd_ao.mapping`).
+`statsd_ao.core.mapping`).
 
 `Remapping.reload` reads and checks the file off the event loop; a file that cannot be used
 keeps the rules in use and says why, a good one replaces them at once in every process
@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from statsd_ao.mapping import MappingError, MappingRules, parse_rules
+from statsd_ao.core.mapping import MappingError, MappingRules, parse_rules
 
 log = logging.getLogger(__name__)
 

@@ -14,35 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from statsd_ao.annotations import stream_name
-from statsd_ao.batching import MAX_BATCH
-from statsd_ao.spoolfile import MIN_MAX_BYTES
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_address(text: str) -> Address:
-    """``host:port`` or ``[v6]:port``."""
-    text = text.strip()
-    if text.startswith("["):
-        host, bracket, port = text[1:].partition("]:")
-        if not bracket:
-            raise ValueError(f"expected [IPv6]:PORT, got {text!r}")
-    else:
-        host, colon, port = text.rpartition(":")
-        if not colon or ":" in host:
-            raise ValueError(f"expected HOST:PORT, got {text!r}")
-    number = int(port) if port.isdigit() else -1
-    if not host or not 0 <= number <= 65535:
-        raise ValueError(f"expected HOST:PORT with a port 0-65535, got {text!r}")
-    return Address(host, number)
+from statsd_ao.core.annotations import stream_name
+from statsd_ao.core.batching import MAX_BATCH
+from statsd_ao.io.address import Address, parse_address
+from statsd_ao.io.spoolfile import MIN_MAX_BYTES
 
 
 def parse_listen(text: str) -> Address | None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from statsd_ao.aggregator import Aggregator
-from statsd_ao.cardinality import CardinalityGuard
 from statsd_ao.config import Config
-from statsd_ao.mapping import MappingRules
-from statsd_ao.name_rules import NameRules
-from statsd_ao.sanitize import Naming
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.cardinality import CardinalityGuard
+from statsd_ao.core.mapping import MappingRules
+from statsd_ao.core.name_rules import NameRules
+from statsd_ao.core.sanitize import Naming
 
 
 def make_naming(config: Config, mapping: MappingRules | None = None) -> Naming:

@@ -5,7 +5,7 @@ Each worker is a spawned process with its own event loop, a UDP socket bound wit
 own aggregator.  It ignores SIGINT/SIGTERM: the coordinator (the main process, which keeps
 the flusher, the sink, TCP, Unix sockets and the HTTP endpoints) asks each worker for its
 interval over a pipe at every tick ("swap"), and at shutdown ("stop": drain the socket,
-hand over the last interval, exit).  `statsd_ao.merge` makes one snapshot of the parts.
+hand over the last interval, exit).  `statsd_ao.core.merge` makes one snapshot of the parts.
 A worker whose coordinator is gone (the pipe closes) exits too.
 """
 
@@ -20,15 +20,15 @@ from multiprocessing.connection import Connection
 
 import uvloop
 
-from statsd_ao.aggregator import Snapshot
 from statsd_ao.config import Config
+from statsd_ao.core.aggregator import Snapshot
+from statsd_ao.core.logs import configure
+from statsd_ao.core.mapping import parse_rules
+from statsd_ao.core.merge import from_wire, to_wire
 from statsd_ao.gcpolicy import GcPolicy
-from statsd_ao.listeners import DatagramListener
-from statsd_ao.logs import configure
-from statsd_ao.mapping import parse_rules
-from statsd_ao.merge import from_wire, to_wire
+from statsd_ao.io.address import Address
+from statsd_ao.io.listeners import DatagramListener
 from statsd_ao.remapping import is_yaml, read_rules
-from statsd_ao.settings import Address
 from statsd_ao.wiring import make_aggregator
 
 log = logging.getLogger(__name__)

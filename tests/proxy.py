@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Self
 
-from statsd_ao.selfmetrics import udp_socket_stats
+from statsd_ao.selfreport import udp_socket_stats
 
 _LISTENING = re.compile(r"listening on (udp|tcp) (\S+):(\d+)")
 _READY = "ready: "

@@ -1,4 +1,4 @@
-"""The etsy management interface (`statsd_ao.admin`): each command's answer byte for byte,
+"""The etsy management interface (`statsd_ao.etsy.admin`): each command's answer byte for byte,
 Node's ``util.inspect`` layout (checked against Node itself when it is installed), and one
 loopback session with a real TCP client.
 """
@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 
-from statsd_ao import admin
-from statsd_ao.admin import (
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.measurements import Converter
+from statsd_ao.core.sanitize import Naming
+from statsd_ao.etsy import admin
+from statsd_ao.etsy.admin import (
     END,
     ERROR,
     HELP,
@@ -27,11 +30,8 @@ from statsd_ao.admin import (
     parse_command,
     serve_admin,
 )
-from statsd_ao.admin_state import ProxyAdminState
-from statsd_ao.aggregator import Aggregator
+from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher
-from statsd_ao.measurements import Converter
-from statsd_ao.sanitize import Naming
 from tests.test_flusher import FakeClock, ListSink
 
 STARTED = 1_700_000_000.0

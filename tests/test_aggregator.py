@@ -1,9 +1,9 @@
-"""One flush interval of StatsD lines, seen through its measurements (`statsd_ao.aggregator`).
+"""One flush interval of StatsD lines, seen through its measurements (`statsd_ao.core.aggregator`).
 
 Everything goes through the public path: ``Aggregator.ingest(bytes)`` -> ``swap()`` ->
 ``Converter.convert`` -> measurement dicts, plus the snapshot's rejection counts.  The
 Hypothesis property at the end compares the whole path with a naive keep-every-value model
-built on `statsd_ao.protocol.parse_line`.
+built on `statsd_ao.core.protocol.parse_line`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao import accumulators
-from statsd_ao.aggregator import DEFAULT_SHAPE_LIMIT, Aggregator, Snapshot
-from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.protocol import Kind, ParseError, Sample, parse_line
-from statsd_ao.sanitize import Naming
+from statsd_ao.core import accumulators
+from statsd_ao.core.aggregator import DEFAULT_SHAPE_LIMIT, Aggregator, Snapshot
+from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.protocol import Kind, ParseError, Sample, parse_line
+from statsd_ao.core.sanitize import Naming
 
 GLOBAL = {"host": "h"}
 T0 = 1_700_000_000

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from statsd_ao.annotations import stream_name, to_annotation
-from statsd_ao.events import Event, parse_event
-from statsd_ao.sink import HttpSink
+from statsd_ao.core.annotations import stream_name, to_annotation
+from statsd_ao.core.events import Event, parse_event
+from statsd_ao.io.sink import HttpSink
 from tests.fakeapi import FakeAppOptics, Fault
 
 

@@ -1,4 +1,4 @@
-"""Measurements split into posts and encoded with orjson (`statsd_ao.batching`)."""
+"""Measurements split into posts and encoded with orjson (`statsd_ao.core.batching`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao.batching import DEFAULT_BATCH, MAX_BATCH, chunked, encode, encode_batches
-from statsd_ao.measurements import Measurement
+from statsd_ao.core.batching import DEFAULT_BATCH, MAX_BATCH, chunked, encode, encode_batches
+from statsd_ao.core.measurements import Measurement
 
 
 def measurement(i: int) -> Measurement:

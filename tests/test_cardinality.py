@@ -10,10 +10,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from statsd_ao.aggregator import Aggregator
-from statsd_ao.cardinality import CardinalityGuard
-from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.sanitize import Naming
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.cardinality import CardinalityGuard
+from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.sanitize import Naming
 
 
 class Clock:

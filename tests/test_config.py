@@ -8,7 +8,8 @@ import pytest
 
 from statsd_ao import cli
 from statsd_ao.config import ConfigError, build
-from statsd_ao.settings import Address, parse_address, parse_bytes
+from statsd_ao.io.address import Address, parse_address
+from statsd_ao.settings import parse_bytes
 
 
 def test_defaults() -> None:

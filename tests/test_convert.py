@@ -1,4 +1,4 @@
-"""The flush's C conversion (statsd_ao/_convert.c) against the Python `Converter`.
+"""The flush's C conversion (statsd_ao/core/_convert.c) against the Python `Converter`.
 
 The C code only accelerates: for any interval, a converter using it must post exactly the
 measurements the pure Python one posts (same keys, values to the bit: orjson's bytes are
@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao import hotpath, measurements
-from statsd_ao.accumulators import Accumulator, Counter, Gauge, Running, SetOf, Summary
-from statsd_ao.aggregator import SeriesKey
-from statsd_ao.measurements import COUNTER_ATTRIBUTES, Converter, Measurement
-from statsd_ao.protocol import Kind
-from statsd_ao.sanitize import MAX_NAME
+from statsd_ao.core import hotpath, measurements
+from statsd_ao.core.accumulators import Accumulator, Counter, Gauge, Running, SetOf, Summary
+from statsd_ao.core.aggregator import SeriesKey
+from statsd_ao.core.measurements import COUNTER_ATTRIBUTES, Converter, Measurement
+from statsd_ao.core.protocol import Kind
+from statsd_ao.core.sanitize import MAX_NAME
 
 NATIVE = measurements.NATIVE
 needs_c = pytest.mark.skipif(NATIVE is None, reason="the C conversion is not loaded")

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
-from statsd_ao.measurements import Measurement
-from statsd_ao.retry import Backoff
-from statsd_ao.sink import HttpSink
+from statsd_ao.core.measurements import Measurement
+from statsd_ao.core.retry import Backoff
+from statsd_ao.io.sink import HttpSink
 from tests.fakeapi import FakeAppOptics, Fault
 from tests.proxy import Proxy
 

@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 import yaml
 
-from statsd_ao.health import HealthState, start_http
-from statsd_ao.settings import SETTINGS, parse_address, parse_bytes
+from statsd_ao.io.address import parse_address
+from statsd_ao.io.health import HealthState, start_http
+from statsd_ao.settings import SETTINGS, parse_bytes
 from tests.proxy import Proxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -375,8 +376,11 @@ def test_the_build_stage_compiles_the_hot_path_from_what_it_copies(tmp_path: Pat
     command += ["--no-cache-dir", "--quiet", f"--wheel-dir={tmp_path / 'wheels'}", "."]
     subprocess.run(command, cwd=tmp_path / "src", check=True, capture_output=True)
     (wheel,) = (tmp_path / "wheels").glob("statsd_ao-*.whl")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
     with zipfile.ZipFile(wheel) as contents:
-        assert f"statsd_ao/_hotpath{sysconfig.get_config_var('EXT_SUFFIX')}" in contents.namelist()
+        names = contents.namelist()
+    for extension in ("_hotpath", "_convert"):  # both C parts are built into the image
+        assert f"statsd_ao/core/{extension}{suffix}" in names
 
 
 def test_hadolint_finds_nothing() -> None:

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from statsd_ao.aggregator import Aggregator, Snapshot
-from statsd_ao.events import Event, ServiceCheck, parse_event, parse_service_check
-from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.protocol import Kind, ParseError, parse_line, split_multi_metric
-from statsd_ao.sanitize import Naming
+from statsd_ao.core.aggregator import Aggregator, Snapshot
+from statsd_ao.core.events import Event, ServiceCheck, parse_event, parse_service_check
+from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.protocol import Kind, ParseError, parse_line, split_multi_metric
+from statsd_ao.core.sanitize import Naming
 
 
 def aggregate(datagram: bytes, **options: str) -> tuple[list[Measurement], Snapshot]:

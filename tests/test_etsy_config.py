@@ -1,5 +1,5 @@
-"""etsy statsd configuration files: the literal reader (`statsd_ao.etsy_config`) and what the
-options mean (`statsd_ao.etsy`).
+"""etsy statsd configuration files: the literal reader (`statsd_ao.etsy.config`) and what the
+options mean (`statsd_ao.etsy.translation`).
 
 Tables for the grammar and for each option; the sample files under ``tests/data/etsy`` (written
 from etsy's and the backends' documented options) with their effective settings; Hypothesis for
@@ -21,20 +21,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statsd_ao.config import ConfigError
-from statsd_ao.etsy import (
+from statsd_ao.etsy.config import (
+    EtsyConfigError,
+    JsRegExp,
+    is_identifier,
+    load_config,
+    parse_config,
+)
+from statsd_ao.etsy.translation import (
     APPOPTICS_API_URL,
     INTERNAL_METRICS,
     LIBRATO_API_URL,
     DeleteIdle,
     Translation,
     translate,
-)
-from statsd_ao.etsy_config import (
-    EtsyConfigError,
-    JsRegExp,
-    is_identifier,
-    load_config,
-    parse_config,
 )
 
 DATA = Path(__file__).parent / "data" / "etsy"

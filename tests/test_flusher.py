@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from hypothesis import given
 from hypothesis import strategies as st
 
-from statsd_ao.aggregator import Aggregator
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.sanitize import Naming
 from statsd_ao.flusher import Flusher, next_tick
-from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.sanitize import Naming
 
 
 class FakeClock:

@@ -11,7 +11,8 @@ import aiohttp
 import orjson
 import pytest
 
-from statsd_ao.health import (
+from statsd_ao.core.selfmetrics import SelfMetrics
+from statsd_ao.io.health import (
     METRICS_CONTENT_TYPE,
     STALL_GRACE,
     HealthState,
@@ -20,7 +21,6 @@ from statsd_ao.health import (
     cardinality_status,
     start_http,
 )
-from statsd_ao.selfmetrics import SelfMetrics
 
 HOST = "127.0.0.1"
 

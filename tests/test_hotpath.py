@@ -1,4 +1,4 @@
-"""The C loop (statsd_ao/_hotpath.c) against the aggregator's own Python loop.
+"""The C loop (statsd_ao/core/_hotpath.c) against the aggregator's own Python loop.
 
 The C loop is only an accelerator: on any input, an aggregator using it must end in exactly
 the state of one running pure Python (the same accumulators holding the same numbers, bit
@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao import accumulators, hotpath
-from statsd_ao.accumulators import Accumulator, Running
-from statsd_ao.aggregator import Aggregator, Snapshot
-from statsd_ao.sanitize import Naming
+from statsd_ao.core import accumulators, hotpath
+from statsd_ao.core.accumulators import Accumulator, Running
+from statsd_ao.core.aggregator import Aggregator, Snapshot
+from statsd_ao.core.sanitize import Naming
 
 HOT = hotpath.NATIVE
 needs_c = pytest.mark.skipif(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from statsd_ao.mapping import MappingError, MappingRules, parse_rules
+from statsd_ao.core.mapping import MappingError, MappingRules, parse_rules
 
 RULES = """
 drop_tags = ["user_id"]

@@ -1,4 +1,4 @@
-"""Snapshots become AppOptics measurements that obey the API rules (`statsd_ao.measurements`).
+"""Snapshots become AppOptics measurements that obey the API rules (`statsd_ao.core.measurements`).
 
 The rules (APPOPTICS.md, seed 001 "Measurement Restrictions") are written once here as
 `api_violations`; the Hypothesis properties check every measurement made from arbitrary bytes
@@ -16,10 +16,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from statsd_ao.aggregator import Aggregator
-from statsd_ao.batching import encode_batches
-from statsd_ao.measurements import Converter, Measurement, percentile_suffix
-from statsd_ao.sanitize import Naming
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.batching import encode_batches
+from statsd_ao.core.measurements import Converter, Measurement, percentile_suffix
+from statsd_ao.core.sanitize import Naming
 
 GLOBAL = {"host": "h"}
 T0 = 1_700_000_000

@@ -11,19 +11,20 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from statsd_ao import cli, migration
-from statsd_ao.accumulators import Accumulator, Counter, Gauge
-from statsd_ao.admin_state import ProxyAdminState
-from statsd_ao.aggregator import Aggregator, SeriesKey
-from statsd_ao.cardinality import CardinalityGuard
+from statsd_ao import cli
 from statsd_ao.config import Config, build
+from statsd_ao.core.accumulators import Accumulator, Counter, Gauge
+from statsd_ao.core.aggregator import Aggregator, SeriesKey
+from statsd_ao.core.cardinality import CardinalityGuard
+from statsd_ao.core.idle import IdleKeeper
+from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.name_rules import NameRules, etsy_sanitize
+from statsd_ao.core.protocol import Kind
+from statsd_ao.core.sanitize import Naming
+from statsd_ao.etsy import migration
+from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher
-from statsd_ao.idle import IdleKeeper
-from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.name_rules import NameRules, etsy_sanitize
-from statsd_ao.protocol import Kind
-from statsd_ao.sanitize import Naming
-from statsd_ao.settings import Address
+from statsd_ao.io.address import Address
 from tests.fakeapi import FakeAppOptics
 from tests.proxy import Proxy
 from tests.test_flusher import ListSink

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from statsd_ao.outbox import Outbox, Parcel
+from statsd_ao.core.outbox import Outbox, Parcel
 
 
 def parcel(seq: int, count: int = 500, expires: float = 100.0, not_before: float = 0.0) -> Parcel:

@@ -1,4 +1,4 @@
-"""The StatsD / DogStatsD / Librato-tag line grammar (`statsd_ao.protocol`).
+"""The StatsD / DogStatsD / Librato-tag line grammar (`statsd_ao.core.protocol`).
 
 Tables for the grammar; Hypothesis for the fuzz contract: `parse_line` raises nothing but
 `ParseError` on any bytes, and whatever it accepts is a well-formed sample.
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao.protocol import (
+from statsd_ao.core.protocol import (
     PRESENCE_VALUE,
     Kind,
     ParseError,

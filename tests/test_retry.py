@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from statsd_ao.retry import (
+from statsd_ao.core.retry import (
     ANSWERED,
     MAX_SERVER_WAIT,
     Answer,

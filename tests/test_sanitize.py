@@ -1,4 +1,4 @@
-"""Names and tags fitted to the AppOptics rules; global tags merged (`statsd_ao.sanitize`)."""
+"""Names and tags fitted to the AppOptics rules; global tags merged (`statsd_ao.core.sanitize`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao.sanitize import MAX_TAGS, Naming, fit_name, fit_tag
+from statsd_ao.core.sanitize import MAX_TAGS, Naming, fit_name, fit_tag
 
 NAME_RE = re.compile(r"[A-Za-z0-9.:_-]{1,255}")
 TAG_NAME_RE = re.compile(r"[-.:_A-Za-z0-9]{1,64}")

@@ -13,22 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from statsd_ao.aggregator import Aggregator
-from statsd_ao.cardinality import CardinalityGuard
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.cardinality import CardinalityGuard
+from statsd_ao.core.measurements import Converter
+from statsd_ao.core.sanitize import Naming
+from statsd_ao.core.selfmetrics import Distribution, Kind, SelfMetrics, Timings
 from statsd_ao.flusher import Flusher
-from statsd_ao.measurements import Converter
-from statsd_ao.sanitize import Naming
-from statsd_ao.selfmetrics import (
-    Distribution,
-    Kind,
-    SelfMetrics,
-    Timings,
-    UdpSocketStats,
-    standard_metrics,
-    udp_drops,
-    udp_socket_stats,
-)
-from statsd_ao.sink import HttpSink
+from statsd_ao.io.sink import HttpSink
+from statsd_ao.selfreport import UdpSocketStats, standard_metrics, udp_drops, udp_socket_stats
 from tests.fakeapi import FakeAppOptics, judge_measurements
 from tests.proxy import Proxy
 from tests.test_flusher import ListSink

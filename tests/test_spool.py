@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao import spoolfile
-from statsd_ao.spool import Spool, SpoolError, Ticket
-from statsd_ao.spoolfile import MIN_MAX_BYTES, Record
+from statsd_ao.io import spoolfile
+from statsd_ao.io.spool import Spool, SpoolError, Ticket
+from statsd_ao.io.spoolfile import MIN_MAX_BYTES, Record
 
 T = Any
 

@@ -8,11 +8,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from statsd_ao.measurements import Measurement
-from statsd_ao.retry import Backoff
-from statsd_ao.sink import HttpSink
-from statsd_ao.spool import Spool
-from statsd_ao.spoolfile import MIN_MAX_BYTES
+from statsd_ao.core.measurements import Measurement
+from statsd_ao.core.retry import Backoff
+from statsd_ao.io.sink import HttpSink
+from statsd_ao.io.spool import Spool
+from statsd_ao.io.spoolfile import MIN_MAX_BYTES
 from tests.fakeapi import FakeAppOptics
 
 TOKEN = "spool-sink"

@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 import pytest
 
-from statsd_ao import spoolfile
-from statsd_ao.spoolfile import Record
+from statsd_ao.io import spoolfile
+from statsd_ao.io.spoolfile import Record
 from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
 from tests.proxy import Proxy
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from datadog.dogstatsd.base import DogStatsd
 
-from statsd_ao import tcp
-from statsd_ao.listeners import DatagramListener
-from statsd_ao.settings import Address
-from statsd_ao.tcp import TcpListener
+from statsd_ao.io import tcp
+from statsd_ao.io.address import Address
+from statsd_ao.io.listeners import DatagramListener
+from statsd_ao.io.tcp import TcpListener
 from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
 from tests.proxy import Proxy
 

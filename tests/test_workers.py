@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from statsd_ao import accumulators
-from statsd_ao.accumulators import Counter, Gauge, SetOf, Summary
-from statsd_ao.aggregator import Aggregator, Snapshot
-from statsd_ao.measurements import Converter, Measurement
-from statsd_ao.merge import Merger, from_wire, to_wire
-from statsd_ao.sanitize import Naming
+from statsd_ao.core import accumulators
+from statsd_ao.core.accumulators import Counter, Gauge, SetOf, Summary
+from statsd_ao.core.aggregator import Aggregator, Snapshot
+from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.merge import Merger, from_wire, to_wire
+from statsd_ao.core.sanitize import Naming
 from tests.fakeapi import FakeAppOptics
 from tests.proxy import Proxy
 

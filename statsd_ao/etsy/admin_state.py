@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from statsd_ao.accumulators import Counter, Summary
-from statsd_ao.admin import Health
-from statsd_ao.aggregator import Aggregator, SeriesKey
+from statsd_ao.core.accumulators import Counter, Summary
+from statsd_ao.core.aggregator import Aggregator, SeriesKey
+from statsd_ao.core.protocol import Kind
+from statsd_ao.etsy.admin import Health
 from statsd_ao.flusher import Flusher
-from statsd_ao.protocol import Kind
 
 
 class ProxyAdminState:

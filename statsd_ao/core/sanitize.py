@@ -19,9 +19,9 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 
-from statsd_ao.mapping import MappingRules
-from statsd_ao.name_rules import NameRules
-from statsd_ao.protocol import ParseError
+from statsd_ao.core.mapping import MappingRules
+from statsd_ao.core.name_rules import NameRules
+from statsd_ao.core.protocol import ParseError
 
 MAX_NAME = 255
 MAX_TAG_NAME = 64
@@ -96,7 +96,7 @@ class Naming:
         self, name: str, tags: Iterable[tuple[str, str]], kind: str = "c"
     ) -> tuple[str, TagTuple]:
         """``(metric name, sorted tag pairs)`` for a parsed name and its tags (``kind``: a
-        `statsd_ao.protocol.Kind` value, for rules that apply to one type).  The mapping
+        `statsd_ao.core.protocol.Kind` value, for rules that apply to one type).  The mapping
         rules come first, on the name as the client sent it, then the etsy name rules.
         Raises `ParseError` when a drop rule or a metric filter leaves the metric out."""
         if self.mapping is not None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf
-from statsd_ao.aggregator import SeriesKey
-from statsd_ao.protocol import Kind
+from statsd_ao.core.accumulators import Accumulator, Counter, Gauge, SetOf
+from statsd_ao.core.aggregator import SeriesKey
+from statsd_ao.core.protocol import Kind
 
 # Idle series remembered; past this the ones idle longest are forgotten (etsy itself keeps
 # them until restarted).

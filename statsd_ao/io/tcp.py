@@ -20,9 +20,9 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
-from statsd_ao.listeners import ingest_failed
-from statsd_ao.logs import RateLimitedLog
-from statsd_ao.settings import Address
+from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.io.address import Address
+from statsd_ao.io.listeners import ingest_failed
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import NotRequired, TypedDict
 
-from statsd_ao.events import Event
-from statsd_ao.sanitize import fit_name
+from statsd_ao.core.events import Event
+from statsd_ao.core.sanitize import fit_name
 
 DEFAULT_STREAM = "statsd"
 # The reference gives no limits; these keep one noisy client from posting megabytes.

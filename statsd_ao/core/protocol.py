@@ -1,7 +1,7 @@
 """StatsD / DogStatsD line grammar: bytes in, a parsed shape or a `ParseError` out.
 
 A line is ``name:value|type[|@rate][|#tags][|other fields]``.  The hot path in
-`statsd_ao.aggregator` splits each line itself into ``name``, ``value`` and the
+`statsd_ao.core.aggregator` splits each line itself into ``name``, ``value`` and the
 *tail* (everything after the first ``|``) and caches what `parse_shape` makes of
 ``(name, tail)``: the value is the only part that changes from line to line of a
 series, so names, tags and rates are parsed once per series, not once per line.

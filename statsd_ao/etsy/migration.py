@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from statsd_ao.etsy import Translation, translate
-from statsd_ao.etsy_config import load_config
+from statsd_ao.etsy.config import load_config
+from statsd_ao.etsy.translation import Translation, translate
 
 
 def settings_from(translation: Translation) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import orjson
 
-from statsd_ao.measurements import Measurement
+from statsd_ao.core.measurements import Measurement
 
 # The API asks for fewer than 1,000 measurements per post (APPOPTICS.md); larger volumes go
 # as several concurrent posts.

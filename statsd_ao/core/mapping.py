@@ -28,7 +28,7 @@ import yaml as pyyaml
 
 Tags = list[tuple[str, str]]
 
-# The proxy's Kind values (statsd_ao.protocol.Kind): ms, h and d all arrive as "ms".
+# The proxy's Kind values (statsd_ao.core.protocol.Kind): ms, h and d all arrive as "ms".
 KINDS: Mapping[str, frozenset[str]] = {
     "counter": frozenset({"c"}),
     "gauge": frozenset({"g"}),
@@ -214,7 +214,7 @@ class MappingRules:
         self, kind: str, name: str, tags: Sequence[tuple[str, str]]
     ) -> tuple[str, Tags] | None:
         """The metric's new name and tags, or None when a drop rule matched.  ``kind`` is a
-        `statsd_ao.protocol.Kind` value; any other raises ValueError (a caller's bug)."""
+        `statsd_ao.core.protocol.Kind` value; any other raises ValueError (a caller's bug)."""
         if kind not in _ALL_KINDS:
             raise ValueError(f"unknown metric kind {kind!r}")
         found = self._first_match(kind, name)

@@ -3,7 +3,7 @@
 Theory of operation.  `Aggregator.ingest` splits each line into ``name``, ``value`` and
 ``tail`` with two ``bytes.partition`` calls and looks ``(name, tail)`` up in a per-interval
 dict of *feeds*.  A feed is a ready callable, usually the bound ``add`` method of the
-series' accumulator (`statsd_ao.accumulators`), so a line seen before in this interval costs
+series' accumulator (`statsd_ao.core.accumulators`), so a line seen before in this interval costs
 one dict lookup and one call.  A miss goes through `_feed_for`, which parses the shape
 (cached across intervals in a bounded dict), names the series through `Naming` and creates
 the accumulator.  A shape that cannot parse is cached too, as a feed that raises its
@@ -23,12 +23,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
-from statsd_ao.cardinality import OVERFLOW_TAG, CardinalityGuard
-from statsd_ao.events import CHECK_PREFIX, EVENT_PREFIX, Event, parse_event, parse_service_check
-from statsd_ao.hotpath import NATIVE, Errored, Feed, Feeds, Native
-from statsd_ao.mapping import MappingRules
-from statsd_ao.protocol import (
+from statsd_ao.core.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
+from statsd_ao.core.cardinality import OVERFLOW_TAG, CardinalityGuard
+from statsd_ao.core.events import (
+    CHECK_PREFIX,
+    EVENT_PREFIX,
+    Event,
+    parse_event,
+    parse_service_check,
+)
+from statsd_ao.core.hotpath import NATIVE, Errored, Feed, Feeds, Native
+from statsd_ao.core.mapping import MappingRules
+from statsd_ao.core.protocol import (
     Kind,
     ParseError,
     parse_shape,
@@ -36,7 +42,7 @@ from statsd_ao.protocol import (
     parse_values,
     split_multi_metric,
 )
-from statsd_ao.sanitize import Naming, TagTuple
+from statsd_ao.core.sanitize import Naming, TagTuple
 
 # Distinct line shapes remembered across intervals.  Past this the memory is cleared and
 # rebuilt from traffic (a cost paid once per shape), so a flood of unique garbage cannot grow
@@ -141,7 +147,7 @@ class Aggregator:
         hot: Native | None = NATIVE,
     ) -> None:
         self._naming = naming
-        # The C loop's line-shape table (statsd_ao/hotpath.py), in front of self._feeds.
+        # The C loop's line-shape table (statsd_ao/core/hotpath.py), in front of self._feeds.
         self._table = hot() if hot is not None else None
         self.guard = guard
         self._container_tag = container_tag
@@ -167,7 +173,7 @@ class Aggregator:
         """Aggregate every line of a datagram.  Never raises on any input."""
         if not datagram:
             return
-        if self._table is not None:  # the same loop in C (statsd_ao/hotpath.py)
+        if self._table is not None:  # the same loop in C (statsd_ao/core/hotpath.py)
             try:
                 count = self._table.ingest(datagram, self._feeds, self._feed_for, self._failed)
             except BaseException:  # (a bug) its lines still count, as in Python

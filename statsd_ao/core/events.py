@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from statsd_ao.protocol import PRESENCE_VALUE, ParseError, parse_timestamp
+from statsd_ao.core.protocol import PRESENCE_VALUE, ParseError, parse_timestamp
 
 EVENT_PREFIX = b"_e{"
 CHECK_PREFIX = b"_sc|"

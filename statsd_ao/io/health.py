@@ -31,7 +31,7 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from statsd_ao.logs import RateLimitedLog
+from statsd_ao.core.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

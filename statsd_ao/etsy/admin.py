@@ -30,8 +30,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
-from statsd_ao.etsy_config import JsRegExp, js_number_string
-from statsd_ao.logs import RateLimitedLog
+from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.etsy.config import JsRegExp, js_number_string
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Turn an interval's accumulators into AppOptics measurements.
 
-Names and tags arrive already sanitized (see `statsd_ao.sanitize`); only derived names
+Names and tags arrive already sanitized (see `statsd_ao.core.sanitize`); only derived names
 (percentile suffixes) are fitted here.  Values the API cannot take (NaN, infinities, anything
 of magnitude 1e126 or more, which would abort the whole post with a 400) are dropped and
 counted in `Converter.dropped`, never posted.
 
-The common cases run in C when the extension is built (statsd_ao/_convert.c): it builds the
+The common cases run in C when the extension is built (statsd_ao/core/_convert.c): it builds the
 same measurements for every item it fully understands and hands the rest (anything to drop
 or fit) back to the Python code here, which stays the definition.  tests/test_convert.py
 compares the two.
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import NotRequired, TypedDict
 
-from statsd_ao import hotpath
-from statsd_ao.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
-from statsd_ao.aggregator import SeriesKey
-from statsd_ao.sanitize import MAX_NAME, fit_name
+from statsd_ao.core import hotpath
+from statsd_ao.core.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
+from statsd_ao.core.aggregator import SeriesKey
+from statsd_ao.core.sanitize import MAX_NAME, fit_name
 
 # The API aborts a whole request over a value whose exponent exceeds 10^126 (seed 001,
 # "Float Restrictions"); anything at or above this magnitude is never posted.
@@ -139,11 +139,11 @@ def postable(number: float) -> bool:
 
 
 def load_native() -> ModuleType | None:
-    """statsd_ao._convert, configured; None if it is not built or is switched off."""
+    """statsd_ao.core._convert, configured; None if it is not built or is switched off."""
     if hotpath.disabled():
         return None
     try:
-        from statsd_ao import _convert  # type: ignore[attr-defined]  # noqa: PLC0415
+        from statsd_ao.core import _convert  # type: ignore[attr-defined]  # noqa: PLC0415
     except ImportError:
         return None
     slots = [(Counter, "total"), (Gauge, "value"), (Summary, "values"), (Summary, "weights")]

@@ -1,6 +1,6 @@
 """Per-series accumulators: what one series holds during one flush interval.
 
-Each ``add`` is a feed of the hot path (see `statsd_ao.aggregator`): it parses one raw
+Each ``add`` is a feed of the hot path (see `statsd_ao.core.aggregator`): it parses one raw
 value and folds it in.  A value that is not a finite number raises `ParseError` (or
 ``float()``'s own ``ValueError``), which the ingest loop counts.  ``add_rated`` takes the
 line's sample rate first, so ``functools.partial(acc.add_rated, rate)`` is a ready feed.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 
-from statsd_ao.protocol import ParseError
+from statsd_ao.core.protocol import ParseError
 
 # Timer values kept per series per interval for exact percentiles.  Past this a uniform
 # reservoir of this size is kept instead (percentiles become estimates from 10,000 values);
@@ -57,7 +57,7 @@ class Gauge:
     """Last value; a value with a leading ``+``/``-`` is a delta on the current value.
 
     ``start`` and ``absolute`` (an absolute value was set this interval) let several
-    processes' parts of one gauge be merged (`statsd_ao.merge`)."""
+    processes' parts of one gauge be merged (`statsd_ao.core.merge`)."""
 
     __slots__ = ("absolute", "start", "value")
 

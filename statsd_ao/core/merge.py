@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
-from statsd_ao.accumulators import (
+from statsd_ao.core.accumulators import (
     MAX_SUMMARY_VALUES,
     Accumulator,
     Counter,
@@ -23,9 +23,9 @@ from statsd_ao.accumulators import (
     SetOf,
     Summary,
 )
-from statsd_ao.aggregator import SeriesKey, Snapshot
-from statsd_ao.cardinality import CardinalityGuard
-from statsd_ao.sanitize import TagTuple
+from statsd_ao.core.aggregator import SeriesKey, Snapshot
+from statsd_ao.core.cardinality import CardinalityGuard
+from statsd_ao.core.sanitize import TagTuple
 
 
 class Merger:

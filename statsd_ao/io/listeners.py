@@ -17,9 +17,9 @@ import socket
 import stat
 from collections.abc import Callable
 
-from statsd_ao.hotpath import Errored
-from statsd_ao.logs import RateLimitedLog
-from statsd_ao.settings import Address
+from statsd_ao.core.hotpath import Errored
+from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.io.address import Address
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The spool's files on disk: format, durable writes, the scan at start, the lock.
 
-Everything here is synchronous file IO; `statsd_ao.spool` runs it on one worker thread, so
+Everything here is synchronous file IO; `statsd_ao.io.spool` runs it on one worker thread, so
 the event loop never waits for the disk.
 
 A spool directory holds, per *segment* (the posts handed over in one pass of the loop):

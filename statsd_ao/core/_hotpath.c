@@ -11,7 +11,7 @@
    unknown shape, an unusual value, a full timer, an error) is handed to the Python
    callbacks, so the Python code stays the one definition of what a line means; this file
    only makes the common case cheap.  Table.receive reads datagrams with recvmmsg, many per
-   system call, and ingests each.  statsd_ao/hotpath.py loads it; tests compare it with pure
+   system call, and ingests each.  statsd_ao/core/hotpath.py loads it; tests compare it with pure
    Python.  */
 
 #define PY_SSIZE_T_CLEAN
@@ -781,7 +781,7 @@ static PyMethodDef table_methods[] = {
 };
 
 static PyTypeObject TableType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "statsd_ao._hotpath.Table",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "statsd_ao.core._hotpath.Table",
     .tp_basicsize = sizeof(Table),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Line shapes -> feeds, over raw bytes, in front of an aggregator's feeds dict.",

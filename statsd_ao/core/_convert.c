@@ -1,6 +1,6 @@
 /* Converter.convert's common cases in C: one interval's accumulators to measurement dicts.
 
-   statsd_ao/measurements.py stays the definition of a measurement.  This file builds the
+   statsd_ao/core/measurements.py stays the definition of a measurement.  This file builds the
    same dicts (same keys, same order, same values to the bit) for the items it fully
    understands, and hands every other item back untouched for the Python code: anything
    that would be dropped or needs fitting (a value the API cannot take, an overflow, a

@@ -5,7 +5,7 @@
 never awaits, so a flush never waits for the network.  One dispatcher task starts posts
 while the `Gate` allows (at most ``concurrency`` in flight, one while the API is failing)
 and sleeps until the next parcel is ready, the gate opens, a parcel expires, or something
-changes.  Each post's answer goes through `statsd_ao.retry`: delivered, partly delivered
+changes.  Each post's answer goes through `statsd_ao.core.retry`: delivered, partly delivered
 (the refused part is counted, nothing is re-sent), split in two (a 400 that judged no
 measurement), rejected, or posted again later within the batch's bounds.  `drain` gives the
 rest a deadline; whatever is still pending then is counted as lost at shutdown.
@@ -32,12 +32,12 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from statsd_ao.annotations import Annotation
-from statsd_ao.batching import encode
-from statsd_ao.logs import RateLimitedLog
-from statsd_ao.measurements import Measurement
-from statsd_ao.outbox import MAX_PENDING, Outbox, Parcel
-from statsd_ao.retry import (
+from statsd_ao.core.annotations import Annotation
+from statsd_ao.core.batching import encode
+from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.core.measurements import Measurement
+from statsd_ao.core.outbox import MAX_PENDING, Outbox, Parcel
+from statsd_ao.core.retry import (
     ANSWERED,
     DEFAULT_BACKOFF,
     DENIED_BACKOFF,
@@ -53,8 +53,8 @@ from statsd_ao.retry import (
     Verdict,
     classify,
 )
-from statsd_ao.spool import Spool, Ticket
-from statsd_ao.spoolfile import Record
+from statsd_ao.io.spool import Spool, Ticket
+from statsd_ao.io.spoolfile import Record
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class HttpSink:
     """Posts batches to ``<api_url>/v1/measurements``; retries, splits, buffers, counts.
 
     ``max_pending`` bounds the measurements held (queued and in flight); ``max_age`` (seconds
-    since `submit`) and ``max_attempts`` bound each batch (see `statsd_ao.retry`).
+    since `submit`) and ``max_attempts`` bound each batch (see `statsd_ao.core.retry`).
     ``random``, ``clock`` (monotonic, for scheduling and ages) and ``wall`` (epoch seconds,
     for HTTP dates and rate-limit resets) are injectable for tests.
     """

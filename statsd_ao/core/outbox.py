@@ -32,9 +32,9 @@ class Parcel:
     count: int  # measurements in it
     expires: float  # when its oldest measurement becomes too old to post
     seq: int  # arrival order, for ties and for logs
-    attempts: int = 0  # failures charged to it (see `statsd_ao.retry.Policy`)
+    attempts: int = 0  # failures charged to it (see `statsd_ao.core.retry.Policy`)
     not_before: float = 0.0  # earliest time to post it again
-    ticket: tuple[int, int] | None = None  # where the spool keeps it (`statsd_ao.spool`)
+    ticket: tuple[int, int] | None = None  # where the spool keeps it (`statsd_ao.io.spool`)
 
     def retry(self, at: float, attempts: int) -> Parcel:
         return replace(self, not_before=at, attempts=attempts)

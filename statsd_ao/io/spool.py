@@ -9,7 +9,7 @@ by kill -9, is found by `open` in the next run and delivered then, under its ori
 The loop never touches the disk.  The posts added during one pass of the event loop form a
 *segment*: at the end of the pass (``call_soon``) it is sealed and handed, with the
 acknowledgements of that pass, to a single worker thread that writes in order
-(`statsd_ao.spoolfile`).  A segment is fsync'ed before it counts as spooled; acknowledgements
+(`statsd_ao.io.spoolfile`).  A segment is fsync'ed before it counts as spooled; acknowledgements
 are appended without fsync (a killed process loses none; a power cut may re-send a
 confirmed post, which AppOptics stores once per series and time).  The posts are in memory
 all along and are posted without waiting for the disk.
@@ -31,9 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statsd_ao import spoolfile
-from statsd_ao.logs import RateLimitedLog
-from statsd_ao.spoolfile import DEFAULT_MAX_BYTES, MIN_MAX_BYTES, Record, Scan, SpoolError
+from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.io import spoolfile
+from statsd_ao.io.spoolfile import DEFAULT_MAX_BYTES, MIN_MAX_BYTES, Record, Scan, SpoolError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What an answer from AppOptics means, when to post again, and when to give up (pure).
 
-No asyncio, no aiohttp: the sink (`statsd_ao.sink`) does the IO, turns each post's result into
+No asyncio, no aiohttp: the sink (`statsd_ao.io.sink`) does the IO, turns each post's result into
 an `Answer`, and applies what this module decides.  Time comes in as numbers (``now`` is the
 monotonic clock the sink schedules with, ``wall`` is epoch seconds for the API's dates), and
 randomness from an injected ``random`` so every decision can be replayed in a test.

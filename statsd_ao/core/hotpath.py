@@ -1,4 +1,4 @@
-"""The optional C loop for `Aggregator.ingest` (statsd_ao/_hotpath.c).
+"""The optional C loop for `Aggregator.ingest` (statsd_ao/core/_hotpath.c).
 
 The extension is built when the package is installed with a C compiler at hand; without
 one, or with ``STATSD_AO_PURE_PYTHON=1`` in the environment, the aggregator runs its own
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-from statsd_ao import accumulators
-from statsd_ao.accumulators import Counter, Gauge, SetOf, Summary
+from statsd_ao.core import accumulators
+from statsd_ao.core.accumulators import Counter, Gauge, SetOf, Summary
 
 Feed = Callable[[bytes], None]
 Feeds = dict[tuple[bytes, bytes], Feed]
@@ -32,7 +32,7 @@ DISABLE = "STATSD_AO_PURE_PYTHON"
 
 
 class Table(Protocol):
-    """statsd_ao._hotpath.Table: one per aggregator."""
+    """statsd_ao.core._hotpath.Table: one per aggregator."""
 
     def ingest(self, datagram: bytes, feeds: Feeds, feed_for: FeedFor, failed: Failed, /) -> int:
         """The lines of the datagram, as the Python loop counts them."""
@@ -72,7 +72,7 @@ def load() -> Native | None:
     if disabled():
         return None
     try:
-        from statsd_ao import _hotpath  # type: ignore[attr-defined]  # noqa: PLC0415
+        from statsd_ao.core import _hotpath  # type: ignore[attr-defined]  # noqa: PLC0415
     except ImportError:
         return None
     functions = (Counter.add, Counter.add_rated, Gauge.add, Summary.add, Summary.add_rated)
@@ -96,7 +96,7 @@ NATIVE = load()
 def describe() -> str:
     """Which loop runs, for the start-up log."""
     if NATIVE is not None:
-        return "C loop (statsd_ao/_hotpath.c: shape table, recvmmsg)"
+        return "C loop (statsd_ao/core/_hotpath.c: shape table, recvmmsg)"
     if disabled():
         return f"pure Python ({DISABLE} is set)"
     return "pure Python (the C loop is not built: install with a C compiler for ~3x the speed)"

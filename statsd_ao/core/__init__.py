@@ -1,0 +1,15 @@
+"""The sans-IO core: what a StatsD line means and what AppOptics is sent for it.
+
+Here: the line grammar (`protocol`, `events`), names and tags (`sanitize`, `name_rules`,
+`mapping`), the hot path (`accumulators`, `aggregator`, and `hotpath`, which loads the
+optional C loop `_hotpath.c`), the tag-set budget (`cardinality`), conversion to
+measurements (`measurements`, with its optional C part `_convert.c`), posts (`batching`), the
+delivery policy (`retry`, `outbox`), etsy's idle series (`idle`), annotations, the merge of
+several processes' intervals (`merge`), the self-metrics registry (`selfmetrics`) and the
+rate-limited log (`logs`).
+
+May import: the standard library and orjson, and only ``statsd_ao.core``.  Never asyncio,
+socket, selectors, aiohttp or uvloop, nor the adapters (`statsd_ao.io`), the etsy part
+(`statsd_ao.etsy`) or the shell: every piece is driven by plain calls, so it is tested
+without a socket or an event loop (tests/test_layout.py checks these rules).
+"""

@@ -1,0 +1,343 @@
+"""Which of the proxy's own numbers are reported, and where each one is read.
+
+`standard_metrics` registers the usual set in a `statsd_ao.core.selfmetrics.SelfMetrics`
+through small structural Protocols (so the registry never imports a component), and
+`udp_socket_stats` reads the kernel's per-socket UDP tables (receive queue, drops) for the
+listening port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from statsd_ao.core.sanitize import DROPPED_BY_RULE
+from statsd_ao.core.selfmetrics import Distribution, SelfMetrics
+
+# Linux's per-socket UDP tables (per network namespace, so a container sees its own).
+PROC_NET_UDP = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
+
+
+@dataclass(frozen=True, slots=True)
+class UdpSocketStats:
+    """The kernel's view of the UDP sockets bound to one local port (summed over them)."""
+
+    sockets: int
+    receive_queue: int  # bytes received and not yet read
+    drops: int  # datagrams dropped since each socket opened, mostly for a full receive buffer
+
+
+def udp_socket_stats(port: int, tables: Sequence[Path] = PROC_NET_UDP) -> UdpSocketStats | None:
+    """Read ``/proc/net/udp`` and ``udp6`` for the sockets bound to local ``port``.
+
+    None where the tables cannot be read (not Linux) or no socket is bound to the port.
+    Sockets of other processes on the same port in this network namespace (e.g.
+    SO_REUSEPORT workers) are summed in.
+    """
+    wanted = f":{port:04X}"
+    found = queue = drops = 0
+    readable = False
+    for table in tables:
+        try:
+            text = table.read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        readable = True
+        # sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout
+        # inode ref pointer drops
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) < 13 or not fields[1].endswith(wanted):
+                continue
+            try:
+                rx, dropped = int(fields[4].partition(":")[2], 16), int(fields[12])
+            except ValueError:
+                continue
+            found, queue, drops = found + 1, queue + rx, drops + dropped
+    if not readable or not found:
+        return None
+    return UdpSocketStats(found, queue, drops)
+
+
+def udp_drops(port: int, tables: Sequence[Path] = PROC_NET_UDP) -> int | None:
+    """Kernel receive-buffer drops for the UDP sockets on local ``port``; None if unknown."""
+    stats = udp_socket_stats(port, tables)
+    return None if stats is None else stats.drops
+
+
+# The components' counters, as structural Protocols: plain attributes satisfy them.
+
+
+class ListenerCounts(Protocol):
+    @property
+    def datagrams(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+
+
+class TcpCounts(Protocol):
+    @property
+    def open(self) -> int: ...
+    @property
+    def evicted(self) -> int: ...
+    @property
+    def long_lines(self) -> int: ...
+    @property
+    def idle_closed(self) -> int: ...
+
+
+class FlusherCounts(Protocol):
+    @property
+    def lines(self) -> int: ...
+    @property
+    def rejected(self) -> Mapping[str, int]: ...
+    @property
+    def flushes(self) -> int: ...
+
+
+class GuardCounts(Protocol):
+    @property
+    def tracked(self) -> int: ...
+    @property
+    def folded_tag_sets(self) -> Mapping[str, int]: ...
+
+
+class AggregatorCounts(Protocol):
+    @property
+    def folded_samples(self) -> Mapping[str, int]: ...
+    @property
+    def guard(self) -> GuardCounts | None: ...
+
+
+class DropCounts(Protocol):
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
+
+
+class SinkCounts(Protocol):
+    @property
+    def posted(self) -> int: ...
+    @property
+    def outcomes(self) -> Mapping[str, int]: ...
+    @property
+    def lost(self) -> Mapping[str, int]: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+
+
+class SpoolCounts(Protocol):
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def segments(self) -> int: ...
+    @property
+    def write_errors(self) -> int: ...
+    @property
+    def damaged(self) -> Mapping[str, int]: ...
+    @property
+    def replayed(self) -> int: ...
+
+
+class MappingCounts(Protocol):
+    @property
+    def rule_count(self) -> int: ...
+    @property
+    def matched(self) -> int: ...
+    @property
+    def reloads(self) -> Mapping[str, int]: ...
+
+
+def standard_metrics(
+    tags: Mapping[str, str],
+    *,
+    listener: ListenerCounts | None = None,
+    udp_port: int | None = None,
+    tcp: TcpCounts | None = None,
+    flusher: FlusherCounts | None = None,
+    aggregator: AggregatorCounts | None = None,
+    converter: DropCounts | None = None,
+    sink: SinkCounts | None = None,
+    spool: SpoolCounts | None = None,
+    mapping: MappingCounts | None = None,
+    series_active: Callable[[], float | None] | None = None,
+    flush_duration: Callable[[], Distribution | None] | None = None,
+    post_latency: Callable[[], Distribution | None] | None = None,
+    udp_tables: Sequence[Path] = PROC_NET_UDP,
+) -> SelfMetrics:
+    """The documented ``statsd_ao.*`` set, for the sources given (None: not registered).
+
+    ``measurements.lost`` adds the sink's losses to the converter's dropped values, so
+    every measurement that never reached the API is counted there once, by reason.
+    """
+    metrics = SelfMetrics(tags)
+    if listener is not None:
+        metrics.register_counter("udp.packets", "UDP datagrams read", lambda: listener.datagrams)
+        metrics.register_counter("udp.bytes", "UDP payload bytes read", lambda: listener.bytes)
+    if udp_port is not None:
+        port = udp_port
+        metrics.register_counter(
+            "udp.kernel_drops",
+            "datagrams the kernel dropped, mostly because the receive buffer was full",
+            lambda: udp_drops(port, udp_tables),
+        )
+        metrics.register_gauge(
+            "udp.receive_queue_bytes",
+            "bytes waiting in the kernel receive buffer",
+            lambda: _field(udp_socket_stats(port, udp_tables)),
+        )
+    if flusher is not None:
+        metrics.register_counter(
+            "lines.received", "StatsD lines received (counted at each flush)", lambda: flusher.lines
+        )
+        metrics.register_counter(
+            "lines.bad", "lines rejected, by reason", lambda: flusher.rejected, label="reason"
+        )
+        metrics.register_counter("flushes", "flushes done", lambda: flusher.flushes)
+    if series_active is not None:
+        metrics.register_gauge("series.active", "series in the last flush", series_active)
+    if tcp is not None:
+        _register_tcp(metrics, tcp)
+    if aggregator is not None:
+        _register_guard(metrics, aggregator)
+    if sink is not None:
+        _register_sink(metrics, sink)
+    if spool is not None:
+        _register_spool(metrics, spool)
+    if mapping is not None:
+        _register_mapping(metrics, mapping, flusher)
+    if sink is not None or converter is not None:
+        metrics.register_counter(
+            "measurements.lost",
+            "measurements that will never reach the API, by reason",
+            lambda: _merge(sink.lost if sink else {}, converter.dropped if converter else {}),
+            label="reason",
+        )
+    if flush_duration is not None:
+        metrics.register_summary(
+            "flush.duration_seconds", "time to swap, convert and queue one flush", flush_duration
+        )
+    if post_latency is not None:
+        metrics.register_summary(
+            "post.latency_seconds", "time from sending a post to its answer", post_latency
+        )
+    return metrics
+
+
+def _register_tcp(metrics: SelfMetrics, tcp: TcpCounts) -> None:
+    metrics.register_gauge("tcp.connections", "TCP connections open", lambda: tcp.open)
+    metrics.register_counter(
+        "tcp.connections_evicted",
+        "TCP connections closed to make room at the connection limit (the idle-longest one)",
+        lambda: tcp.evicted,
+    )
+    metrics.register_counter(
+        "tcp.lines_too_long",
+        "TCP lines longer than --tcp-max-line, dropped",
+        lambda: tcp.long_lines,
+    )
+    metrics.register_counter(
+        "tcp.idle_closed",
+        "TCP connections closed after --tcp-idle-timeout",
+        lambda: tcp.idle_closed,
+    )
+
+
+def _register_guard(metrics: SelfMetrics, aggregator: AggregatorCounts) -> None:
+    metrics.register_counter(
+        "cardinality.samples_folded",
+        "samples folded into an overflow=true series by the cardinality guard",
+        lambda: sum(aggregator.folded_samples.values()),
+    )
+    guard = aggregator.guard
+    if guard is None:
+        return
+    metrics.register_counter(
+        "cardinality.tag_sets_folded",
+        "new tag sets refused by the cardinality guard (their samples went to overflow)",
+        lambda: sum(guard.folded_tag_sets.values()),
+    )
+    metrics.register_gauge(
+        "cardinality.tag_sets_tracked",
+        "tag sets the cardinality guard counts in its rolling hour",
+        lambda: guard.tracked,
+    )
+
+
+def _register_sink(metrics: SelfMetrics, sink: SinkCounts) -> None:
+    metrics.register_counter(
+        "measurements.posted", "measurements the API confirmed it stored", lambda: sink.posted
+    )
+    metrics.register_counter(
+        "posts",
+        "posts by outcome: HTTP status, or the error that ended the attempt",
+        lambda: sink.outcomes,
+        label="outcome",
+    )
+    metrics.register_counter(
+        "posts.retried", "posts queued again after a failure", lambda: sink.retries
+    )
+    metrics.register_gauge(
+        "measurements.pending", "measurements queued or in flight", lambda: sink.pending
+    )
+
+
+def _register_spool(metrics: SelfMetrics, spool: SpoolCounts) -> None:
+    metrics.register_gauge("spool.bytes", "bytes of posts kept in --spool-dir", lambda: spool.bytes)
+    metrics.register_gauge(
+        "spool.segments", "segment files kept in --spool-dir", lambda: spool.segments
+    )
+    metrics.register_counter(
+        "spool.write_errors",
+        "spool writes that failed (disk full, I/O error): those posts were in memory only",
+        lambda: spool.write_errors,
+    )
+    metrics.register_counter(
+        "spool.damaged",
+        "damaged spool files or records found at start and skipped, by kind",
+        lambda: spool.damaged,
+        label="kind",
+    )
+    metrics.register_counter(
+        "spool.replayed",
+        "measurements a previous run left in --spool-dir, queued for delivery at start",
+        lambda: spool.replayed,
+    )
+
+
+def _register_mapping(
+    metrics: SelfMetrics, mapping: MappingCounts, flusher: FlusherCounts | None
+) -> None:
+    metrics.register_gauge("mapping.rules", "mapping rules in use", lambda: mapping.rule_count)
+    metrics.register_counter(
+        "mapping.matched",
+        "line shapes a mapping rule matched (each resolved once, then cached)",
+        lambda: mapping.matched,
+    )
+    metrics.register_counter(
+        "mapping.reloads",
+        "mapping file reloads (SIGHUP), by outcome",
+        lambda: mapping.reloads,
+        label="outcome",
+    )
+    if flusher is not None:
+        metrics.register_counter(
+            "mapping.lines_dropped",
+            "lines a drop rule removed",
+            lambda: flusher.rejected.get(DROPPED_BY_RULE, 0),
+        )
+
+
+def _field(stats: UdpSocketStats | None) -> int | None:
+    return None if stats is None else stats.receive_queue
+
+
+def _merge(*counts: Mapping[str, int]) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for mapping in counts:
+        for key, value in mapping.items():
+            merged[str(key)] = merged.get(str(key), 0.0) + value
+    return merged
