@@ -5,10 +5,10 @@
 never awaits, so a flush never waits for the network.  One dispatcher task starts posts
 while the `Gate` allows (at most ``concurrency`` in flight, one while the API is failing)
 and sleeps until the next parcel is ready, the gate opens, a parcel expires, or something
-changes.  Each post's answer goes through `statsd_ao.core.retry`: delivered, partly delivered
-(the refused part is counted, nothing is re-sent), split in two (a 400 that judged no
-measurement), rejected, or posted again later within the batch's bounds.  `drain` gives the
-rest a deadline; whatever is still pending then is counted as lost at shutdown.
+changes.  Each post's answer goes to `statsd_ao.io.answers.Answers`, which settles the
+parcel (delivered, partly delivered, split, rejected, or queued again) and keeps the
+counts.  `drain` gives the rest a deadline; whatever is still pending then is counted as
+lost at shutdown.
 
 Every measurement handed to `submit` ends up in exactly one of: `posted`, a reason in
 `lost`, or `pending`.  The counters are plain attributes for self-metrics.
@@ -25,7 +25,6 @@ import random as _random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import IO, Protocol
 from urllib.parse import quote
 
@@ -38,7 +37,6 @@ from statsd_ao.core.logs import RateLimitedLog
 from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.outbox import MAX_PENDING, Outbox, Parcel
 from statsd_ao.core.retry import (
-    ANSWERED,
     DEFAULT_BACKOFF,
     DENIED_BACKOFF,
     MAX_AGE,
@@ -46,13 +44,10 @@ from statsd_ao.core.retry import (
     Answer,
     Backoff,
     Gate,
-    GiveUp,
-    Kind,
     Loss,
     Policy,
-    Verdict,
-    classify,
 )
+from statsd_ao.io.answers import DRAIN_BACKOFF_CAP, LOG_INTERVAL, Answers
 from statsd_ao.io.spool import Spool, Ticket
 from statsd_ao.io.spoolfile import Record
 
@@ -60,20 +55,12 @@ log = logging.getLogger(__name__)
 
 Batch = Sequence[Measurement]
 
-# While draining at shutdown our own backoff waits at most a second (waits the API asks for
-# are still honoured): the deadline is short, and an API coming back should get the data.
-DRAIN_BACKOFF_CAP = 1.0
-# At most one log line per kind of trouble this often; the next one says how many were
-# suppressed.  Counters carry the exact numbers.
-LOG_INTERVAL = 10.0
 # A post that got no answer after it was sent may have been stored.  Re-sending it risks a
 # duplicate point; not re-sending risks losing it.  We re-send (docs/delivery.md, "Never
 # two copies") and count those measurements in `HttpSink.unconfirmed`.
 RESEND_UNCONFIRMED = True
 # Errors before any byte of the request left: a re-send can never be a duplicate.
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-# Reasons from the API quoted in one log line.
-QUOTED_ERRORS = 3
 
 
 class Sink(Protocol):
@@ -163,13 +150,10 @@ class HttpSink:
         self._timeout = timeout
         self._policy = Policy(backoff, max_attempts, max_age)
         self._gate = Gate(backoff, denied_backoff, random)
-        self._denied_cap = denied_backoff.cap
         self._outbox = Outbox(max_pending)
-        self._resend_unconfirmed = resend_unconfirmed
         self._spool = self.spool = spool
         if spool is not None:
             spool.on_drop = self._spool_dropped
-        self._random = random
         self._clock = clock
         self._wall = wall
         self._seq = itertools.count()
@@ -186,19 +170,47 @@ class HttpSink:
         self._deadline = 0.0
         self._closed = False
         self._log = RateLimitedLog(log, interval=LOG_INTERVAL)
-        self.posted = 0  # measurements the API confirmed it stored
-        self.lost: dict[str, int] = {}  # measurements given up, by `Loss` reason
-        self.outcomes: dict[str, int] = {}  # posts by answer: "202", "503", "TimeoutError"
-        self.retries = 0  # posts queued again after a failure
-        self.splits = 0  # batches split in two after a 400 that judged no measurement
-        # Measurements re-sent after a post that got no answer although it was sent: an
-        # upper bound on the duplicates AppOptics may hold.
-        self.unconfirmed = 0
+        self._answers = Answers(
+            self._outbox,
+            self._policy,
+            self._gate,
+            spool,
+            resend_unconfirmed=resend_unconfirmed,
+            denied_cap=denied_backoff.cap,
+            random=random,
+            clock=clock,
+            wall=wall,
+        )
         self.kept = 0  # measurements left in the spool at exit, for the next run
         self.annotations_posted = 0
         self.annotations_lost = 0
         # Seconds from sending a measurement post to its answer (the app's self-metrics).
         self.on_latency: Callable[[float], None] | None = None
+
+    # The delivery counters (self-metrics, tests) are the answers' (statsd_ao.io.answers).
+    @property
+    def posted(self) -> int:
+        return self._answers.posted
+
+    @property
+    def lost(self) -> dict[str, int]:
+        return self._answers.lost
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        return self._answers.outcomes
+
+    @property
+    def retries(self) -> int:
+        return self._answers.retries
+
+    @property
+    def splits(self) -> int:
+        return self._answers.splits
+
+    @property
+    def unconfirmed(self) -> int:
+        return self._answers.unconfirmed
 
     @property
     def pending(self) -> int:
@@ -226,14 +238,14 @@ class HttpSink:
         if not batch:
             return
         if self._closed:
-            self._lose(Loss.SHUTDOWN, len(batch))
+            self._answers.lose(Loss.SHUTDOWN, len(batch))
             return
         now = self._clock()
         body, expires = encode(batch), now + self._policy.max_age
         ticket = None
         if self._spool is not None:
             ticket = self._spool.add(body, len(batch), self._wall() + self._policy.max_age)
-        self._queue(
+        self._answers.queue(
             Parcel(body, len(batch), expires, next(self._seq), not_before=now, ticket=ticket)
         )
         self._changed()
@@ -245,7 +257,7 @@ class HttpSink:
         Ends early once nothing more can be delivered in time: the API denied the token,
         or it asked for a wait past the deadline."""
         if not self._closed and self._dispatcher is not None:
-            self._draining = True
+            self._draining = self._answers.draining = True
             now = self._clock()
             self._deadline = now + timeout
             self._gate.hurry(now, DRAIN_BACKOFF_CAP)
@@ -302,7 +314,7 @@ class HttpSink:
             self._wake.clear()
             now = self._clock()
             for expired in self._outbox.expire(now):
-                self._lose(Loss.TOO_OLD, expired.count, parcel=expired)
+                self._answers.lose(Loss.TOO_OLD, expired.count, parcel=expired)
             while self._room() and self._gate.is_open(now):
                 parcel = self._outbox.take(now)
                 if parcel is None:
@@ -364,13 +376,13 @@ class HttpSink:
             self._outbox.settle(parcel)
             self._flying_parcels.pop(id(parcel), None)
             settled = True
-            self._settle(parcel, answer, charged=charged)
+            self._answers.settle(parcel, answer, charged=charged)
         except Exception:  # a bug in this module: say so loudly, count the data, go on
             log.exception("internal error delivering %d measurements", parcel.count)
             if not settled:
                 self._outbox.settle(parcel)
                 self._flying_parcels.pop(id(parcel), None)
-            self._lose(Loss.INTERNAL, parcel.count, parcel=parcel)
+            self._answers.lose(Loss.INTERNAL, parcel.count, parcel=parcel)
         finally:
             self._flying -= 1
             self._changed()
@@ -392,75 +404,6 @@ class HttpSink:
             # Conservative: any failure once connected may have followed a complete send.
             return Answer(error=type(error).__name__, sent=True)
 
-    def _settle(self, parcel: Parcel, answer: Answer, *, charged: bool) -> None:
-        now = self._clock()
-        verdict = classify(answer, parcel.count, self._wall())
-        self.outcomes[answer.label] = self.outcomes.get(answer.label, 0) + 1
-        failures = self._gate.failures
-        self._gate.record(verdict, now)
-        if failures and verdict.kind in ANSWERED:
-            self._log.log(
-                logging.INFO,
-                "recovered",
-                "AppOptics answers again after %d failed posts; %d measurements pending",
-                failures,
-                self.pending,
-            )
-        match verdict.kind:
-            case Kind.DELIVERED:
-                self.posted += parcel.count
-                self._settled(parcel)
-            case Kind.PARTIAL:
-                self.posted += verdict.accepted
-                self._lose(Loss.REJECTED, verdict.refused, verdict.errors, parcel=parcel)
-            case Kind.REJECTED:
-                self._lose(Loss.REJECTED, parcel.count, verdict.errors, parcel=parcel)
-            case Kind.SPLIT:
-                self._split(parcel, verdict, now)
-            case _:
-                self._retry(parcel, answer, charged and verdict.kind is Kind.TRANSIENT, now)
-                self._report_failure(parcel, answer, verdict)
-
-    def _split(self, parcel: Parcel, verdict: Verdict, now: float) -> None:
-        """Bisect a batch the API refused as a whole: the halves without a bad measurement
-        are stored, and the search narrows down to the bad ones (about 2*log2(n) posts)."""
-        if parcel.count == 1:
-            self._lose(Loss.REJECTED, 1, verdict.errors, parcel=parcel)
-            return
-        measurements = orjson.loads(parcel.body)["measurements"]
-        middle = len(measurements) // 2
-        self.splits += 1
-        if self._spool is not None and parcel.ticket is not None:
-            self._spool.split(parcel.ticket)  # two pieces to settle now
-        for half in (measurements[:middle], measurements[middle:]):
-            self._queue(replace(parcel, body=encode(half), count=len(half), not_before=now))
-
-    def _retry(self, parcel: Parcel, answer: Answer, charged: bool, now: float) -> None:
-        if answer.unconfirmed and not self._resend_unconfirmed:
-            self._lose(Loss.UNCONFIRMED, parcel.count, parcel=parcel)
-            return
-        if self._spool is not None and parcel.ticket and not self._spool.holds(parcel.ticket):
-            self._lose(Loss.SPOOL_FULL, parcel.count)  # its segment was dropped while in flight
-            return
-        decision = self._policy.after_failure(
-            parcel.attempts,
-            parcel.expires,
-            now,
-            charged=charged,
-            random=self._random,
-            max_delay=DRAIN_BACKOFF_CAP if self._draining else None,
-        )
-        if isinstance(decision, GiveUp):
-            self._lose(decision.reason, parcel.count, parcel=parcel)
-            return
-        self.retries += 1
-        self.unconfirmed += parcel.count if answer.unconfirmed else 0
-        self._queue(parcel.retry(decision.at, decision.attempts))
-
-    def _queue(self, parcel: Parcel) -> None:
-        for evicted in self._outbox.put(parcel):
-            self._lose(Loss.BUFFER_FULL, evicted.count, parcel=evicted)
-
     # -- accounting ---------------------------------------------------------------------
 
     def _replay(self, stored: Sequence[tuple[Ticket, Record]]) -> None:
@@ -472,9 +415,9 @@ class HttpSink:
                 record.body, record.count, expires, next(self._seq), not_before=now, ticket=ticket
             )
             if expires <= now:
-                self._lose(Loss.TOO_OLD, record.count, parcel=parcel)
+                self._answers.lose(Loss.TOO_OLD, record.count, parcel=parcel)
             else:
-                self._queue(parcel)
+                self._answers.queue(parcel)
         if stored:
             log.info(
                 "spool: %d measurements a previous run left to deliver (%d posts)",
@@ -485,7 +428,7 @@ class HttpSink:
     def _spool_dropped(self, segment: int) -> int:
         """The spool dropped ``segment`` to stay in its bound: its queued posts go too."""
         dropped = sum(parcel.count for parcel in self._outbox.discard(segment))
-        self._lose(Loss.SPOOL_FULL, dropped)
+        self._answers.lose(Loss.SPOOL_FULL, dropped)
         self._changed()
         return dropped
 
@@ -504,55 +447,6 @@ class HttpSink:
             )
         return max(left - self.kept, 0)
 
-    def _settled(self, parcel: Parcel) -> None:
-        """``parcel`` has left for good (posted, or lost and counted): the spool forgets it."""
-        if self._spool is not None and parcel.ticket is not None:
-            self._spool.settle(parcel.ticket)
-
-    def _lose(
-        self, reason: Loss, count: int, errors: Sequence[str] = (), *, parcel: Parcel | None = None
-    ) -> None:
-        if parcel is not None:
-            self._settled(parcel)
-        if count <= 0:
-            return
-        self.lost[reason.value] = self.lost.get(reason.value, 0) + count
-        quoted = "; ".join(errors[:QUOTED_ERRORS])
-        self._log.warning(
-            f"lost:{reason}",
-            "gave up %d measurements (%s)%s; %d lost for this reason so far",
-            count,
-            reason,
-            f": {quoted}" if quoted else "",
-            self.lost[reason.value],
-        )
-
-    def _report_failure(self, parcel: Parcel, answer: Answer, verdict: Verdict) -> None:
-        detail = "; ".join(verdict.errors[:QUOTED_ERRORS]) or answer.body[:200].decode(
-            errors="replace"
-        )
-        if verdict.kind is Kind.DENIED:
-            self._log.error(
-                "denied",
-                "AppOptics refused the post (%s %s): check the token (APPOPTICS_TOKEN or "
-                "--token) and the account; holding %d measurements for up to %gs, "
-                "trying again with a backoff of up to %gs",
-                answer.label,
-                detail,
-                self.pending,
-                self._policy.max_age,
-                self._denied_cap,
-            )
-            return
-        self._log.warning(
-            f"failed:{verdict.kind}",
-            "post of %d measurements failed (%s%s); %d measurements pending",
-            parcel.count,
-            answer.label,
-            f" {detail}" if detail else "",
-            self.pending,
-        )
-
     async def _stop(self) -> int:
         """Cancel the dispatcher and posts in flight; count what is left as lost."""
         if self._closed:
@@ -570,7 +464,7 @@ class HttpSink:
         if self._spool is not None:
             left = await self._keep(unsettled, left)
         if left:
-            self._lose(Loss.SHUTDOWN, left)
+            self._answers.lose(Loss.SHUTDOWN, left)
         log.info(
             "delivery: %d measurements posted, lost %s, %d retries, %d splits, %d unconfirmed",
             self.posted,
