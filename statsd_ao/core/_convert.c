@@ -5,7 +5,7 @@
    understands, and hands every other item back untouched for the Python code: anything
    that would be dropped or needs fitting (a value the API cannot take, an overflow, a
    running summary past its reservoir, a suffixed name that is too long, an unexpected
-   type).  tests/test_convert.py compares the two on arbitrary accumulators.
+   type).  tests/core/test_convert.py compares the two on arbitrary accumulators.
 
    Sums are math.fsum's: Shewchuk's exact partials with the final half-even fix-up, so a
    sum or a standard deviation is the one Python computes.  Squares go through libm's

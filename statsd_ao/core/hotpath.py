@@ -2,7 +2,7 @@
 
 The extension is built when the package is installed with a C compiler at hand; without
 one, or with ``STATSD_AO_PURE_PYTHON=1`` in the environment, the aggregator runs its own
-Python loop.  Both give the same results (tests/test_hotpath.py compares them on arbitrary
+Python loop.  Both give the same results (tests/core/test_hotpath.py compares them on arbitrary
 input); the C loop applies the common cases to the same accumulator objects and hands
 every other line to the aggregator's Python code, which stays the one definition of what a
 line means.

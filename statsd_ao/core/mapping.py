@@ -11,7 +11,7 @@ First matching rule wins, in file order.  So that a file of thousands of rules d
 cost a scan of every rule per shape, glob rules whose first segment is literal are indexed
 by that segment; each index bucket holds its rules merged with the rules that can match any
 first segment (wildcard first segments, regexes), in file order, so the first match is the
-same as a linear scan's (``tests/test_mapping.py`` checks this; ``bench/mapping_bench.py``
+same as a linear scan's (``tests/core/test_mapping.py`` checks this; ``bench/mapping_bench.py``
 measures it).
 """
 

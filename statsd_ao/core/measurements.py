@@ -7,7 +7,7 @@ counted in `Converter.dropped`, never posted.
 
 The common cases run in C when the extension is built (statsd_ao/core/_convert.c): it builds the
 same measurements for every item it fully understands and hands the rest (anything to drop
-or fit) back to the Python code here, which stays the definition.  tests/test_convert.py
+or fit) back to the Python code here, which stays the definition.  tests/core/test_convert.py
 compares the two.
 """
 

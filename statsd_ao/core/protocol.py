@@ -8,7 +8,7 @@ series, so names, tags and rates are parsed once per series, not once per line.
 
 Theory of operation: this module never raises anything but `ParseError` (a
 `ValueError`) on any input bytes; any other exception is a bug.  Hypothesis
-checks that in ``tests/test_protocol.py``.
+checks that in ``tests/core/test_protocol.py``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from tests.fakeapi import FakeAppOptics
 from tests.proxy import Proxy
 from tests.test_flusher import ListSink
 
-DATA = Path(__file__).parent / "data" / "etsy"
+DATA = Path(__file__).parent.parent / "data" / "etsy"
 TOKEN = "e2e-token"
 
 

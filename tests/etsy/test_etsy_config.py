@@ -37,7 +37,7 @@ from statsd_ao.etsy.translation import (
     translate,
 )
 
-DATA = Path(__file__).parent / "data" / "etsy"
+DATA = Path(__file__).parent.parent / "data" / "etsy"
 TOKEN = "ca98e2bc23b1bfd0cbe9041e824f610491129bb952d52ca4ac22cf3eab5a1c32"
 
 

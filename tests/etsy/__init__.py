@@ -1,0 +1,1 @@
+"""Tests of the modules of statsd_ao.etsy (the package layout, mirrored)."""

@@ -1,0 +1,1 @@
+"""Tests of the modules of statsd_ao.io (the package layout, mirrored)."""
