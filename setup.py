@@ -14,6 +14,7 @@ setup(
         Extension(
             "statsd_ao.core._hotpath",
             sources=["statsd_ao/core/_hotpath.c"],
+            depends=["statsd_ao/core/_slots.h"],
             extra_compile_args=FLAGS,
             optional=True,
         ),
@@ -21,6 +22,7 @@ setup(
         Extension(
             "statsd_ao.core._convert",
             sources=["statsd_ao/core/_convert.c"],
+            depends=["statsd_ao/core/_slots.h"],
             extra_compile_args=[*FLAGS, "-ffp-contract=off"],
             optional=True,
         ),

@@ -15,15 +15,12 @@
 #include <math.h>
 #include <structmember.h>
 
+#include "_slots.h"
+
 #define MAX_MAGNITUDE 1e126         /* measurements.MAX_MAGNITUDE */
 #define COUNT_LIMIT 9223372036854775808.0 /* 2**63: counts stay below (MAX_COUNT) */
 #define MAX_PARTIALS 64             /* finite doubles never need more than ~40 */
 #define MAX_SUFFIXES 16             /* more percentiles than this: Python does them */
-
-typedef struct {
-    PyTypeObject *type;
-    Py_ssize_t offset;
-} Slot;
 
 static Slot total_slot, value_slot, values_slot, weights_slot, running_slot, members_slot;
 
@@ -423,21 +420,6 @@ failed:
     Py_XDECREF(c.out);
     Py_XDECREF(rest);
     return NULL;
-}
-
-static int slot_of(PyObject *descriptor, Slot *slot) {
-    if (Py_TYPE(descriptor) != &PyMemberDescr_Type) {
-        PyErr_SetString(PyExc_TypeError, "configure() wants member descriptors");
-        return -1;
-    }
-    PyMemberDescrObject *member = (PyMemberDescrObject *)descriptor;
-    if (member->d_member->type != T_OBJECT_EX && member->d_member->type != T_OBJECT) {
-        PyErr_SetString(PyExc_TypeError, "configure() wants object members");
-        return -1;
-    }
-    slot->type = PyDescr_TYPE(descriptor);
-    slot->offset = member->d_member->offset;
-    return 0;
 }
 
 /* configure((Counter.total, Gauge.value, Summary.values, Summary.weights, Summary.running,

@@ -19,6 +19,8 @@
 #include <math.h>
 #include <string.h>
 #include <structmember.h>
+
+#include "_slots.h"
 #include <errno.h>
 #include <stdint.h>
 #include <sys/mman.h>
@@ -33,11 +35,6 @@ static PyObject *counter_add, *counter_rated, *gauge_add, *summary_add, *summary
     *set_add, *partial_type;
 static PyObject *limits; /* the module whose MAX_SUMMARY_VALUES, MAX_SET_MEMBERS bind */
 static Py_ssize_t max_values, max_members; /* read from it at each datagram, as Python does */
-
-typedef struct {
-    PyTypeObject *type; /* the slot is at ``offset`` only in exact instances of ``type`` */
-    Py_ssize_t offset;
-} Slot;
 
 static Slot total, value_slot, absolute, values_slot, weights_slot, members_slot, func_slot,
     args_slot, keywords_slot;
@@ -789,21 +786,6 @@ static PyTypeObject TableType = {
     .tp_dealloc = (destructor)table_dealloc,
     .tp_methods = table_methods,
 };
-
-static int slot_of(PyObject *descriptor, Slot *slot) {
-    if (Py_TYPE(descriptor) != &PyMemberDescr_Type) {
-        PyErr_SetString(PyExc_TypeError, "configure() wants member descriptors");
-        return -1;
-    }
-    PyMemberDescrObject *member = (PyMemberDescrObject *)descriptor;
-    if (member->d_member->type != T_OBJECT_EX && member->d_member->type != T_OBJECT) {
-        PyErr_SetString(PyExc_TypeError, "configure() wants object members");
-        return -1;
-    }
-    slot->type = PyDescr_TYPE(descriptor);
-    slot->offset = member->d_member->offset;
-    return 0;
-}
 
 static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *fs[7], *ds[9];
