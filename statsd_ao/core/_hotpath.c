@@ -214,43 +214,51 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
 
 /* ---------------------------------------------------------------- the line-shape table
 
-   A hash table over the raw bytes of a line's (name, tail), in front of the aggregator's
-   feeds dict, so a line seen before in this interval is resolved without building a key
-   tuple (or any other Python object).  Each record holds a strong reference to the feed
-   and what applying it needs (the kind, the accumulator, the rate), decided once when the
-   record is made.  The dict stays the source of truth: a record is only made for a feed the
-   dict holds under that key, and the table is tied to the identity of the dict it mirrors.
-   The aggregator replaces its dict (never clears it) whenever feeds become invalid; a
-   table that sees another dict, or its own dict shrunk, forgets every record first.
+   A hash table over the raw bytes of a line's name and tail, in front of the aggregator's
+   feeds dict (keyed by the bytes ``name:tail``), so a line seen before in this interval is
+   resolved without building a key (or any other Python object).  Each record holds strong
+   references to the dict's key and the feed, and what applying the feed needs (the kind,
+   the accumulator, the rate), decided once when the record is made.  The dict stays the
+   source of truth: a record is only made for a feed the dict holds under that key, and the
+   table is tied to the identity of the dict it mirrors.  The aggregator replaces its dict
+   (never clears it) whenever feeds become invalid; a table that sees another dict, or its
+   own dict shrunk, retires every record first: its feed is dropped and it goes stale.
 
-   Records live in one arena (offsets, so it may move when it grows); the index is open
-   addressing with linear probing at most half full.  The seed is random per process and a
-   key whose probe sequence would pass MAX_PROBE is not cached (it takes the dict path), so
-   crafted names cannot make a lookup cost more than MAX_PROBE comparisons.  The table is
-   not tracked by the cyclic GC: what it references (the dict, feeds, accumulators) never
-   references the table back. */
+   A stale record keeps only its key, for the next interval: its first line there goes the
+   way of an unknown shape (the dict, then feed_for) with that same key object, so the dict,
+   the aggregator's shape cache and the record share one copy of a shape's bytes however
+   many intervals see it, and no key is built.  A record still stale at the next retirement
+   (its shape was not seen for a whole interval) is dropped, so the table holds at most the
+   shapes of two intervals.
+
+   Records are fixed-size, in one array that grows by half (indices, so it may move); a
+   record compares a line against the key object it holds.  The index is
+   open addressing with linear probing at most half full.  The seed is random per process
+   and a key whose probe sequence would pass MAX_PROBE is not cached (it takes the dict
+   path), so crafted names cannot make a lookup cost more than MAX_PROBE comparisons.  The
+   table is not tracked by the cyclic GC: what it references (the dict, keys, feeds,
+   accumulators) never references the table back. */
 
 enum Kind { K_OTHER, K_COUNTER, K_COUNTER_RATED, K_GAUGE, K_SUMMARY, K_SUMMARY_RATED, K_SET };
 #define MAX_PROBE 32
 
 typedef struct {
     uint64_t hash;
-    PyObject *feed;  /* strong */
+    PyObject *key;   /* strong: the bytes name ":" tail */
+    PyObject *feed;  /* strong; NULL while stale (see retire) */
     PyObject *self;  /* the accumulator, kept alive by the feed; NULL for K_OTHER */
     double rate;
-    uint32_t name_len, tail_len;
     uint32_t kind;
-    char key[];      /* name, then tail */
 } Record;
 
 typedef struct {
     PyObject_HEAD
     PyObject *feeds;      /* the dict mirrored (strong), or NULL */
     Py_ssize_t seen_size; /* its size when last looked at: smaller means it was cleared */
-    char *arena;
-    size_t used, room;
-    uint32_t *slots;      /* offset + 1 of a record; 0 is empty */
-    size_t mask, count;
+    Record *records;
+    size_t count, room;   /* records used, allocated */
+    uint32_t *slots;      /* index + 1 of a record; 0 is empty */
+    size_t mask;
 } Table;
 
 static uint64_t seed;
@@ -285,12 +293,16 @@ static inline uint64_t key_hash(const char *name, size_t name_len, const char *t
     return hash_bytes(hash_bytes(seed ^ name_len, name, name_len), tail, tail_len);
 }
 
-static inline size_t record_size(size_t key_len) {
-    return (sizeof(Record) + key_len + 7) & ~(size_t)7;
+static inline Record *record_at(Table *t, uint32_t slot) {
+    return &t->records[slot - 1];
 }
 
-static inline Record *record_at(Table *t, uint32_t slot) {
-    return (Record *)(t->arena + slot - 1);
+/* The key holds name ":" tail (built so by the aggregator and by miss()). */
+static inline int same_key(PyObject *key, const char *name, size_t name_len, const char *tail,
+                           size_t tail_len) {
+    const char *k = PyBytes_AS_STRING(key);
+    return (size_t)PyBytes_GET_SIZE(key) == name_len + 1 + tail_len &&
+           memcmp(k, name, name_len) == 0 && memcmp(k + name_len + 1, tail, tail_len) == 0;
 }
 
 static Record *lookup(Table *t, uint64_t h, const char *name, size_t name_len,
@@ -301,10 +313,7 @@ static Record *lookup(Table *t, uint64_t h, const char *name, size_t name_len,
         uint32_t slot = t->slots[i];
         if (slot == 0) return NULL;
         Record *r = record_at(t, slot);
-        if (r->hash == h && r->name_len == name_len && r->tail_len == tail_len &&
-            memcmp(r->key, name, name_len) == 0 &&
-            memcmp(r->key + name_len, tail, tail_len) == 0)
-            return r;
+        if (r->hash == h && same_key(r->key, name, name_len, tail, tail_len)) return r;
     }
     return NULL;
 }
@@ -312,51 +321,109 @@ static Record *lookup(Table *t, uint64_t h, const char *name, size_t name_len,
 /* Forget every record (the allocations are kept for the next interval's records, unless
    this interval used few of them). */
 static void reset(Table *t) {
-    char *arena = t->arena;
-    size_t used = t->used;
-    int shrink = t->used < t->room / 8;
+    Record *records = t->records;
+    size_t count = t->count;
+    int shrink = t->count < t->room / 8;
     if (t->slots != NULL) memset(t->slots, 0, (t->mask + 1) * sizeof *t->slots);
-    t->used = t->count = 0;
+    t->count = 0;
     t->seen_size = 0;
     Py_CLEAR(t->feeds);
     if (shrink) {
-        t->arena = NULL;
+        t->records = NULL;
         t->room = 0;
         PyMem_Free(t->slots);
         t->slots = NULL;
         t->mask = 0;
     }
-    for (size_t at = 0; at < used;) { /* (no record is reachable any more) */
-        Record *r = (Record *)(arena + at);
-        at += record_size(r->name_len + r->tail_len);
-        Py_DECREF(r->feed);
+    for (size_t i = 0; i < count; i++) { /* (no record is reachable any more) */
+        Py_DECREF(records[i].key);
+        Py_XDECREF(records[i].feed);
     }
-    if (shrink) PyMem_Free(arena);
+    if (shrink) PyMem_Free(records);
 }
 
-/* Follow ``feeds``: a table mirroring anything else, or a dict that shrank, starts over. */
+/* An index of ``size`` slots (a power of two, above twice the records) over every record. */
+static int build_index(Table *t, size_t size) {
+    uint32_t *slots = PyMem_Calloc(size, sizeof *slots);
+    if (slots == NULL) return -1;
+    for (size_t at = 0; at < t->count; at++) {
+        size_t i = t->records[at].hash & (size - 1);
+        while (slots[i] != 0) i = (i + 1) & (size - 1);
+        slots[i] = (uint32_t)(at + 1);
+    }
+    PyMem_Free(t->slots);
+    t->slots = slots;
+    t->mask = size - 1;
+    return 0;
+}
+
+static int grow_index(Table *t) {
+    return build_index(t, t->slots == NULL ? 1024 : (t->mask + 1) * 2);
+}
+
+/* Keep the stale records of ``kept`` at the front, smaller arrays when far fewer are used. */
+static int compact(Table *t, size_t kept) {
+    size_t size = t->slots == NULL ? 1024 : t->mask + 1;
+    while (size > 1024 && kept * 8 < size) size /= 2;
+    t->count = kept;
+    if (kept < t->room / 8 && t->room > 1024) {
+        size_t room = kept + kept / 2 > 1024 ? kept + kept / 2 : 1024;
+        Record *records = PyMem_Realloc(t->records, room * sizeof *records);
+        if (records != NULL) {
+            t->records = records;
+            t->room = room;
+        }
+    }
+    return build_index(t, size);
+}
+
+/* The mirrored dict is gone: every record goes stale (its feed dropped), and one already
+   stale is dropped.  Without memory for that, every record is dropped. */
+static void retire(Table *t) {
+    size_t count = t->count, kept = 0, dropped = 0;
+    PyObject **drop = PyMem_Malloc((2 * count + 1) * sizeof *drop); /* feeds, then keys */
+    if (drop == NULL) {
+        reset(t);
+        return;
+    }
+    for (size_t i = 0; i < count; i++) {
+        Record r = t->records[i];
+        drop[dropped++] = r.feed != NULL ? r.feed : r.key;
+        if (r.feed == NULL) continue;
+        r.feed = r.self = NULL;
+        r.kind = K_OTHER;
+        t->records[kept++] = r;
+    }
+    PyObject *feeds = t->feeds;
+    t->feeds = NULL;
+    t->seen_size = 0;
+    if (compact(t, kept) < 0) { /* (no memory for a new index: the old one, emptied) */
+        if (t->slots != NULL) memset(t->slots, 0, (t->mask + 1) * sizeof *t->slots);
+        for (size_t i = 0; i < kept; i++) drop[dropped++] = t->records[i].key;
+        t->count = 0;
+    }
+    for (size_t i = 0; i < dropped; i++) Py_DECREF(drop[i]); /* (no record refers to them) */
+    Py_XDECREF(feeds);
+    PyMem_Free(drop);
+}
+
+/* Follow ``feeds``: a table mirroring anything else, or a dict that shrank, retires every
+   record. */
 static void follow(Table *t, PyObject *feeds) {
     if (t->feeds != feeds || PyDict_GET_SIZE(feeds) < t->seen_size) {
-        reset(t);
+        if (t->feeds != NULL) retire(t);
         t->feeds = Py_NewRef(feeds);
     }
     t->seen_size = PyDict_GET_SIZE(feeds);
 }
 
-static int grow_index(Table *t) {
-    size_t size = t->slots == NULL ? 1024 : (t->mask + 1) * 2;
-    uint32_t *slots = PyMem_Calloc(size, sizeof *slots);
-    if (slots == NULL) return -1;
-    for (size_t at = 0; at < t->used;) {
-        Record *r = (Record *)(t->arena + at);
-        size_t i = r->hash & (size - 1);
-        while (slots[i] != 0) i = (i + 1) & (size - 1);
-        slots[i] = (uint32_t)(at + 1);
-        at += record_size(r->name_len + r->tail_len);
-    }
-    PyMem_Free(t->slots);
-    t->slots = slots;
-    t->mask = size - 1;
+static int grow_records(Table *t) {
+    size_t room = t->room ? t->room + t->room / 2 : 1024;
+    if (room >= UINT32_MAX) return -1;
+    Record *records = PyMem_Realloc(t->records, room * sizeof *records);
+    if (records == NULL) return -1;
+    t->records = records;
+    t->room = room;
     return 0;
 }
 
@@ -365,7 +432,17 @@ static void classify(PyObject *feed, Record *r) {
     r->kind = K_OTHER;
     r->self = NULL;
     r->rate = 1.0;
-    if (Py_TYPE(feed) == (PyTypeObject *)partial_type) {
+    PyTypeObject *type = Py_TYPE(feed);
+    if (type == total.type || type == value_slot.type || type == values_slot.type ||
+        type == members_slot.type) { /* an accumulator is its own feed (its add) */
+        r->self = feed;
+        r->kind = type == total.type         ? K_COUNTER
+                  : type == value_slot.type  ? K_GAUGE
+                  : type == values_slot.type ? K_SUMMARY
+                                             : K_SET;
+        return;
+    }
+    if (type == (PyTypeObject *)partial_type) {
         PyObject *method = get(feed, &func_slot), *args = get(feed, &args_slot);
         PyObject *keywords = get(feed, &keywords_slot);
         if (keywords == NULL || !PyDict_CheckExact(keywords) || PyDict_GET_SIZE(keywords) != 0)
@@ -394,36 +471,21 @@ static void classify(PyObject *feed, Record *r) {
                                     : K_OTHER;
 }
 
-/* A record for a feed the mirrored dict holds under this key; NULL (no error) when not
-   cached: not in the dict, a probe sequence too long, or no memory (a cache may fail). */
-static Record *insert(Table *t, uint64_t h, const char *name, size_t name_len,
-                      const char *tail, size_t tail_len, PyObject *feed) {
+/* A new record for a feed the mirrored dict holds under ``key`` (whose hash is h); NULL (no
+   error) when not cached: a probe sequence too long, or no memory (a cache may fail). */
+static Record *insert(Table *t, uint64_t h, PyObject *key, PyObject *feed) {
     if ((t->count + 1) * 2 > t->mask + 1 && grow_index(t) < 0) goto nomem;
     size_t i = h & t->mask;
     int probe = 0;
     for (; t->slots[i] != 0; i = (i + 1) & t->mask)
         if (++probe >= MAX_PROBE) return NULL;
-    size_t size = record_size(name_len + tail_len);
-    if (t->used + size > t->room) {
-        size_t room = t->room ? t->room * 2 : 64 * 1024;
-        while (room < t->used + size) room *= 2;
-        if (room > UINT32_MAX) return NULL;
-        char *arena = PyMem_Realloc(t->arena, room);
-        if (arena == NULL) goto nomem;
-        t->arena = arena;
-        t->room = room;
-    }
-    Record *r = (Record *)(t->arena + t->used);
+    if (t->count == t->room && grow_records(t) < 0) goto nomem;
+    Record *r = &t->records[t->count];
     r->hash = h;
+    r->key = Py_NewRef(key);
     r->feed = Py_NewRef(feed);
-    r->name_len = (uint32_t)name_len;
-    r->tail_len = (uint32_t)tail_len;
-    memcpy(r->key, name, name_len);
-    memcpy(r->key + name_len, tail, tail_len);
     classify(feed, r);
-    t->slots[i] = (uint32_t)(t->used + 1);
-    t->used += size;
-    t->count++;
+    t->slots[i] = (uint32_t)(++t->count);
     return r;
 nomem:
     PyErr_Clear();
@@ -462,20 +524,48 @@ typedef struct { /* what one ingest call works with */
     PyObject *feeds, *feed_for, *failed;
 } Context;
 
-/* The feed for a line the table does not know: from the dict, else from
-   feed_for(key, value, line); cached when the dict holds it.  A new reference in *feed, and
-   the record if one was made; -1 with an exception set. */
-static int miss(Context *c, uint64_t h, const char *line, Py_ssize_t len, Py_ssize_t name_len,
-                const char *s, Py_ssize_t n, const char *tail, Py_ssize_t tail_len,
-                PyObject **feed, Record **record) {
-    PyObject *key = Py_BuildValue("(y#y#)", line, name_len, tail, tail_len);
+typedef struct { /* one line, split as the Python loop splits it */
+    const char *line, *value, *tail;
+    Py_ssize_t len, name_len, n, tail_len;
+    uint64_t hash;
+} Line;
+
+/* The bytes name ":" tail of a line, as the Python loop builds its key. */
+static PyObject *key_of(const Line *l) {
+    PyObject *key = PyBytes_FromStringAndSize(NULL, l->name_len + 1 + l->tail_len);
+    if (key == NULL) return NULL;
+    char *k = PyBytes_AS_STRING(key);
+    memcpy(k, l->line, l->name_len);
+    k[l->name_len] = ':';
+    memcpy(k + l->name_len + 1, l->tail, l->tail_len);
+    return key;
+}
+
+/* The record for a feed the mirrored dict holds under ``key``: the line's stale record
+   given its feed again, else a new one; NULL when not cached (see insert). */
+static Record *keep(Table *t, const Line *l, PyObject *key, PyObject *feed) {
+    Record *r = lookup(t, l->hash, l->line, l->name_len, l->tail, l->tail_len);
+    if (r == NULL) return insert(t, l->hash, key, feed);
+    if (r->feed == NULL) {
+        r->feed = Py_NewRef(feed);
+        classify(feed, r);
+    }
+    return r->feed == feed ? r : NULL;
+}
+
+/* The feed for a line the table does not know, or knows only stale (``known``: its key,
+   borrowed, else NULL): from the dict, else from feed_for(key, value, line), the key being
+   the bytes name ":" tail; cached when the dict holds it.  A new reference in *feed, and
+   the record if one was made or revived; -1 with an exception set. */
+static int miss(Context *c, const Line *l, PyObject *known, PyObject **feed, Record **record) {
+    PyObject *key = known != NULL ? Py_NewRef(known) : key_of(l);
     if (key == NULL) return -1;
     PyObject *found = PyDict_GetItemWithError(c->feeds, key);
     if (found != NULL && found != Py_None) { /* None: a miss, as feeds.get() sees it */
         *feed = Py_NewRef(found);
     } else if (!PyErr_Occurred()) {
-        PyObject *value = PyBytes_FromStringAndSize(s, n);
-        PyObject *whole = PyBytes_FromStringAndSize(line, len);
+        PyObject *value = PyBytes_FromStringAndSize(l->value, l->n);
+        PyObject *whole = PyBytes_FromStringAndSize(l->line, l->len);
         if (value != NULL && whole != NULL)
             *feed = PyObject_CallFunctionObjArgs(c->feed_for, key, value, whole, NULL);
         Py_XDECREF(value);
@@ -485,19 +575,13 @@ static int miss(Context *c, uint64_t h, const char *line, Py_ssize_t len, Py_ssi
         follow(c->table, c->feeds); /* (cleared in place meanwhile: start over) */
         found = PyDict_GetItemWithError(c->feeds, key); /* what feed_for left there */
         if (found == *feed)
-            *record = insert(c->table, h, line, name_len, tail, tail_len, *feed);
+            *record = keep(c->table, l, key, *feed);
         else if (found == NULL && PyErr_Occurred())
             Py_CLEAR(*feed);
     }
     Py_DECREF(key);
     return *feed == NULL ? -1 : 0;
 }
-
-typedef struct { /* one line, split as the Python loop splits it */
-    const char *line, *value, *tail;
-    Py_ssize_t len, name_len, n, tail_len;
-    uint64_t hash;
-} Line;
 
 static inline void split(const char *line, Py_ssize_t len, Line *l) {
     const char *end = line + len;
@@ -519,7 +603,7 @@ static int one_line(Context *c, const Line *l) {
     Record *r = c->table->feeds == c->feeds
                     ? lookup(c->table, l->hash, l->line, l->name_len, l->tail, l->tail_len)
                     : NULL;
-    if (r != NULL) {
+    if (r != NULL && r->feed != NULL) {
         int done = apply(r, l->value, l->n);
         if (done != DECLINED) return done;
         PyObject *feed = Py_NewRef(r->feed); /* (a feed may replace the table's records) */
@@ -527,10 +611,11 @@ static int one_line(Context *c, const Line *l) {
         Py_DECREF(feed);
         return done;
     }
-    PyObject *feed = NULL;
-    if (miss(c, l->hash, l->line, l->len, l->name_len, l->value, l->n, l->tail, l->tail_len,
-             &feed, &r) < 0)
-        return FAILED;
+    PyObject *feed = NULL, *known = r != NULL ? Py_NewRef(r->key) : NULL;
+    r = NULL;
+    int missed = miss(c, l, known, &feed, &r);
+    Py_XDECREF(known);
+    if (missed < 0) return FAILED;
     Record local;
     if (r == NULL) classify(feed, &local);
     int done = apply(r != NULL ? r : &local, l->value, l->n);
@@ -540,8 +625,8 @@ static int one_line(Context *c, const Line *l) {
 }
 
 /* Ask the memory for what a group of lines will touch (index slots, then records, then
-   accumulators) before touching any, so the cache misses overlap.  Only hints: the lines
-   are then looked up one by one as usual. */
+   keys and accumulators) before touching any, so the cache misses overlap.  Only hints:
+   the lines are then looked up one by one as usual. */
 static void prefetch(Table *t, const Line *lines, int count) {
     if (t->slots == NULL) return;
     for (int i = 0; i < count; i++) __builtin_prefetch(&t->slots[lines[i].hash & t->mask]);
@@ -551,8 +636,10 @@ static void prefetch(Table *t, const Line *lines, int count) {
     }
     for (int i = 0; i < count; i++) {
         uint32_t slot = t->slots[lines[i].hash & t->mask];
-        if (slot != 0 && record_at(t, slot)->self != NULL)
-            __builtin_prefetch(record_at(t, slot)->self);
+        if (slot == 0) continue;
+        const Record *r = record_at(t, slot);
+        __builtin_prefetch(PyBytes_AS_STRING(r->key));
+        if (r->self != NULL) __builtin_prefetch(r->self);
     }
 }
 
@@ -735,14 +822,14 @@ static PyObject *table_receive(Table *self, PyObject *const *args, Py_ssize_t na
     return Py_BuildValue("nnni", t.datagrams, t.bytes, t.lines, t.error);
 }
 
-/* Table.follow(feeds): forget every record now if ``feeds`` is not the dict mirrored (so a
-   swapped-out interval is not kept alive until the next datagram). */
+/* Table.follow(feeds): retire every record now if ``feeds`` is not the dict mirrored (so a
+   swapped-out interval is not kept alive until the next datagram), and mirror ``feeds``. */
 static PyObject *table_follow(Table *self, PyObject *feeds) {
     if (!PyDict_Check(feeds)) {
         PyErr_SetString(PyExc_TypeError, "follow(feeds: dict)");
         return NULL;
     }
-    if (self->feeds != NULL && self->feeds != feeds) reset(self);
+    follow(self, feeds);
     Py_RETURN_NONE;
 }
 
@@ -752,7 +839,7 @@ static PyObject *table_len(Table *self, PyObject *Py_UNUSED(ignored)) {
 
 static void table_dealloc(Table *self) {
     reset(self);
-    PyMem_Free(self->arena);
+    PyMem_Free(self->records);
     PyMem_Free(self->slots);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -772,8 +859,9 @@ static PyMethodDef table_methods[] = {
      "receive(fd, limit, owner, attribute, feed_for, failed, errored) -> "
      "(datagrams, bytes, lines, errno)"},
     {"follow", (PyCFunction)table_follow, METH_O,
-     "follow(feeds): drop every record unless feeds is the dict mirrored"},
-    {"records", (PyCFunction)table_len, METH_NOARGS, "records(): line shapes cached now"},
+     "follow(feeds): retire every record unless feeds is the dict mirrored"},
+    {"records", (PyCFunction)table_len, METH_NOARGS,
+     "records(): line shapes cached now, stale ones included"},
     {NULL, NULL, 0, NULL},
 };
 

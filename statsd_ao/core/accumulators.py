@@ -1,9 +1,10 @@
 """Per-series accumulators: what one series holds during one flush interval.
 
 Each ``add`` is a feed of the hot path (see `statsd_ao.core.aggregator`): it parses one raw
-value and folds it in.  A value that is not a finite number raises `ParseError` (or
-``float()``'s own ``ValueError``), which the ingest loop counts.  ``add_rated`` takes the
-line's sample rate first, so ``functools.partial(acc.add_rated, rate)`` is a ready feed.
+value and folds it in; calling the accumulator is calling its ``add``.  A value that is not a
+finite number raises `ParseError` (or ``float()``'s own ``ValueError``), which the ingest loop
+counts.  ``add_rated`` takes the line's sample rate first, so
+``functools.partial(acc.add_rated, rate)`` is a ready feed.
 
 Why parse here rather than store raw bytes and parse in bulk later: measured with
 bench/core_bench.py, deferring kept millions of bytes objects alive between flushes and
@@ -49,6 +50,8 @@ class Counter:
             raise ParseError("non-finite value")
         self.total += number
 
+    __call__ = add  # the accumulator is its own feed: no bound method to keep
+
     def add_rated(self, rate: float, raw: bytes) -> None:
         self.total += _finite(raw) / rate
 
@@ -74,6 +77,8 @@ class Gauge:
         else:
             self.value = number
             self.absolute = True
+
+    __call__ = add  # the accumulator is its own feed: no bound method to keep
 
     def add_rated(self, rate: float, raw: bytes) -> None:
         self.add(raw)  # sample rates do not apply to gauges
@@ -106,6 +111,8 @@ class Summary:
                 self.weights.append(1.0)
         else:
             self._overflow(number, 1.0)
+
+    __call__ = add  # the accumulator is its own feed: no bound method to keep
 
     def add_rated(self, rate: float, raw: bytes) -> None:
         number = _finite(raw)
@@ -180,6 +187,8 @@ class SetOf:
         if not raw:
             raise ParseError("empty set member")
         members.add(raw)
+
+    __call__ = add  # the accumulator is its own feed: no bound method to keep
 
     def add_rated(self, rate: float, raw: bytes) -> None:
         self.add(raw)

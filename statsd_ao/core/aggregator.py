@@ -1,13 +1,13 @@
 """Per-interval aggregation of StatsD lines: the hot path.
 
 Theory of operation.  `Aggregator.ingest` splits each line into ``name``, ``value`` and
-``tail`` with two ``bytes.partition`` calls and looks ``(name, tail)`` up in a per-interval
-dict of *feeds*.  A feed is a ready callable, usually the bound ``add`` method of the
-series' accumulator (`statsd_ao.core.accumulators`), so a line seen before in this interval costs
-one dict lookup and one call.  A miss goes through `_feed_for`, which parses the shape
-(cached across intervals in a bounded dict), names the series through `Naming` and creates
-the accumulator.  A shape that cannot parse is cached too, as a feed that raises its
-`ParseError`, so a flood of the same bad line is as cheap as good lines.
+``tail`` with two ``bytes.partition`` calls and looks the line's shape, the bytes
+``name:tail``, up in a per-interval dict of *feeds*.  A feed is a ready callable, usually the
+series' accumulator (`statsd_ao.core.accumulators`) or its bound ``add``, so a line seen
+before in this interval costs one dict lookup and one call.  A miss goes through `_feed_for`,
+which parses the shape (cached across intervals in a bounded dict), names the series through
+`Naming` and creates the accumulator.  A shape that cannot parse is cached too, as a feed that
+raises its `ParseError`, so a flood of the same bad line is as cheap as good lines.
 (bench/core_bench.py measures this path.)
 
 Every feed raises only `ValueError` (a `ParseError` or ``float()``'s own) on bad input; the
@@ -162,7 +162,8 @@ class Aggregator:
         self.folded_samples: dict[str, int] = {}  # per metric, since start
         self._shape_limit = shape_limit
         self._feed_limit = feed_limit
-        self._shapes: dict[tuple[bytes, bytes], Resolved | ParseError] = {}
+        # Line shape -> what it names; a plain shape (rate 1, no timestamp) as its bare key.
+        self._shapes: dict[bytes, SeriesKey | Resolved | ParseError] = {}
         self._gauges: dict[SeriesKey, Gauge] = {}
         # Replaced, never cleared, whenever its feeds become invalid: the C table caches it
         # by identity (swap, forget, the feed limit).
@@ -211,7 +212,7 @@ class Aggregator:
                 continue
             name, _, rest = line.partition(b":")
             value, _, tail = rest.partition(b"|")
-            key = (name, tail)
+            key = name + b":" + tail
             feed = feeds.get(key)
             if feed is None:
                 feed = self._feed_for(key, value, line)
@@ -294,7 +295,7 @@ class Aggregator:
         now.rejected[reason] = now.rejected.get(reason, 0) + 1
         now.examples.setdefault(reason, line)
 
-    def _feed_for(self, key: tuple[bytes, bytes], value: bytes, line: bytes) -> Feed:
+    def _feed_for(self, key: bytes, value: bytes, line: bytes) -> Feed:
         """The feed for a line shape seen for the first time this interval (the slow path).
 
         The parsers raise only `ParseError`; a plain ``ValueError`` escaping them anyway (a
@@ -307,17 +308,18 @@ class Aggregator:
             log.exception("parser bug on line %r (counted as rejected)", line[:EXAMPLE_BYTES])
             return _rejecter("unparsable line")
 
-    def _new_feed(self, key: tuple[bytes, bytes], value: bytes, line: bytes) -> Feed:
+    def _new_feed(self, key: bytes, value: bytes, line: bytes) -> Feed:
         feed: Feed
-        if key[0].startswith((EVENT_PREFIX, CHECK_PREFIX)):
+        name, _, tail = key.partition(b":")
+        if name.startswith((EVENT_PREFIX, CHECK_PREFIX)):
             return self._special(line)
-        if b":" in key[1] and (lines := split_multi_metric(line)) is not None:
+        if b":" in tail and (lines := split_multi_metric(line)) is not None:
             self._lines(lines)  # etsy's name:1|c:2|ms: never cached (its tail holds values)
             return _done
-        if key[0] and not key[0].strip() and not key[1]:
+        if name and not name.strip() and not tail:
             feed = _ignore
         else:
-            resolved = self._resolve(key)
+            resolved = self._resolve(key, name, tail)
             if isinstance(resolved, ParseError):
                 feed = _rejecter(resolved.reason)
             else:
@@ -390,29 +392,39 @@ class Aggregator:
         if self.guard is not None:
             self.guard.sweep()
 
-    def _resolve(self, key: tuple[bytes, bytes]) -> Resolved | ParseError:
-        resolved = self._shapes.get(key)
-        if resolved is not None:
-            return resolved
+    def _resolve(self, key: bytes, name: bytes, tail: bytes) -> Resolved | ParseError:
+        """What the shape names, from the cache or parsed.  (The C table hands in the key
+        object it kept from the shape's last interval, so the cache, the feeds dict and the
+        table share one copy of a shape's bytes.)"""
+        shapes = self._shapes
+        known = shapes.get(key)
+        if known is None:
+            known = self._parse(name, tail)
+            if len(shapes) >= self._shape_limit:
+                shapes.clear()
+            shapes[key] = known
+        return Resolved(known, 1.0) if isinstance(known, tuple) else known
+
+    def _parse(self, name: bytes, tail: bytes) -> SeriesKey | Resolved | ParseError:
         try:
-            shape = parse_shape(*key, self._container_tag)
+            shape = parse_shape(name, tail, self._container_tag)
             # may filter it out
-            name, tags = self._naming.series(shape.name, shape.tags, shape.kind.value)
+            named, tags = self._naming.series(shape.name, shape.tags, shape.kind.value)
         except ParseError as error:
-            resolved = error
-        else:
-            resolved = Resolved((shape.kind, name, tags), shape.rate, shape.timestamp)
-        if len(self._shapes) >= self._shape_limit:
-            self._shapes.clear()
-        self._shapes[key] = resolved
-        return resolved
+            return error
+        key = (shape.kind, named, tags)
+        if shape.rate == 1.0 and shape.timestamp is None:
+            return key  # (most shapes: no Resolved kept, 56 bytes less a shape)
+        return Resolved(key, shape.rate, shape.timestamp)
 
     def _feed_of(self, table: dict[SeriesKey, Accumulator], key: SeriesKey, rate: float) -> Feed:
         acc = table.get(key)
         if acc is None:
             acc = table[key] = self._new_accumulator(key, table is self._now.series)
         if rate == 1.0:
-            return acc.add
+            # The C loop keeps the accumulator itself (64 bytes a series less than a bound
+            # method); the Python loop calls a bound method faster than ``__call__``.
+            return acc if self._table is not None else acc.add
         return partial(acc.add_rated, rate)
 
     def _new_accumulator(self, key: SeriesKey, current: bool) -> Accumulator:

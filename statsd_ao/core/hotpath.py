@@ -24,8 +24,10 @@ from statsd_ao.core import accumulators
 from statsd_ao.core.accumulators import Counter, Gauge, SetOf, Summary
 
 Feed = Callable[[bytes], None]
-Feeds = dict[tuple[bytes, bytes], Feed]
-FeedFor = Callable[[tuple[bytes, bytes], bytes, bytes], Feed]
+# A line shape's key: the bytes ``name:tail`` (the name holds no colon, so it is one to one
+# with (name, tail) and costs one bytes object, not a tuple of two).
+Feeds = dict[bytes, Feed]
+FeedFor = Callable[[bytes, bytes, bytes], Feed]
 Failed = Callable[[Feed, bytes, bytes, ValueError], None]
 Errored = Callable[[bytes], None]
 DISABLE = "STATSD_AO_PURE_PYTHON"
@@ -53,7 +55,7 @@ class Table(Protocol):
         ...
 
     def follow(self, feeds: Feeds, /) -> None:
-        """Drop every record now unless ``feeds`` is the dict mirrored."""
+        """Retire every record now unless ``feeds`` is the dict mirrored; mirror it."""
         ...
 
     def records(self) -> int: ...

@@ -209,7 +209,7 @@ def test_a_feed_that_raises_leaves_both_loops_in_the_same_state() -> None:
 
     states = []
     for agg in aggregators():
-        agg._feeds[(b"boom", b"c")] = broken
+        agg._feeds[b"boom:c"] = broken
         with pytest.raises(RuntimeError):
             agg.ingest(b"a:1|c\nboom:1|c\nb:1|c")
         states.append(snapshot_state(agg.swap()))
@@ -277,10 +277,42 @@ def test_a_feeds_dict_cleared_in_place_is_noticed() -> None:
         agg.forget([])  # new dict, same accumulators through new feeds
         agg.ingest(b"a:1|c")
         snapshot = agg.swap()
-        agg._feeds = {(b"a", b"c"): snapshot.series[next(iter(snapshot.series))].add}
+        agg._feeds = {b"a:c": snapshot.series[next(iter(snapshot.series))].add}
         agg._feeds.clear()
         agg.ingest(b"a:1|c\na:2|c")
     assert snapshot_state(fast.swap()) == snapshot_state(pure.swap())
+
+
+@needs_c
+def test_the_table_keeps_the_shapes_of_two_intervals_at_most() -> None:
+    # A record outlives its interval only as a stale key, and only for one interval.
+    fast, _ = aggregators()
+    table = fast._table
+    assert table is not None
+    fast.ingest(b"\n".join(b"a%d:1|c" % i for i in range(300)))
+    fast.swap()
+    assert table.records() == 300  # stale: kept for the next interval's first lines
+    fast.ingest(b"\n".join(b"b%d:1|c" % i for i in range(200)))
+    assert table.records() == 500
+    fast.swap()
+    assert table.records() == 200  # the a's were not seen for a whole interval
+    fast.swap()
+    assert table.records() == 0
+
+
+@needs_c
+def test_a_shape_seen_every_interval_keeps_one_copy_of_its_bytes() -> None:
+    fast, _ = aggregators()
+    fast.ingest(b"req:1|c|#env:prod")
+    ((first, _),) = fast._shapes.items()
+    for _ in range(3):
+        fast.swap()
+        fast.ingest(b"req:1|c|#env:prod\nreq:2|c|#env:prod")
+        ((again, _),) = fast._feeds.items()
+        assert again is first
+        assert next(iter(fast._shapes)) is first
+    (counter,) = fast.current.values()
+    assert counter.total == 3.0  # type: ignore[union-attr]
 
 
 @needs_c
@@ -348,7 +380,7 @@ def test_receive_hands_a_datagram_that_raised_to_errored_in_an_except_block() ->
 
     fast, pure = aggregators()
     for agg in (fast, pure):
-        agg._feeds[(b"boom", b"c")] = broken
+        agg._feeds[b"boom:c"] = broken
     receiver, sender = udp_pair()
     with receiver, sender:
         for datagram in (b"a:1|c", b"a:1|c\nboom:1|c\nb:1|c", b"c:1|c"):
