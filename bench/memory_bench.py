@@ -10,9 +10,10 @@ is built first and kept alive, so it is not counted):
   tracemalloc (/proc/self/statm; includes allocator slack and page granularity).
 
 1. ``--series`` counters (then gauges) with 0-5 DogStatsD tags each, one line each: bytes per
-   series while the interval is open (accumulator, series key, feed, and the line-shape
-   cache entry), and what is still held once `Aggregator.swap` has handed the snapshot over
-   and it was dropped (the shape cache and, for gauges, the last value kept for deltas).
+   series while the first interval is open (accumulator, series key, feed, and the
+   line-shape cache entry), what is still held once `Aggregator.swap` has handed the
+   snapshot over and it was dropped (the shape cache and, for gauges, the last value kept
+   for deltas), and in the next interval fed the same lines: what a running proxy holds.
 2. Timer series with N values each (unsampled, then every line ``@0.5``): bytes per series.
    Past `statsd_ao.core.accumulators.MAX_SUMMARY_VALUES` values a series keeps a fixed-size
    reservoir, so the figure stops growing: that is the bound per series per interval.
@@ -48,6 +49,17 @@ class Row:
     series: int
     values: int
     rate: str | None  # None: the workload's own sample rates; "": none; "0.5": @0.5 on all
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """tracemalloc bytes the aggregator holds at three moments, and where (``sites``: the
+    source lines holding the most while the first interval was open)."""
+
+    first: int  # the first interval open: every shape, key and accumulator new
+    after: int  # after swap + drop of the snapshot: the shape cache (and gauges' last values)
+    steady: int  # the next interval open with the same series: what a running proxy holds
+    sites: list[str]
 
 
 def rss() -> int:
@@ -86,9 +98,9 @@ def build(row: Row) -> tuple[list[bytes], list[object]]:
     return pack(lines), [shapes, texts, lines]
 
 
-def traced(row: Row, where: int = 0) -> tuple[int, int, list[str]]:
-    """tracemalloc bytes held by the aggregator: (interval open, after swap + drop, the
-    ``where`` source lines holding the most while the interval was open)."""
+def traced(row: Row, where: int = 0) -> Held:
+    """tracemalloc bytes held by the aggregator in its first interval, after the swap and in
+    the next interval fed the same lines."""
     datagrams, keep = build(row)
     gc.collect()
     tracemalloc.start()
@@ -107,9 +119,13 @@ def traced(row: Row, where: int = 0) -> tuple[int, int, list[str]]:
     aggregator.swap()  # the snapshot is dropped at once, as after a flush
     gc.collect()
     after = tracemalloc.get_traced_memory()[0] - base
+    for datagram in datagrams:  # the next interval: the same series again
+        aggregator.ingest(datagram)
+    gc.collect()
+    steady = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     del keep
-    return held, after, sites
+    return Held(held, after, steady, sites)
 
 
 def rss_child(row: Row) -> int:
@@ -141,17 +157,20 @@ def child(spec: str) -> None:
 
 def per_series(count: int, where: int) -> None:
     print(f"\n{count:,} series of one kind, one line each, 0-5 tags: bytes per series")
-    print(f"{'kind':<8} {'interval open':>13} {'after swap':>11} {'RSS (child)':>12}")
+    print(
+        f"{'kind':<8} {'first interval':>14} {'after swap':>11} {'next interval':>14} "
+        f"{'RSS (child)':>12}"
+    )
     for label, row in (
         ("counter", Row("c", count, 1, None)),
         ("gauge", Row("g", count, 1, "")),
     ):
-        held, after, sites = traced(row, where)
+        held = traced(row, where)
         print(
-            f"{label:<8} {held / count:>13.0f} {after / count:>11.0f} "
-            f"{rss_child(row) / count:>12.0f}"
+            f"{label:<8} {held.first / count:>14.0f} {held.after / count:>11.0f} "
+            f"{held.steady / count:>14.0f} {rss_child(row) / count:>12.0f}"
         )
-        for site in sites:
+        for site in held.sites:
             print(site)
 
 
@@ -160,8 +179,7 @@ def per_value(kind: str, label: str, counts: list[int], budget: int, rate: str =
     print(f"{'N':>8} {'series':>7} {'per series':>11} {'per value':>10} {'RSS/series':>11}")
     for values in counts:
         row = Row(kind, max(10, min(1000, budget // values)), values, rate)
-        held, _, _ = traced(row)
-        each = held / row.series
+        each = traced(row).first / row.series
         print(
             f"{values:>8,} {row.series:>7,} {each:>11,.0f} {each / values:>10.1f} "
             f"{rss_child(row) / row.series:>11,.0f}"
