@@ -318,28 +318,18 @@ static Record *lookup(Table *t, uint64_t h, const char *name, size_t name_len,
     return NULL;
 }
 
-/* Forget every record (the allocations are kept for the next interval's records, unless
-   this interval used few of them). */
+/* Drop every record, stale or not (at dealloc, or without memory to retire them); the
+   allocations stay (refit sizes them). */
 static void reset(Table *t) {
-    Record *records = t->records;
     size_t count = t->count;
-    int shrink = t->count < t->room / 8;
     if (t->slots != NULL) memset(t->slots, 0, (t->mask + 1) * sizeof *t->slots);
     t->count = 0;
     t->seen_size = 0;
     Py_CLEAR(t->feeds);
-    if (shrink) {
-        t->records = NULL;
-        t->room = 0;
-        PyMem_Free(t->slots);
-        t->slots = NULL;
-        t->mask = 0;
-    }
     for (size_t i = 0; i < count; i++) { /* (no record is reachable any more) */
-        Py_DECREF(records[i].key);
-        Py_XDECREF(records[i].feed);
+        Py_DECREF(t->records[i].key);
+        Py_XDECREF(t->records[i].feed);
     }
-    if (shrink) PyMem_Free(records);
 }
 
 /* An index of ``size`` slots (a power of two, above twice the records) over every record. */
@@ -361,8 +351,9 @@ static int grow_index(Table *t) {
     return build_index(t, t->slots == NULL ? 1024 : (t->mask + 1) * 2);
 }
 
-/* Keep the stale records of ``kept`` at the front, smaller arrays when far fewer are used. */
-static int compact(Table *t, size_t kept) {
+/* The table holds the first ``kept`` records (retire moved them there): smaller arrays when
+   far fewer are used than allocated, and a new index. */
+static int refit(Table *t, size_t kept) {
     size_t size = t->slots == NULL ? 1024 : t->mask + 1;
     while (size > 1024 && kept * 8 < size) size /= 2;
     t->count = kept;
@@ -388,8 +379,11 @@ static void retire(Table *t) {
     }
     for (size_t i = 0; i < count; i++) {
         Record r = t->records[i];
-        drop[dropped++] = r.feed != NULL ? r.feed : r.key;
-        if (r.feed == NULL) continue;
+        if (r.feed == NULL) { /* stale for a whole interval */
+            drop[dropped++] = r.key;
+            continue;
+        }
+        drop[dropped++] = r.feed;
         r.feed = r.self = NULL;
         r.kind = K_OTHER;
         t->records[kept++] = r;
@@ -397,7 +391,7 @@ static void retire(Table *t) {
     PyObject *feeds = t->feeds;
     t->feeds = NULL;
     t->seen_size = 0;
-    if (compact(t, kept) < 0) { /* (no memory for a new index: the old one, emptied) */
+    if (refit(t, kept) < 0) { /* (no memory for a new index: the old one, emptied) */
         if (t->slots != NULL) memset(t->slots, 0, (t->mask + 1) * sizeof *t->slots);
         for (size_t i = 0; i < kept; i++) drop[dropped++] = t->records[i].key;
         t->count = 0;

@@ -270,7 +270,7 @@ def test_the_same_state_across_swaps_forgets_and_replaced_feeds(
 
 @needs_c
 def test_a_feeds_dict_cleared_in_place_is_noticed() -> None:
-    # The contract is to replace the dict; a clear() (it shrinks) still resets the table.
+    # The contract is to replace the dict; a clear() (it shrinks) still retires the records.
     fast, pure = aggregators()
     for agg in (fast, pure):
         agg.ingest(b"a:1|c\nb:1|c")
