@@ -5,8 +5,8 @@
    the aggregator's dict of feeds, so a line shape seen before in this interval costs no
    Python object.  A shape the table does not know goes to the dict (and to the aggregator's
    feed_for), exactly as the Python loop does, and is cached when the dict keeps its feed.
-   A feed this module recognises (the bound add / add_rated of Counter, Gauge, Summary,
-   SetOf, rated ones through functools.partial) with a plain decimal value is applied here,
+   A feed this module recognises (an accumulator, which is its own add, the bound add of
+   one, or a Rated: add_rated at a sample rate) with a plain decimal value is applied here,
    to the same Python accumulator objects, with the same arithmetic.  Everything else (an
    unknown shape, an unusual value, a full timer, an error) is handed to the Python
    callbacks, so the Python code stays the one definition of what a line means; this file
@@ -31,13 +31,12 @@
 
 /* Set once by configure(): the functions whose bound methods we recognise, and where the
    accumulators keep their state (their __slots__, read through the member descriptors). */
-static PyObject *counter_add, *counter_rated, *gauge_add, *summary_add, *summary_rated,
-    *set_add, *partial_type;
+static PyObject *counter_add, *gauge_add, *summary_add, *set_add;
 static PyObject *limits; /* the module whose MAX_SUMMARY_VALUES, MAX_SET_MEMBERS bind */
 static Py_ssize_t max_values, max_members; /* read from it at each datagram, as Python does */
 
-static Slot total, value_slot, absolute, values_slot, weights_slot, members_slot, func_slot,
-    args_slot, keywords_slot;
+static Slot total, value_slot, absolute, values_slot, weights_slot, members_slot, rated_acc,
+    rated_rate;
 
 /* The slot's object (borrowed), or NULL when ``self`` is not an exact instance or the
    slot is empty. */
@@ -217,16 +216,19 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
    A hash table over the raw bytes of a line's name and tail, in front of the aggregator's
    feeds dict (keyed by the bytes ``name:tail``), so a line seen before in this interval is
    resolved without building a key (or any other Python object).  Each record holds strong
-   references to the dict's key and the feed, and what applying the feed needs (the kind,
-   the accumulator, the rate), decided once when the record is made.  The dict stays the
-   source of truth: a record is only made for a feed the dict holds under that key, and the
+   references to the key and the feed, and what applying the feed needs (the kind, the
+   accumulator, the rate), decided once when the record is made.  The dict is where
+   feed_for leaves a feed to be cached: a record is only made for a feed the dict holds
+   under that key, and then the record takes it over (the entry is deleted), so a cached
+   shape costs no dict entry; the dict keeps only what the table could not cache.  The
    table is tied to the identity of the dict it mirrors.  The aggregator replaces its dict
    (never clears it) whenever feeds become invalid; a table that sees another dict, or its
-   own dict shrunk, retires every record first: its feed is dropped and it goes stale.
+   own dict shrunk below what the table left there, retires every record first: its feed
+   is dropped and it goes stale.
 
    A stale record keeps only its key, for the next interval: its first line there goes the
-   way of an unknown shape (the dict, then feed_for) with that same key object, so the dict,
-   the aggregator's shape cache and the record share one copy of a shape's bytes however
+   way of an unknown shape (the dict, then feed_for) with that same key object, so the
+   aggregator's shape cache and the record share one copy of a shape's bytes however
    many intervals see it, and no key is built.  A record still stale at the next retirement
    (its shape was not seen for a whole interval) is dropped, so the table holds at most the
    shapes of two intervals.
@@ -257,6 +259,7 @@ typedef struct {
     Py_ssize_t seen_size; /* its size when last looked at: smaller means it was cleared */
     Record *records;
     size_t count, room;   /* records used, allocated */
+    size_t live;          /* records with a feed (taken over from the dict mirrored) */
     uint32_t *slots;      /* index + 1 of a record; 0 is empty */
     size_t mask;
 } Table;
@@ -324,6 +327,7 @@ static void reset(Table *t) {
     size_t count = t->count;
     if (t->slots != NULL) memset(t->slots, 0, (t->mask + 1) * sizeof *t->slots);
     t->count = 0;
+    t->live = 0;
     t->seen_size = 0;
     Py_CLEAR(t->feeds);
     for (size_t i = 0; i < count; i++) { /* (no record is reachable any more) */
@@ -391,6 +395,7 @@ static void retire(Table *t) {
     PyObject *feeds = t->feeds;
     t->feeds = NULL;
     t->seen_size = 0;
+    t->live = 0;
     if (refit(t, kept) < 0) { /* (no memory for a new index: the old one, emptied) */
         if (t->slots != NULL) memset(t->slots, 0, (t->mask + 1) * sizeof *t->slots);
         for (size_t i = 0; i < kept; i++) drop[dropped++] = t->records[i].key;
@@ -436,23 +441,17 @@ static void classify(PyObject *feed, Record *r) {
                                              : K_SET;
         return;
     }
-    if (type == (PyTypeObject *)partial_type) {
-        PyObject *method = get(feed, &func_slot), *args = get(feed, &args_slot);
-        PyObject *keywords = get(feed, &keywords_slot);
-        if (keywords == NULL || !PyDict_CheckExact(keywords) || PyDict_GET_SIZE(keywords) != 0)
+    if (type == rated_acc.type) { /* acc.add_rated(rate, raw) */
+        PyObject *acc = get(feed, &rated_acc), *rate = get(feed, &rated_rate);
+        if (acc == NULL || rate == NULL || !PyFloat_CheckExact(rate) ||
+            !(PyFloat_AS_DOUBLE(rate) > 0.0))
             return;
-        if (method == NULL || args == NULL || !PyMethod_Check(method) ||
-            !PyTuple_CheckExact(args) || PyTuple_GET_SIZE(args) != 1 ||
-            !PyFloat_CheckExact(PyTuple_GET_ITEM(args, 0)))
-            return;
-        double rate = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(args, 0));
-        PyObject *func = PyMethod_GET_FUNCTION(method);
-        if (!(rate > 0.0)) return;
-        r->rate = rate;
-        r->self = PyMethod_GET_SELF(method);
-        r->kind = func == counter_rated ? K_COUNTER_RATED
-                  : func == summary_rated ? K_SUMMARY_RATED
-                                          : K_OTHER;
+        r->kind = Py_TYPE(acc) == total.type         ? K_COUNTER_RATED
+                  : Py_TYPE(acc) == values_slot.type ? K_SUMMARY_RATED
+                                                     : K_OTHER;
+        if (r->kind == K_OTHER) return;
+        r->self = acc;
+        r->rate = PyFloat_AS_DOUBLE(rate);
         return;
     }
     if (!PyMethod_Check(feed)) return;
@@ -480,6 +479,7 @@ static Record *insert(Table *t, uint64_t h, PyObject *key, PyObject *feed) {
     r->feed = Py_NewRef(feed);
     classify(feed, r);
     t->slots[i] = (uint32_t)(++t->count);
+    t->live++;
     return r;
 nomem:
     PyErr_Clear();
@@ -543,13 +543,21 @@ static Record *keep(Table *t, const Line *l, PyObject *key, PyObject *feed) {
     if (r->feed == NULL) {
         r->feed = Py_NewRef(feed);
         classify(feed, r);
+        t->live++;
     }
     return r->feed == feed ? r : NULL;
 }
 
+/* A record now holds the feed the dict mirrored holds under ``key``: the dict lets it go,
+   so a cached shape costs no dict entry (the dict keeps what the table could not cache). */
+static void take_over(Table *t, PyObject *key) {
+    if (PyDict_DelItem(t->feeds, key) < 0) PyErr_Clear(); /* (it is there: cannot fail) */
+    t->seen_size = PyDict_GET_SIZE(t->feeds);
+}
+
 /* The feed for a line the table does not know, or knows only stale (``known``: its key,
    borrowed, else NULL): from the dict, else from feed_for(key, value, line), the key being
-   the bytes name ":" tail; cached when the dict holds it.  A new reference in *feed, and
+   the bytes name ":" tail; cached (and taken over from the dict) when the dict holds it.  A new reference in *feed, and
    the record if one was made or revived; -1 with an exception set. */
 static int miss(Context *c, const Line *l, PyObject *known, PyObject **feed, Record **record) {
     PyObject *key = known != NULL ? Py_NewRef(known) : key_of(l);
@@ -568,8 +576,8 @@ static int miss(Context *c, const Line *l, PyObject *known, PyObject **feed, Rec
     if (*feed != NULL && c->table->feeds == c->feeds) {
         follow(c->table, c->feeds); /* (cleared in place meanwhile: start over) */
         found = PyDict_GetItemWithError(c->feeds, key); /* what feed_for left there */
-        if (found == *feed)
-            *record = keep(c->table, l, key, *feed);
+        if (found == *feed && (*record = keep(c->table, l, key, *feed)) != NULL)
+            take_over(c->table, key);
         else if (found == NULL && PyErr_Occurred())
             Py_CLEAR(*feed);
     }
@@ -831,6 +839,20 @@ static PyObject *table_len(Table *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromSize_t(self->count);
 }
 
+/* Table.taken(feeds): feeds taken over from ``feeds`` (0 unless it is the dict mirrored). */
+static PyObject *table_taken(Table *self, PyObject *feeds) {
+    return PyLong_FromSize_t(self->feeds == feeds ? self->live : 0);
+}
+
+/* Table.keys(): every record's key object, stale ones included. */
+static PyObject *table_keys(Table *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *keys = PyList_New((Py_ssize_t)self->count);
+    if (keys == NULL) return NULL;
+    for (size_t i = 0; i < self->count; i++)
+        PyList_SET_ITEM(keys, (Py_ssize_t)i, Py_NewRef(self->records[i].key));
+    return keys;
+}
+
 static void table_dealloc(Table *self) {
     reset(self);
     PyMem_Free(self->records);
@@ -856,6 +878,10 @@ static PyMethodDef table_methods[] = {
      "follow(feeds): retire every record unless feeds is the dict mirrored"},
     {"records", (PyCFunction)table_len, METH_NOARGS,
      "records(): line shapes cached now, stale ones included"},
+    {"taken", (PyCFunction)table_taken, METH_O,
+     "taken(feeds): feeds taken over from feeds (0 unless it is the dict mirrored)"},
+    {"keys", (PyCFunction)table_keys, METH_NOARGS,
+     "keys(): every record's key object, stale ones included"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -870,26 +896,24 @@ static PyTypeObject TableType = {
 };
 
 static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *fs[7], *ds[9];
+    PyObject *fs[4], *ds[8];
     PyObject *module;
-    if (!PyArg_ParseTuple(args, "(OOOOOOO)(OOOOOOOOO)O", &fs[0], &fs[1], &fs[2], &fs[3],
-                          &fs[4], &fs[5], &fs[6], &ds[0], &ds[1], &ds[2], &ds[3], &ds[4],
-                          &ds[5], &ds[6], &ds[7], &ds[8], &module))
+    if (!PyArg_ParseTuple(args, "(OOOO)(OOOOOOOO)O", &fs[0], &fs[1], &fs[2], &fs[3], &ds[0],
+                          &ds[1], &ds[2], &ds[3], &ds[4], &ds[5], &ds[6], &ds[7], &module))
         return NULL;
-    Slot *slots[9] = {&total,        &value_slot,   &absolute,  &values_slot,  &weights_slot,
-                      &members_slot, &func_slot,    &args_slot, &keywords_slot};
-    Slot checked[9];
-    for (int i = 0; i < 9; i++) /* all valid, or nothing changes */
+    Slot *slots[8] = {&total,        &value_slot, &absolute,  &values_slot,
+                      &weights_slot, &members_slot, &rated_acc, &rated_rate};
+    Slot checked[8];
+    for (int i = 0; i < 8; i++) /* all valid, or nothing changes */
         if (slot_of(ds[i], &checked[i]) < 0) return NULL;
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < 8; i++) {
         PyTypeObject *old = slots[i]->type;
         Py_INCREF(checked[i].type);
         *slots[i] = checked[i];
         Py_XDECREF(old);
     }
-    PyObject **functions[7] = {&counter_add, &counter_rated, &gauge_add, &summary_add,
-                               &summary_rated, &set_add, &partial_type};
-    for (int i = 0; i < 7; i++) Py_XSETREF(*functions[i], Py_NewRef(fs[i]));
+    PyObject **functions[4] = {&counter_add, &gauge_add, &summary_add, &set_add};
+    for (int i = 0; i < 4; i++) Py_XSETREF(*functions[i], Py_NewRef(fs[i]));
     Py_XSETREF(limits, Py_NewRef(module));
     if (max_values_name == NULL) max_values_name = PyUnicode_InternFromString("MAX_SUMMARY_VALUES");
     if (max_members_name == NULL) max_members_name = PyUnicode_InternFromString("MAX_SET_MEMBERS");
@@ -900,7 +924,7 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure((the add functions, partial), (the slot descriptors), the limits' module)"},
+     "configure((the add functions), (the slot descriptors), the limits' module)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -4,7 +4,7 @@ Each ``add`` is a feed of the hot path (see `statsd_ao.core.aggregator`): it par
 value and folds it in; calling the accumulator is calling its ``add``.  A value that is not a
 finite number raises `ParseError` (or ``float()``'s own ``ValueError``), which the ingest loop
 counts.  ``add_rated`` takes the line's sample rate first, so
-``functools.partial(acc.add_rated, rate)`` is a ready feed.
+``functools.partial(acc.add_rated, rate)`` is a ready feed, and so is `Rated` (the C loop's).
 
 Why parse here rather than store raw bytes and parse in bulk later: measured with
 bench/core_bench.py, deferring kept millions of bytes objects alive between flushes and
@@ -195,3 +195,20 @@ class SetOf:
 
 
 Accumulator = Counter | Gauge | Summary | SetOf
+
+
+class Rated:
+    """A sampled line shape's feed in the C loop: ``acc.add_rated(rate, raw)``.
+
+    48 bytes a series, where ``partial(acc.add_rated, rate)`` keeps ~256 (the partial, its
+    argument tuple and keyword dict, the bound method).  The C loop reads both slots and
+    applies a plain value itself; the Python loop keeps the partial, which it calls faster."""
+
+    __slots__ = ("acc", "rate")
+
+    def __init__(self, acc: Accumulator, rate: float) -> None:
+        self.acc = acc
+        self.rate = rate
+
+    def __call__(self, raw: bytes) -> None:
+        self.acc.add_rated(self.rate, raw)

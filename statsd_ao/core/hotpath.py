@@ -7,21 +7,21 @@ input); the C loop applies the common cases to the same accumulator objects and 
 every other line to the aggregator's Python code, which stays the one definition of what a
 line means.
 
-Its `Table` caches line shapes over their raw bytes in front of the aggregator's feeds dict
-(the source of truth), tied to that dict's identity: an aggregator invalidates every cached
-feed by *replacing* its dict, never by clearing it.  ``Table.receive`` reads a socket with
-``recvmmsg`` and ingests every datagram in C.
+Its `Table` caches line shapes over their raw bytes in front of the aggregator's feeds dict,
+tied to that dict's identity: it caches a feed the dict holds and takes it over (deletes the
+entry), so the dict keeps only feeds the table could not cache; an aggregator invalidates
+every cached feed by *replacing* its dict, never by clearing it.  ``Table.receive`` reads a
+socket with ``recvmmsg`` and ingests every datagram in C.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from functools import partial
 from typing import Protocol
 
 from statsd_ao.core import accumulators
-from statsd_ao.core.accumulators import Counter, Gauge, SetOf, Summary
+from statsd_ao.core.accumulators import Counter, Gauge, Rated, SetOf, Summary
 
 Feed = Callable[[bytes], None]
 # A line shape's key: the bytes ``name:tail`` (the name holds no colon, so it is one to one
@@ -58,7 +58,17 @@ class Table(Protocol):
         """Retire every record now unless ``feeds`` is the dict mirrored; mirror it."""
         ...
 
-    def records(self) -> int: ...
+    def records(self) -> int:
+        """Line shapes cached now, stale ones included."""
+        ...
+
+    def taken(self, feeds: Feeds, /) -> int:
+        """Feeds taken over from ``feeds`` (0 unless it is the dict mirrored)."""
+        ...
+
+    def keys(self) -> list[bytes]:
+        """Every record's key object, stale ones included."""
+        ...
 
 
 Native = Callable[[], Table]
@@ -77,14 +87,13 @@ def load() -> Native | None:
         from statsd_ao.core import _hotpath  # type: ignore[attr-defined]  # noqa: PLC0415
     except ImportError:
         return None
-    functions = (Counter.add, Counter.add_rated, Gauge.add, Summary.add, Summary.add_rated)
-    # The accumulators' __slots__ (and partial's fields) as member descriptors: where the
-    # C loop finds each one's state.
+    functions = (Counter.add, Gauge.add, Summary.add, SetOf.add)
+    # The accumulators' and Rated's __slots__ as member descriptors: where the C loop finds
+    # each one's state.
     slots = [("total", Counter), ("value", Gauge), ("absolute", Gauge), ("values", Summary)]
-    slots += [("weights", Summary), ("members", SetOf), ("func", partial), ("args", partial)]
-    slots += [("keywords", partial)]
+    slots += [("weights", Summary), ("members", SetOf), ("acc", Rated), ("rate", Rated)]
     _hotpath.configure(
-        (*functions, SetOf.add, partial),
+        functions,
         tuple(vars(owner)[name] for name, owner in slots),
         accumulators,  # MAX_SUMMARY_VALUES and MAX_SET_MEMBERS, read at each datagram
     )

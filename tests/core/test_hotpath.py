@@ -303,16 +303,37 @@ def test_the_table_keeps_the_shapes_of_two_intervals_at_most() -> None:
 @needs_c
 def test_a_shape_seen_every_interval_keeps_one_copy_of_its_bytes() -> None:
     fast, _ = aggregators()
+    table = fast._table
+    assert table is not None
     fast.ingest(b"req:1|c|#env:prod")
     ((first, _),) = fast._shapes.items()
     for _ in range(3):
         fast.swap()
         fast.ingest(b"req:1|c|#env:prod\nreq:2|c|#env:prod")
-        ((again, _),) = fast._feeds.items()
+        (again,) = table.keys()
         assert again is first
         assert next(iter(fast._shapes)) is first
     (counter,) = fast.current.values()
     assert counter.total == 3.0  # type: ignore[union-attr]
+
+
+@needs_c
+def test_the_table_takes_the_feeds_it_caches_over_from_the_dict() -> None:
+    # A cached shape costs no dict entry; the dict keeps only what the table could not take
+    # (here a feed put there by hand after the table cached that shape's record).
+    fast, _ = aggregators(feed_limit=5)
+    table = fast._table
+    assert table is not None
+    fast.ingest(b"a:1|c\nb:1|c|@0.5\nc:1|g\nd:1|ms")
+    assert fast._feeds == {}
+    assert table.taken(fast._feeds) == 4 and table.taken({}) == 0
+    fast.ingest(b"e:1|c")
+    assert table.taken(fast._feeds) == 5
+    fast.ingest(b"f:1|c")  # a sixth past the limit of 5: the cache starts over with f's
+    assert list(fast._feeds) == [b"f:c"]  # (the table mirrored the dict replaced)
+    fast.ingest(b"a:2|c\nf:2|c")
+    assert (table.taken(fast._feeds), fast._feeds) == (2, {})
+    assert len(fast.current) == 6
 
 
 @needs_c
