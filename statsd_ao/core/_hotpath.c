@@ -216,8 +216,8 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
    A hash table over the raw bytes of a line's name and tail, in front of the aggregator's
    feeds dict (keyed by the bytes ``name:tail``), so a line seen before in this interval is
    resolved without building a key (or any other Python object).  Each record holds strong
-   references to the key and the feed, and what applying the feed needs (the kind, the
-   accumulator, the rate), decided once when the record is made.  The dict is where
+   references to the key and the feed, and how the feed is applied (its kind: the
+   accumulator and the rate are read from the feed), decided once when the record is made.  The dict is where
    feed_for leaves a feed to be cached: a record is only made for a feed the dict holds
    under that key, and then the record takes it over (the entry is deleted), so a cached
    shape costs no dict entry; the dict keeps only what the table could not cache.  The
@@ -233,7 +233,7 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
    (its shape was not seen for a whole interval) is dropped, so the table holds at most the
    shapes of two intervals.
 
-   Records are fixed-size, in one array that grows by half (indices, so it may move); a
+   Records are fixed-size (24 bytes), in one array that grows by half (indices, so it may move); a
    record compares a line against the key object it holds.  The index is
    open addressing with linear probing at most half full.  The seed is random per process
    and a key whose probe sequence would pass MAX_PROBE is not cached (it takes the dict
@@ -244,13 +244,11 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
 enum Kind { K_OTHER, K_COUNTER, K_COUNTER_RATED, K_GAUGE, K_SUMMARY, K_SUMMARY_RATED, K_SET };
 #define MAX_PROBE 32
 
-typedef struct {
-    uint64_t hash;
+typedef struct { /* 24 bytes */
+    uint32_t hash;   /* the low half of the key's hash (the index needs no more) */
+    uint32_t kind;   /* how the feed is applied (classify) */
     PyObject *key;   /* strong: the bytes name ":" tail */
     PyObject *feed;  /* strong; NULL while stale (see retire) */
-    PyObject *self;  /* the accumulator, kept alive by the feed; NULL for K_OTHER */
-    double rate;
-    uint32_t kind;
 } Record;
 
 typedef struct {
@@ -308,7 +306,7 @@ static inline int same_key(PyObject *key, const char *name, size_t name_len, con
            memcmp(k, name, name_len) == 0 && memcmp(k + name_len + 1, tail, tail_len) == 0;
 }
 
-static Record *lookup(Table *t, uint64_t h, const char *name, size_t name_len,
+static Record *lookup(Table *t, uint32_t h, const char *name, size_t name_len,
                       const char *tail, size_t tail_len) {
     if (t->slots == NULL) return NULL;
     size_t i = h & t->mask;
@@ -388,7 +386,7 @@ static void retire(Table *t) {
             continue;
         }
         drop[dropped++] = r.feed;
-        r.feed = r.self = NULL;
+        r.feed = NULL;
         r.kind = K_OTHER;
         t->records[kept++] = r;
     }
@@ -426,47 +424,32 @@ static int grow_records(Table *t) {
     return 0;
 }
 
-/* What applying ``feed`` natively needs, or K_OTHER. */
-static void classify(PyObject *feed, Record *r) {
-    r->kind = K_OTHER;
-    r->self = NULL;
-    r->rate = 1.0;
+/* How ``feed`` is applied natively, or K_OTHER. */
+static uint32_t classify(PyObject *feed) {
     PyTypeObject *type = Py_TYPE(feed);
-    if (type == total.type || type == value_slot.type || type == values_slot.type ||
-        type == members_slot.type) { /* an accumulator is its own feed (its add) */
-        r->self = feed;
-        r->kind = type == total.type         ? K_COUNTER
-                  : type == value_slot.type  ? K_GAUGE
-                  : type == values_slot.type ? K_SUMMARY
-                                             : K_SET;
-        return;
-    }
+    if (type == total.type) return K_COUNTER; /* an accumulator is its own feed (its add) */
+    if (type == value_slot.type) return K_GAUGE;
+    if (type == values_slot.type) return K_SUMMARY;
+    if (type == members_slot.type) return K_SET;
     if (type == rated_acc.type) { /* acc.add_rated(rate, raw) */
-        PyObject *acc = get(feed, &rated_acc), *rate = get(feed, &rated_rate);
-        if (acc == NULL || rate == NULL || !PyFloat_CheckExact(rate) ||
-            !(PyFloat_AS_DOUBLE(rate) > 0.0))
-            return;
-        r->kind = Py_TYPE(acc) == total.type         ? K_COUNTER_RATED
-                  : Py_TYPE(acc) == values_slot.type ? K_SUMMARY_RATED
-                                                     : K_OTHER;
-        if (r->kind == K_OTHER) return;
-        r->self = acc;
-        r->rate = PyFloat_AS_DOUBLE(rate);
-        return;
+        PyObject *acc = get(feed, &rated_acc);
+        type = acc != NULL ? Py_TYPE(acc) : NULL;
+        return type == total.type         ? K_COUNTER_RATED
+               : type == values_slot.type ? K_SUMMARY_RATED
+                                          : K_OTHER;
     }
-    if (!PyMethod_Check(feed)) return;
+    if (!PyMethod_Check(feed)) return K_OTHER;
     PyObject *func = PyMethod_GET_FUNCTION(feed);
-    r->self = PyMethod_GET_SELF(feed);
-    r->kind = func == counter_add   ? K_COUNTER
-              : func == gauge_add   ? K_GAUGE
-              : func == summary_add ? K_SUMMARY
-              : func == set_add     ? K_SET
-                                    : K_OTHER;
+    return func == counter_add   ? K_COUNTER
+           : func == gauge_add   ? K_GAUGE
+           : func == summary_add ? K_SUMMARY
+           : func == set_add     ? K_SET
+                                 : K_OTHER;
 }
 
 /* A new record for a feed the mirrored dict holds under ``key`` (whose hash is h); NULL (no
    error) when not cached: a probe sequence too long, or no memory (a cache may fail). */
-static Record *insert(Table *t, uint64_t h, PyObject *key, PyObject *feed) {
+static Record *insert(Table *t, uint32_t h, PyObject *key, PyObject *feed) {
     if ((t->count + 1) * 2 > t->mask + 1 && grow_index(t) < 0) goto nomem;
     size_t i = h & t->mask;
     int probe = 0;
@@ -477,7 +460,7 @@ static Record *insert(Table *t, uint64_t h, PyObject *key, PyObject *feed) {
     r->hash = h;
     r->key = Py_NewRef(key);
     r->feed = Py_NewRef(feed);
-    classify(feed, r);
+    r->kind = classify(feed);
     t->slots[i] = (uint32_t)(++t->count);
     t->live++;
     return r;
@@ -488,27 +471,40 @@ nomem:
 
 /* ---------------------------------------------------------------- one line, one datagram */
 
+/* The accumulator a feed of a known kind applies to (borrowed; NULL: none after all). */
+static inline PyObject *acc_of(uint32_t kind, PyObject *feed) {
+    if (kind == K_COUNTER_RATED || kind == K_SUMMARY_RATED) return get(feed, &rated_acc);
+    return PyMethod_Check(feed) ? PyMethod_GET_SELF(feed) : feed;
+}
+
+/* A Rated feed's rate, if a positive float (else 0: declined). */
+static inline int rate_of(PyObject *feed, double *rate) {
+    PyObject *r = get(feed, &rated_rate);
+    if (r == NULL || !PyFloat_CheckExact(r) || !(PyFloat_AS_DOUBLE(r) > 0.0)) return 0;
+    *rate = PyFloat_AS_DOUBLE(r);
+    return 1;
+}
+
 /* Apply the value natively for a known kind; DECLINED when Python has to. */
-static int apply(const Record *r, const char *s, Py_ssize_t n) {
-    double v;
-    switch (r->kind) {
-    case K_SET:
-        return members(r->self, s, n);
-    case K_OTHER:
+static int apply(uint32_t kind, PyObject *feed, const char *s, Py_ssize_t n) {
+    double v, rate = 1.0;
+    PyObject *self = kind == K_OTHER ? NULL : acc_of(kind, feed);
+    if (self == NULL) return DECLINED;
+    if (kind == K_SET) return members(self, s, n);
+    if ((kind == K_COUNTER_RATED || kind == K_SUMMARY_RATED) && !rate_of(feed, &rate))
         return DECLINED;
-    }
     if (!parse_number(s, n, &v)) return DECLINED;
-    switch (r->kind) {
+    switch (kind) {
     case K_COUNTER:
-        return add_to(r->self, &total, v);
+        return add_to(self, &total, v);
     case K_COUNTER_RATED:
-        return add_to(r->self, &total, v / r->rate);
+        return add_to(self, &total, v / rate);
     case K_GAUGE:
-        return gauge(r->self, s, v);
+        return gauge(self, s, v);
     case K_SUMMARY:
-        return summary(r->self, v, 0.0);
+        return summary(self, v, 0.0);
     case K_SUMMARY_RATED:
-        return summary(r->self, v, 1.0 / r->rate);
+        return summary(self, v, 1.0 / rate);
     }
     return DECLINED;
 }
@@ -521,7 +517,7 @@ typedef struct { /* what one ingest call works with */
 typedef struct { /* one line, split as the Python loop splits it */
     const char *line, *value, *tail;
     Py_ssize_t len, name_len, n, tail_len;
-    uint64_t hash;
+    uint32_t hash; /* (the low half of key_hash: the index needs no more) */
 } Line;
 
 /* The bytes name ":" tail of a line, as the Python loop builds its key. */
@@ -542,7 +538,7 @@ static Record *keep(Table *t, const Line *l, PyObject *key, PyObject *feed) {
     if (r == NULL) return insert(t, l->hash, key, feed);
     if (r->feed == NULL) {
         r->feed = Py_NewRef(feed);
-        classify(feed, r);
+        r->kind = classify(feed);
         t->live++;
     }
     return r->feed == feed ? r : NULL;
@@ -598,7 +594,7 @@ static inline void split(const char *line, Py_ssize_t len, Line *l) {
     l->name_len = (colon ? colon : end) - line;
     l->n = value_end - value;
     l->tail_len = end - l->tail;
-    l->hash = key_hash(line, l->name_len, l->tail, l->tail_len);
+    l->hash = (uint32_t)key_hash(line, l->name_len, l->tail, l->tail_len);
 }
 
 static int one_line(Context *c, const Line *l) {
@@ -606,7 +602,7 @@ static int one_line(Context *c, const Line *l) {
                     ? lookup(c->table, l->hash, l->line, l->name_len, l->tail, l->tail_len)
                     : NULL;
     if (r != NULL && r->feed != NULL) {
-        int done = apply(r, l->value, l->n);
+        int done = apply(r->kind, r->feed, l->value, l->n);
         if (done != DECLINED) return done;
         PyObject *feed = Py_NewRef(r->feed); /* (a feed may replace the table's records) */
         done = call_feed(feed, c->failed, l->line, l->len, l->value, l->n);
@@ -618,9 +614,7 @@ static int one_line(Context *c, const Line *l) {
     int missed = miss(c, l, known, &feed, &r);
     Py_XDECREF(known);
     if (missed < 0) return FAILED;
-    Record local;
-    if (r == NULL) classify(feed, &local);
-    int done = apply(r != NULL ? r : &local, l->value, l->n);
+    int done = apply(r != NULL ? r->kind : classify(feed), feed, l->value, l->n);
     if (done == DECLINED) done = call_feed(feed, c->failed, l->line, l->len, l->value, l->n);
     Py_DECREF(feed);
     return done;
@@ -641,7 +635,7 @@ static void prefetch(Table *t, const Line *lines, int count) {
         if (slot == 0) continue;
         const Record *r = record_at(t, slot);
         __builtin_prefetch(PyBytes_AS_STRING(r->key));
-        if (r->self != NULL) __builtin_prefetch(r->self);
+        if (r->feed != NULL) __builtin_prefetch(r->feed);
     }
 }
 
