@@ -244,11 +244,12 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
 enum Kind { K_OTHER, K_COUNTER, K_COUNTER_RATED, K_GAUGE, K_SUMMARY, K_SUMMARY_RATED, K_SET };
 #define MAX_PROBE 32
 
-typedef struct { /* 24 bytes */
+typedef struct { /* 32 bytes */
     uint32_t hash;   /* the low half of the key's hash (the index needs no more) */
     uint32_t kind;   /* how the feed is applied (classify) */
     PyObject *key;   /* strong: the bytes name ":" tail */
     PyObject *feed;  /* strong; NULL while stale (see retire) */
+    PyObject *shape; /* strong: what the shape names, taken over from the shape cache; or NULL */
 } Record;
 
 typedef struct {
@@ -258,6 +259,8 @@ typedef struct {
     Record *records;
     size_t count, room;   /* records used, allocated */
     size_t live;          /* records with a feed (taken over from the dict mirrored) */
+    PyObject *shapes;     /* the aggregator's shape cache mirrored (strong), or NULL */
+    size_t shaped;        /* records with a shape (taken over from it) */
     uint32_t *slots;      /* index + 1 of a record; 0 is empty */
     size_t mask;
 } Table;
@@ -325,12 +328,14 @@ static void reset(Table *t) {
     size_t count = t->count;
     if (t->slots != NULL) memset(t->slots, 0, (t->mask + 1) * sizeof *t->slots);
     t->count = 0;
-    t->live = 0;
+    t->live = t->shaped = 0;
     t->seen_size = 0;
     Py_CLEAR(t->feeds);
+    Py_CLEAR(t->shapes);
     for (size_t i = 0; i < count; i++) { /* (no record is reachable any more) */
         Py_DECREF(t->records[i].key);
         Py_XDECREF(t->records[i].feed);
+        Py_XDECREF(t->records[i].shape);
     }
 }
 
@@ -374,7 +379,7 @@ static int refit(Table *t, size_t kept) {
    stale is dropped.  Without memory for that, every record is dropped. */
 static void retire(Table *t) {
     size_t count = t->count, kept = 0, dropped = 0;
-    PyObject **drop = PyMem_Malloc((2 * count + 1) * sizeof *drop); /* feeds, then keys */
+    PyObject **drop = PyMem_Malloc((3 * count + 1) * sizeof *drop); /* feeds, keys, shapes */
     if (drop == NULL) {
         reset(t);
         return;
@@ -383,6 +388,10 @@ static void retire(Table *t) {
         Record r = t->records[i];
         if (r.feed == NULL) { /* stale for a whole interval */
             drop[dropped++] = r.key;
+            if (r.shape != NULL) {
+                drop[dropped++] = r.shape;
+                t->shaped--;
+            }
             continue;
         }
         drop[dropped++] = r.feed;
@@ -396,8 +405,11 @@ static void retire(Table *t) {
     t->live = 0;
     if (refit(t, kept) < 0) { /* (no memory for a new index: the old one, emptied) */
         if (t->slots != NULL) memset(t->slots, 0, (t->mask + 1) * sizeof *t->slots);
-        for (size_t i = 0; i < kept; i++) drop[dropped++] = t->records[i].key;
-        t->count = 0;
+        for (size_t i = 0; i < kept; i++) {
+            drop[dropped++] = t->records[i].key;
+            if (t->records[i].shape != NULL) drop[dropped++] = t->records[i].shape;
+        }
+        t->count = t->shaped = 0;
     }
     for (size_t i = 0; i < dropped; i++) Py_DECREF(drop[i]); /* (no record refers to them) */
     Py_XDECREF(feeds);
@@ -460,6 +472,7 @@ static Record *insert(Table *t, uint32_t h, PyObject *key, PyObject *feed) {
     r->hash = h;
     r->key = Py_NewRef(key);
     r->feed = Py_NewRef(feed);
+    r->shape = NULL;
     r->kind = classify(feed);
     t->slots[i] = (uint32_t)(++t->count);
     t->live++;
@@ -511,7 +524,7 @@ static int apply(uint32_t kind, PyObject *feed, const char *s, Py_ssize_t n) {
 
 typedef struct { /* what one ingest call works with */
     Table *table;
-    PyObject *feeds, *feed_for, *failed;
+    PyObject *feeds, *shapes, *feed_for, *failed;
 } Context;
 
 typedef struct { /* one line, split as the Python loop splits it */
@@ -551,17 +564,59 @@ static void take_over(Table *t, PyObject *key) {
     t->seen_size = PyDict_GET_SIZE(t->feeds);
 }
 
+/* Mirror ``shapes`` (the aggregator's shape cache): a record's shape came from the dict
+   mirrored, so a table that sees another one (the cache was replaced: remapped, or full)
+   drops every shape it holds. */
+static void follow_shapes(Table *t, PyObject *shapes) {
+    if (t->shapes == shapes) return;
+    PyObject *old = t->shapes;
+    t->shapes = Py_NewRef(shapes);
+    for (size_t i = 0; i < t->count && t->shaped > 0; i++) {
+        PyObject *shape = t->records[i].shape;
+        if (shape == NULL) continue;
+        t->records[i].shape = NULL; /* (cleared before the decref: it may run code) */
+        t->shaped--;
+        Py_DECREF(shape);
+    }
+    t->shaped = 0;
+    Py_XDECREF(old);
+}
+
+/* The record now holds the feed for ``key``: it takes over what the shape cache holds
+   for the key too (the entry is deleted), so a cached shape costs no cache entry either. */
+static void take_shape(Table *t, Record *r, PyObject *key) {
+    PyObject *shape = t->shapes != NULL ? PyDict_GetItemWithError(t->shapes, key) : NULL;
+    if (shape == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (r->shape == NULL) t->shaped++;
+    Py_INCREF(shape);
+    PyObject *old = r->shape;
+    r->shape = shape;
+    if (PyDict_DelItem(t->shapes, key) < 0) PyErr_Clear(); /* (it is there) */
+    Py_XDECREF(old);
+}
+
+/* A stale record's shape goes back to the shape cache for its shape's feed_for. */
+static int stage_shape(Context *c, PyObject *key, PyObject *shape) {
+    if (shape == NULL || c->table->shapes != c->shapes) return 0;
+    return PyDict_SetItem(c->shapes, key, shape);
+}
+
 /* The feed for a line the table does not know, or knows only stale (``known``: its key,
-   borrowed, else NULL): from the dict, else from feed_for(key, value, line), the key being
-   the bytes name ":" tail; cached (and taken over from the dict) when the dict holds it.  A new reference in *feed, and
-   the record if one was made or revived; -1 with an exception set. */
-static int miss(Context *c, const Line *l, PyObject *known, PyObject **feed, Record **record) {
+   borrowed, else NULL; ``shape``: its shape, borrowed, or NULL): from the dict, else from
+   feed_for(key, value, line), the key being the bytes name ":" tail; cached (and taken
+   over from the dict and the shape cache) when the dict holds it.  A new reference in
+   *feed, and the record if one was made or revived; -1 with an exception set. */
+static int miss(Context *c, const Line *l, PyObject *known, PyObject *shape, PyObject **feed,
+                Record **record) {
     PyObject *key = known != NULL ? Py_NewRef(known) : key_of(l);
     if (key == NULL) return -1;
     PyObject *found = PyDict_GetItemWithError(c->feeds, key);
     if (found != NULL && found != Py_None) { /* None: a miss, as feeds.get() sees it */
         *feed = Py_NewRef(found);
-    } else if (!PyErr_Occurred()) {
+    } else if (!PyErr_Occurred() && stage_shape(c, key, shape) == 0) {
         PyObject *value = PyBytes_FromStringAndSize(l->value, l->n);
         PyObject *whole = PyBytes_FromStringAndSize(l->line, l->len);
         if (value != NULL && whole != NULL)
@@ -572,8 +627,10 @@ static int miss(Context *c, const Line *l, PyObject *known, PyObject **feed, Rec
     if (*feed != NULL && c->table->feeds == c->feeds) {
         follow(c->table, c->feeds); /* (cleared in place meanwhile: start over) */
         found = PyDict_GetItemWithError(c->feeds, key); /* what feed_for left there */
-        if (found == *feed && (*record = keep(c->table, l, key, *feed)) != NULL)
+        if (found == *feed && (*record = keep(c->table, l, key, *feed)) != NULL) {
             take_over(c->table, key);
+            if (c->table->shapes == c->shapes) take_shape(c->table, *record, key);
+        }
         else if (found == NULL && PyErr_Occurred())
             Py_CLEAR(*feed);
     }
@@ -610,9 +667,11 @@ static int one_line(Context *c, const Line *l) {
         return done;
     }
     PyObject *feed = NULL, *known = r != NULL ? Py_NewRef(r->key) : NULL;
+    PyObject *shape = r != NULL ? Py_XNewRef(r->shape) : NULL; /* (feed_for may drop r) */
     r = NULL;
-    int missed = miss(c, l, known, &feed, &r);
+    int missed = miss(c, l, known, shape, &feed, &r);
     Py_XDECREF(known);
+    Py_XDECREF(shape);
     if (missed < 0) return FAILED;
     int done = apply(r != NULL ? r->kind : classify(feed), feed, l->value, l->n);
     if (done == DECLINED) done = call_feed(feed, c->failed, l->line, l->len, l->value, l->n);
@@ -676,7 +735,9 @@ static int datagram(Context *c, const char *p, Py_ssize_t size, Py_ssize_t *line
     Line group[GROUP];
     int r = 0;
     follow(c->table, c->feeds);
-    Py_INCREF(c->feeds); /* a feed_for may replace the aggregator's dict: keep this one */
+    follow_shapes(c->table, c->shapes);
+    Py_INCREF(c->feeds); /* a feed_for may replace the aggregator's dicts: keep these */
+    Py_INCREF(c->shapes);
     while (line < end && r == 0) {
         int count = 0;
         for (; line < end && count < GROUP; count++) {
@@ -692,18 +753,21 @@ static int datagram(Context *c, const char *p, Py_ssize_t size, Py_ssize_t *line
     }
     *lines += lines_in(line, end - line); /* those after a line that raised */
     Py_DECREF(c->feeds);
+    Py_DECREF(c->shapes);
     return r;
 }
 
-/* Table.ingest(datagram, feeds, feed_for, failed) -> lines: Aggregator.ingest's loop. */
+/* Table.ingest(datagram, feeds, shapes, feed_for, failed) -> lines: Aggregator.ingest's
+   loop. */
 static PyObject *table_ingest(Table *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyDict_Check(args[1])) {
+    if (nargs != 5 || !PyBytes_Check(args[0]) || !PyDict_Check(args[1]) ||
+        !PyDict_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError,
-                        "ingest(datagram: bytes, feeds: dict, feed_for, failed)");
+                        "ingest(datagram: bytes, feeds: dict, shapes: dict, feed_for, failed)");
         return NULL;
     }
     if (read_limits() < 0) return NULL;
-    Context c = {self, args[1], args[2], args[3]};
+    Context c = {self, args[1], args[2], args[3], args[4]};
     Py_ssize_t lines = 0;
     if (datagram(&c, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), &lines) < 0)
         return NULL;
@@ -739,7 +803,17 @@ typedef struct {
     int error; /* errno of a receive error other than EAGAIN, else 0 */
 } Totals;
 
-static int receive_batch(Context *c, PyObject *owner, PyObject *name, PyObject *errored,
+/* getattr(owner, name), which must be a dict (a new reference); NULL with an exception. */
+static PyObject *dict_of(PyObject *owner, PyObject *name) {
+    PyObject *d = PyObject_GetAttr(owner, name);
+    if (d != NULL && !PyDict_Check(d)) {
+        Py_CLEAR(d);
+        PyErr_Format(PyExc_TypeError, "%U must be a dict", name);
+    }
+    return d;
+}
+
+static int receive_batch(Context *c, PyObject *owner, PyObject *names, PyObject *errored,
                          int fd, unsigned int want, Totals *t, int *more) {
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
@@ -766,33 +840,39 @@ static int receive_batch(Context *c, PyObject *owner, PyObject *name, PyObject *
         Py_ssize_t n = msgs[i].msg_len;
         t->datagrams++;
         t->bytes += n;
-        PyObject *feeds = PyObject_GetAttr(owner, name); /* the aggregator's dict of now */
-        if (feeds == NULL || !PyDict_Check(feeds)) {
+        /* the aggregator's dicts of now */
+        PyObject *feeds = dict_of(owner, PyTuple_GET_ITEM(names, 0));
+        PyObject *shapes = feeds != NULL ? dict_of(owner, PyTuple_GET_ITEM(names, 1)) : NULL;
+        if (shapes == NULL) {
             Py_XDECREF(feeds);
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "feeds must be a dict");
             return -1;
         }
         c->feeds = feeds;
+        c->shapes = shapes;
         int r = datagram(c, p, n, &t->lines);
         Py_DECREF(feeds);
+        Py_DECREF(shapes);
         if (r < 0 && (!PyErr_ExceptionMatches(PyExc_Exception) || report(errored, p, n) < 0))
             return -1;
     }
     return 0;
 }
 
-/* Table.receive(fd, limit, owner, attribute, feed_for, failed, errored):
+/* Table.receive(fd, limit, owner, (feeds, shapes), feed_for, failed, errored):
    read up to ``limit`` datagrams from the non-blocking socket ``fd`` with recvmmsg, BATCH at
-   a time, until it has none; ingest each (the feeds dict is ``getattr(owner, attribute)``
-   at each datagram, as the aggregator may replace it); a datagram whose ingest raises an
+   a time, until it has none; ingest each (the feeds dict and the shape cache are the
+   owner's attributes of those names at each datagram, as the aggregator may replace them); a datagram whose ingest raises an
    Exception goes to errored(datagram), called as from an except block.  Returns
    (datagrams, bytes, lines, errno): errno is that of a receive error other than EAGAIN
    (which ends the call), else 0.  If errored raises, so does this (the counts are lost). */
 static PyObject *table_receive(Table *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7 || !PyLong_Check(args[0]) || !PyLong_Check(args[1]) ||
-        !PyUnicode_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "receive(fd, limit, owner, attribute: str, feed_for, failed, errored)");
+    PyObject *names = nargs == 7 ? args[3] : NULL;
+    if (names == NULL || !PyLong_Check(args[0]) || !PyLong_Check(args[1]) ||
+        !PyTuple_CheckExact(names) || PyTuple_GET_SIZE(names) != 2 ||
+        !PyUnicode_Check(PyTuple_GET_ITEM(names, 0)) ||
+        !PyUnicode_Check(PyTuple_GET_ITEM(names, 1))) {
+        PyErr_SetString(PyExc_TypeError, "receive(fd, limit, owner, (feeds: str, shapes: str), "
+                                         "feed_for, failed, errored)");
         return NULL;
     }
     long fd = PyLong_AsLong(args[0]);
@@ -808,7 +888,7 @@ static PyObject *table_receive(Table *self, PyObject *const *args, Py_ssize_t na
         if (mapped == MAP_FAILED) return PyErr_SetFromErrno(PyExc_OSError);
         buffer = mapped;
     }
-    Context c = {self, NULL, args[4], args[5]};
+    Context c = {self, NULL, NULL, args[4], args[5]};
     Totals t = {0, 0, 0, 0};
     for (int more = 1; more && t.datagrams < limit && t.error == 0;) {
         Py_ssize_t want = limit - t.datagrams < BATCH ? limit - t.datagrams : BATCH;
@@ -838,6 +918,11 @@ static PyObject *table_taken(Table *self, PyObject *feeds) {
     return PyLong_FromSize_t(self->feeds == feeds ? self->live : 0);
 }
 
+/* Table.shaped(shapes): shapes taken over from ``shapes`` (0 unless it is the one mirrored). */
+static PyObject *table_shaped(Table *self, PyObject *shapes) {
+    return PyLong_FromSize_t(self->shapes == shapes ? self->shaped : 0);
+}
+
 /* Table.keys(): every record's key object, stale ones included. */
 static PyObject *table_keys(Table *self, PyObject *Py_UNUSED(ignored)) {
     PyObject *keys = PyList_New((Py_ssize_t)self->count);
@@ -864,9 +949,9 @@ static PyObject *table_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 
 static PyMethodDef table_methods[] = {
     {"ingest", (PyCFunction)(void (*)(void))table_ingest, METH_FASTCALL,
-     "ingest(datagram, feeds, feed_for, failed) -> lines: Aggregator.ingest's loop."},
+     "ingest(datagram, feeds, shapes, feed_for, failed) -> lines: Aggregator.ingest's loop."},
     {"receive", (PyCFunction)(void (*)(void))table_receive, METH_FASTCALL,
-     "receive(fd, limit, owner, attribute, feed_for, failed, errored) -> "
+     "receive(fd, limit, owner, (feeds, shapes), feed_for, failed, errored) -> "
      "(datagrams, bytes, lines, errno)"},
     {"follow", (PyCFunction)table_follow, METH_O,
      "follow(feeds): retire every record unless feeds is the dict mirrored"},
@@ -874,6 +959,8 @@ static PyMethodDef table_methods[] = {
      "records(): line shapes cached now, stale ones included"},
     {"taken", (PyCFunction)table_taken, METH_O,
      "taken(feeds): feeds taken over from feeds (0 unless it is the dict mirrored)"},
+    {"shaped", (PyCFunction)table_shaped, METH_O,
+     "shaped(shapes): shapes taken over from shapes (0 unless it is the one mirrored)"},
     {"keys", (PyCFunction)table_keys, METH_NOARGS,
      "keys(): every record's key object, stale ones included"},
     {NULL, NULL, 0, NULL},

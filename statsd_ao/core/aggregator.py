@@ -164,6 +164,8 @@ class Aggregator:
         self._shape_limit = shape_limit
         self._feed_limit = feed_limit
         # Line shape -> what it names; a plain shape (rate 1, no timestamp) as its bare key.
+        # Replaced, never cleared: the C table takes over the entries of the shapes it
+        # caches, and drops them when it sees another dict (remap, the shape limit).
         self._shapes: dict[bytes, SeriesKey | Resolved | ParseError] = {}
         self._gauges: dict[SeriesKey, Gauge] = {}
         # Replaced, never cleared, whenever its feeds become invalid: the C table caches it
@@ -177,7 +179,9 @@ class Aggregator:
             return
         if self._table is not None:  # the same loop in C (statsd_ao/core/hotpath.py)
             try:
-                count = self._table.ingest(datagram, self._feeds, self._feed_for, self._failed)
+                count = self._table.ingest(
+                    datagram, self._feeds, self._shapes, self._feed_for, self._failed
+                )
             except BaseException:  # (a bug) its lines still count, as in Python
                 self._now.lines += datagram.count(b"\n") + 1 - datagram.endswith(b"\n")
                 raise
@@ -200,7 +204,7 @@ class Aggregator:
         if self._table is None:
             raise RuntimeError("receive() needs the C loop (see .receives)")
         datagrams, size, lines, error = self._table.receive(
-            fd, limit, self, "_feeds", self._feed_for, self._failed, errored
+            fd, limit, self, ("_feeds", "_shapes"), self._feed_for, self._failed, errored
         )
         self._now.lines += lines
         return datagrams, size, error
@@ -338,6 +342,11 @@ class Aggregator:
         self._feeds[key] = feed
         return feed
 
+    def _shapes_held(self) -> int:
+        """Shapes remembered: the cache's, and those the C table took over from it."""
+        table = self._table
+        return len(self._shapes) + (table.shaped(self._shapes) if table is not None else 0)
+
     def _cached(self) -> int:
         """Feeds cached this interval: the dict's, and those the C table took over from it."""
         table = self._table
@@ -406,8 +415,8 @@ class Aggregator:
         known = shapes.get(key)
         if known is None:
             known = self._parse(name, tail)
-            if len(shapes) >= self._shape_limit:
-                shapes.clear()
+            if self._shapes_held() >= self._shape_limit:
+                self._shapes = shapes = {}  # replaced: the C table drops those it holds
             shapes[key] = known
         return Resolved(known, 1.0) if isinstance(known, tuple) else known
 

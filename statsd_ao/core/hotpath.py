@@ -10,14 +10,17 @@ line means.
 Its `Table` caches line shapes over their raw bytes in front of the aggregator's feeds dict,
 tied to that dict's identity: it caches a feed the dict holds and takes it over (deletes the
 entry), so the dict keeps only feeds the table could not cache; an aggregator invalidates
-every cached feed by *replacing* its dict, never by clearing it.  ``Table.receive`` reads a
+every cached feed by *replacing* its dict, never by clearing it.  It takes over the shape's
+entry in the aggregator's shape cache too, keeps it while the record lives (the shape's
+interval and the next), and puts it back there for the shape's next feed_for; it drops every
+shape it holds when it sees that cache replaced.  ``Table.receive`` reads a
 socket with ``recvmmsg`` and ingests every datagram in C.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from statsd_ao.core import accumulators
@@ -36,7 +39,15 @@ DISABLE = "STATSD_AO_PURE_PYTHON"
 class Table(Protocol):
     """statsd_ao.core._hotpath.Table: one per aggregator."""
 
-    def ingest(self, datagram: bytes, feeds: Feeds, feed_for: FeedFor, failed: Failed, /) -> int:
+    def ingest(
+        self,
+        datagram: bytes,
+        feeds: Feeds,
+        shapes: Mapping[bytes, object],
+        feed_for: FeedFor,
+        failed: Failed,
+        /,
+    ) -> int:
         """The lines of the datagram, as the Python loop counts them."""
         ...
 
@@ -45,7 +56,7 @@ class Table(Protocol):
         fd: int,
         limit: int,
         owner: object,
-        attribute: str,
+        attributes: tuple[str, str],
         feed_for: FeedFor,
         failed: Failed,
         errored: Errored,
@@ -64,6 +75,10 @@ class Table(Protocol):
 
     def taken(self, feeds: Feeds, /) -> int:
         """Feeds taken over from ``feeds`` (0 unless it is the dict mirrored)."""
+        ...
+
+    def shaped(self, shapes: Mapping[bytes, object], /) -> int:
+        """Shapes taken over from ``shapes`` (0 unless it is the one mirrored)."""
         ...
 
     def keys(self) -> list[bytes]:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from statsd_ao.core import accumulators, hotpath
 from statsd_ao.core.accumulators import Accumulator, Running
 from statsd_ao.core.aggregator import Aggregator, Snapshot
+from statsd_ao.core.mapping import parse_rules
 from statsd_ao.core.sanitize import Naming
 
 HOT = hotpath.NATIVE
@@ -306,13 +307,13 @@ def test_a_shape_seen_every_interval_keeps_one_copy_of_its_bytes() -> None:
     table = fast._table
     assert table is not None
     fast.ingest(b"req:1|c|#env:prod")
-    ((first, _),) = fast._shapes.items()
+    (first,) = table.keys()
     for _ in range(3):
         fast.swap()
         fast.ingest(b"req:1|c|#env:prod\nreq:2|c|#env:prod")
         (again,) = table.keys()
         assert again is first
-        assert next(iter(fast._shapes)) is first
+        assert fast._shapes == {} and table.shaped(fast._shapes) == 1  # (taken over)
     (counter,) = fast.current.values()
     assert counter.total == 3.0  # type: ignore[union-attr]
 
@@ -334,6 +335,44 @@ def test_the_table_takes_the_feeds_it_caches_over_from_the_dict() -> None:
     fast.ingest(b"a:2|c\nf:2|c")
     assert (table.taken(fast._feeds), fast._feeds) == (2, {})
     assert len(fast.current) == 6
+
+
+def renamed(to: str) -> Any:
+    return parse_rules(f'[[rule]]\nmatch = "a.*"\nname = "{to}"\n', yaml=False)
+
+
+@needs_c
+def test_a_remap_is_honoured_by_the_shapes_the_table_holds() -> None:
+    # The table holds the shapes it took over from the cache; a remap replaces the cache,
+    # so the next line of each shape is named by the new rules, in the interval and after.
+    states = []
+    for agg in aggregators():
+        agg.remap(renamed("one"))
+        agg.ingest(b"a.b:1|c\na.c:1|c|@0.5")
+        agg.remap(renamed("two"))
+        agg.ingest(b"a.b:1|c\na.c:1|c|@0.5")
+        first = snapshot_state(agg.swap())
+        agg.ingest(b"a.b:1|c")
+        agg.remap(renamed("three"))
+        agg.swap()
+        agg.ingest(b"a.b:1|c\na.c:1|c|@0.5")
+        states.append((first, snapshot_state(agg.swap())))
+    assert states[0] == states[1]
+    first, last = states[0]
+    assert sorted(key[1] for key in first[0]) == ["one", "two"]
+    assert [key[1] for key in last[0]] == ["three"]
+
+
+@needs_c
+def test_the_shape_limit_counts_the_shapes_the_table_holds() -> None:
+    fast, pure = aggregators(shape_limit=3)
+    for agg in (fast, pure):
+        for index in range(3):
+            agg.ingest(b"\n".join(b"s%d:1|c" % i for i in range(index * 2, index * 2 + 4)))
+            agg.swap()
+    assert fast._table is not None
+    assert 0 < fast._table.shaped(fast._shapes) + len(fast._shapes) <= 3
+    assert 0 < len(pure._shapes) <= 3
 
 
 @needs_c
