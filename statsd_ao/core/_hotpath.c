@@ -35,7 +35,7 @@ static PyObject *counter_add, *gauge_add, *summary_add, *set_add;
 static PyObject *limits; /* the module whose MAX_SUMMARY_VALUES, MAX_SET_MEMBERS bind */
 static Py_ssize_t max_values, max_members; /* read from it at each datagram, as Python does */
 
-static Slot total, value_slot, absolute, values_slot, weights_slot, members_slot, rated_acc,
+static Slot total, value_slot, start_slot, values_slot, weights_slot, members_slot, rated_acc,
     rated_rate;
 
 /* The slot's object (borrowed), or NULL when ``self`` is not an exact instance or the
@@ -127,11 +127,10 @@ static int add_to(PyObject *self, const Slot *slot, double v) {
 
 static int gauge(PyObject *self, const char *s, double v) {
     if (s[0] == '+' || s[0] == '-') return add_to(self, &value_slot, v);
-    PyObject *old = get(self, &value_slot);
-    if (old == NULL) return DECLINED;
-    if (set_float(self, &value_slot, old, v) == FAILED) return FAILED;
-    if (get(self, &absolute) != Py_True) put(self, &absolute, Py_NewRef(Py_True));
-    return HANDLED;
+    if (get(self, &value_slot) == NULL) return DECLINED;
+    /* absolute: no start kept (first, so a value float it shared may be reused in place) */
+    if (get(self, &start_slot) != Py_None) put(self, &start_slot, Py_NewRef(Py_None));
+    return set_float(self, &value_slot, get(self, &value_slot), v);
 }
 
 static int append_float(PyObject *list, double v) {
@@ -982,7 +981,7 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
     if (!PyArg_ParseTuple(args, "(OOOO)(OOOOOOOO)O", &fs[0], &fs[1], &fs[2], &fs[3], &ds[0],
                           &ds[1], &ds[2], &ds[3], &ds[4], &ds[5], &ds[6], &ds[7], &module))
         return NULL;
-    Slot *slots[8] = {&total,        &value_slot, &absolute,  &values_slot,
+    Slot *slots[8] = {&total,        &value_slot, &start_slot,  &values_slot,
                       &weights_slot, &members_slot, &rated_acc, &rated_rate};
     Slot checked[8];
     for (int i = 0; i < 8; i++) /* all valid, or nothing changes */

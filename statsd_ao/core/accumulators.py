@@ -59,14 +59,20 @@ class Counter:
 class Gauge:
     """Last value; a value with a leading ``+``/``-`` is a delta on the current value.
 
-    ``start`` and ``absolute`` (an absolute value was set this interval) let several
+    ``start`` is the value the interval started from, or None once an absolute value was
+    set (the value then stands on its own: no float kept for the start); it lets several
     processes' parts of one gauge be merged (`statsd_ao.core.merge`)."""
 
-    __slots__ = ("absolute", "start", "value")
+    __slots__ = ("start", "value")
 
-    def __init__(self, start: float) -> None:
-        self.value = self.start = start
-        self.absolute = False
+    def __init__(self, start: float | None) -> None:
+        self.value = start if start is not None else 0.0
+        self.start = start
+
+    @property
+    def absolute(self) -> bool:
+        """An absolute value was set this interval."""
+        return self.start is None
 
     def add(self, raw: bytes) -> None:
         number = float(raw)
@@ -76,7 +82,7 @@ class Gauge:
             self.value += number
         else:
             self.value = number
-            self.absolute = True
+            self.start = None
 
     __call__ = add  # the accumulator is its own feed: no bound method to keep
 

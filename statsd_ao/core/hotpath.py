@@ -105,7 +105,7 @@ def load() -> Native | None:
     functions = (Counter.add, Gauge.add, Summary.add, SetOf.add)
     # The accumulators' and Rated's __slots__ as member descriptors: where the C loop finds
     # each one's state.
-    slots = [("total", Counter), ("value", Gauge), ("absolute", Gauge), ("values", Summary)]
+    slots = [("total", Counter), ("value", Gauge), ("start", Gauge), ("values", Summary)]
     slots += [("weights", Summary), ("members", SetOf), ("acc", Rated), ("rate", Rated)]
     _hotpath.configure(
         functions,

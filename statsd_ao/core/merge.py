@@ -97,8 +97,8 @@ def combine(into: Accumulator, part: Accumulator) -> Accumulator:
 
 
 def _gauge(into: Gauge, part: Gauge) -> None:
-    if part.absolute:  # the part's sender set the gauge: its value stands
-        into.value, into.absolute = part.value, True
+    if part.start is None:  # the part's sender set the gauge: its value stands
+        into.value, into.start = part.value, None
     else:
         into.value += part.value - part.start
 
@@ -163,7 +163,7 @@ def _state(acc: Accumulator) -> tuple[Any, ...]:
     if isinstance(acc, Counter):
         return ("c", acc.total)
     if isinstance(acc, Gauge):
-        return ("g", acc.value, acc.start, acc.absolute)
+        return ("g", acc.value, acc.start)
     if isinstance(acc, SetOf):
         return ("s", list(acc.members))
     running = acc.running
@@ -183,7 +183,7 @@ def _accumulator(state: tuple[Any, ...]) -> Accumulator:
         return counter
     if kind == "g":
         gauge = Gauge(state[2])
-        gauge.value, gauge.absolute = state[1], state[3]
+        gauge.value = state[1]
         return gauge
     if kind == "s":
         members = SetOf()
