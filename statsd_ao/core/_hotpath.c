@@ -5,8 +5,8 @@
    the aggregator's dict of feeds, so a line shape seen before in this interval costs no
    Python object.  A shape the table does not know goes to the dict (and to the aggregator's
    feed_for), exactly as the Python loop does, and is cached when the dict keeps its feed.
-   A feed this module recognises (an accumulator, which is its own add, the bound add of
-   one, or a Rated: add_rated at a sample rate) with a plain decimal value is applied here,
+   A feed this module recognises (an accumulator, which is its own add, or a Rated:
+   add_rated at a sample rate) with a plain decimal value is applied here,
    to the same Python accumulator objects, with the same arithmetic.  Everything else (an
    unknown shape, an unusual value, a full timer, an error) is handed to the Python
    callbacks, so the Python code stays the one definition of what a line means; this file
@@ -29,9 +29,8 @@
 #include <time.h>
 #include <limits.h>
 
-/* Set once by configure(): the functions whose bound methods we recognise, and where the
-   accumulators keep their state (their __slots__, read through the member descriptors). */
-static PyObject *counter_add, *gauge_add, *summary_add, *set_add;
+/* Set once by configure(): where the accumulators and Rated keep their state (their
+   __slots__, read through the member descriptors). */
 static PyObject *limits; /* the module whose MAX_SUMMARY_VALUES, MAX_SET_MEMBERS bind */
 static Py_ssize_t max_values, max_members; /* read from it at each datagram, as Python does */
 
@@ -216,8 +215,8 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
    feeds dict (keyed by the bytes ``name:tail``), so a line seen before in this interval is
    resolved without building a key (or any other Python object).  Each record holds strong
    references to the key and the feed, and how the feed is applied (its kind: the
-   accumulator and the rate are read from the feed), decided once when the record is made.  The dict is where
-   feed_for leaves a feed to be cached: a record is only made for a feed the dict holds
+   accumulator and the rate are read from the feed), decided once when the record is made.
+   The dict is where feed_for leaves a feed to be cached: a record is only made for a feed the dict holds
    under that key, and then the record takes it over (the entry is deleted), so a cached
    shape costs no dict entry; the dict keeps only what the table could not cache.  The
    table is tied to the identity of the dict it mirrors.  The aggregator replaces its dict
@@ -232,9 +231,9 @@ static int call_feed(PyObject *feed, PyObject *failed, const char *line, Py_ssiz
    (its shape was not seen for a whole interval) is dropped, so the table holds at most the
    shapes of two intervals.
 
-   Records are fixed-size (24 bytes), in one array that grows by half (indices, so it may move); a
-   record compares a line against the key object it holds.  The index is
-   open addressing with linear probing at most half full.  The seed is random per process
+   Records are fixed-size (32 bytes), in one array that grows by half (indices, so it may
+   move); a record compares a line against the key object it holds.  The index is open
+   addressing with linear probing at most half full.  The seed is random per process
    and a key whose probe sequence would pass MAX_PROBE is not cached (it takes the dict
    path), so crafted names cannot make a lookup cost more than MAX_PROBE comparisons.  The
    table is not tracked by the cyclic GC: what it references (the dict, keys, feeds,
@@ -449,13 +448,7 @@ static uint32_t classify(PyObject *feed) {
                : type == values_slot.type ? K_SUMMARY_RATED
                                           : K_OTHER;
     }
-    if (!PyMethod_Check(feed)) return K_OTHER;
-    PyObject *func = PyMethod_GET_FUNCTION(feed);
-    return func == counter_add   ? K_COUNTER
-           : func == gauge_add   ? K_GAUGE
-           : func == summary_add ? K_SUMMARY
-           : func == set_add     ? K_SET
-                                 : K_OTHER;
+    return K_OTHER;
 }
 
 /* A new record for a feed the mirrored dict holds under ``key`` (whose hash is h); NULL (no
@@ -486,7 +479,7 @@ nomem:
 /* The accumulator a feed of a known kind applies to (borrowed; NULL: none after all). */
 static inline PyObject *acc_of(uint32_t kind, PyObject *feed) {
     if (kind == K_COUNTER_RATED || kind == K_SUMMARY_RATED) return get(feed, &rated_acc);
-    return PyMethod_Check(feed) ? PyMethod_GET_SELF(feed) : feed;
+    return feed;
 }
 
 /* A Rated feed's rate, if a positive float (else 0: declined). */
@@ -570,14 +563,8 @@ static void follow_shapes(Table *t, PyObject *shapes) {
     if (t->shapes == shapes) return;
     PyObject *old = t->shapes;
     t->shapes = Py_NewRef(shapes);
-    for (size_t i = 0; i < t->count && t->shaped > 0; i++) {
-        PyObject *shape = t->records[i].shape;
-        if (shape == NULL) continue;
-        t->records[i].shape = NULL; /* (cleared before the decref: it may run code) */
-        t->shaped--;
-        Py_DECREF(shape);
-    }
     t->shaped = 0;
+    for (size_t i = 0; i < t->count; i++) Py_CLEAR(t->records[i].shape);
     Py_XDECREF(old);
 }
 
@@ -708,7 +695,7 @@ static int read_limit(PyObject *name, Py_ssize_t *limit) {
 }
 
 static int read_limits(void) {
-    if (counter_add == NULL) {
+    if (limits == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "configure() was not called");
         return -1;
     }
@@ -912,14 +899,10 @@ static PyObject *table_len(Table *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromSize_t(self->count);
 }
 
-/* Table.taken(feeds): feeds taken over from ``feeds`` (0 unless it is the dict mirrored). */
-static PyObject *table_taken(Table *self, PyObject *feeds) {
-    return PyLong_FromSize_t(self->feeds == feeds ? self->live : 0);
-}
-
-/* Table.shaped(shapes): shapes taken over from ``shapes`` (0 unless it is the one mirrored). */
-static PyObject *table_shaped(Table *self, PyObject *shapes) {
-    return PyLong_FromSize_t(self->shapes == shapes ? self->shaped : 0);
+/* Table.held(d): entries the table took over from ``d``, the feeds dict or the shape cache
+   it mirrors (0 for any other dict). */
+static PyObject *table_held(Table *self, PyObject *d) {
+    return PyLong_FromSize_t(self->feeds == d ? self->live : self->shapes == d ? self->shaped : 0);
 }
 
 /* Table.keys(): every record's key object, stale ones included. */
@@ -956,10 +939,8 @@ static PyMethodDef table_methods[] = {
      "follow(feeds): retire every record unless feeds is the dict mirrored"},
     {"records", (PyCFunction)table_len, METH_NOARGS,
      "records(): line shapes cached now, stale ones included"},
-    {"taken", (PyCFunction)table_taken, METH_O,
-     "taken(feeds): feeds taken over from feeds (0 unless it is the dict mirrored)"},
-    {"shaped", (PyCFunction)table_shaped, METH_O,
-     "shaped(shapes): shapes taken over from shapes (0 unless it is the one mirrored)"},
+    {"held", (PyCFunction)table_held, METH_O,
+     "held(d): entries taken over from d, the feeds or shapes mirrored (else 0)"},
     {"keys", (PyCFunction)table_keys, METH_NOARGS,
      "keys(): every record's key object, stale ones included"},
     {NULL, NULL, 0, NULL},
@@ -976,10 +957,10 @@ static PyTypeObject TableType = {
 };
 
 static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *fs[4], *ds[8];
+    PyObject *ds[8];
     PyObject *module;
-    if (!PyArg_ParseTuple(args, "(OOOO)(OOOOOOOO)O", &fs[0], &fs[1], &fs[2], &fs[3], &ds[0],
-                          &ds[1], &ds[2], &ds[3], &ds[4], &ds[5], &ds[6], &ds[7], &module))
+    if (!PyArg_ParseTuple(args, "(OOOOOOOO)O", &ds[0], &ds[1], &ds[2], &ds[3], &ds[4], &ds[5],
+                          &ds[6], &ds[7], &module))
         return NULL;
     Slot *slots[8] = {&total,        &value_slot, &start_slot,  &values_slot,
                       &weights_slot, &members_slot, &rated_acc, &rated_rate};
@@ -992,8 +973,6 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
         *slots[i] = checked[i];
         Py_XDECREF(old);
     }
-    PyObject **functions[4] = {&counter_add, &gauge_add, &summary_add, &set_add};
-    for (int i = 0; i < 4; i++) Py_XSETREF(*functions[i], Py_NewRef(fs[i]));
     Py_XSETREF(limits, Py_NewRef(module));
     if (max_values_name == NULL) max_values_name = PyUnicode_InternFromString("MAX_SUMMARY_VALUES");
     if (max_members_name == NULL) max_members_name = PyUnicode_InternFromString("MAX_SET_MEMBERS");
@@ -1004,7 +983,7 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure((the add functions), (the slot descriptors), the limits' module)"},
+     "configure((the slot descriptors), the limits' module)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -337,20 +337,15 @@ class Aggregator:
                     feed = self._guarded_feed(resolved)
                 except ParseError as error:  # a timestamp out of range: same for the key
                     feed = _rejecter(error.reason)
-        if self._cached() >= self._feed_limit:
+        if self._held(self._feeds) >= self._feed_limit:
             self._feeds = {}  # replaced, not cleared (see __init__)
         self._feeds[key] = feed
         return feed
 
-    def _shapes_held(self) -> int:
-        """Shapes remembered: the cache's, and those the C table took over from it."""
+    def _held(self, entries: Mapping[bytes, object]) -> int:
+        """Entries of the feeds dict or the shape cache, with those the C table took over."""
         table = self._table
-        return len(self._shapes) + (table.shaped(self._shapes) if table is not None else 0)
-
-    def _cached(self) -> int:
-        """Feeds cached this interval: the dict's, and those the C table took over from it."""
-        table = self._table
-        return len(self._feeds) + (table.taken(self._feeds) if table is not None else 0)
+        return len(entries) + (table.held(entries) if table is not None else 0)
 
     def _special(self, line: bytes) -> Feed:
         """An event or a service check: handled whole, never cached (each line differs)."""
@@ -415,7 +410,7 @@ class Aggregator:
         known = shapes.get(key)
         if known is None:
             known = self._parse(name, tail)
-            if self._shapes_held() >= self._shape_limit:
+            if self._held(shapes) >= self._shape_limit:
                 self._shapes = shapes = {}  # replaced: the C table drops those it holds
             shapes[key] = known
         return Resolved(known, 1.0) if isinstance(known, tuple) else known

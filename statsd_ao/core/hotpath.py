@@ -73,12 +73,9 @@ class Table(Protocol):
         """Line shapes cached now, stale ones included."""
         ...
 
-    def taken(self, feeds: Feeds, /) -> int:
-        """Feeds taken over from ``feeds`` (0 unless it is the dict mirrored)."""
-        ...
-
-    def shaped(self, shapes: Mapping[bytes, object], /) -> int:
-        """Shapes taken over from ``shapes`` (0 unless it is the one mirrored)."""
+    def held(self, entries: Mapping[bytes, object], /) -> int:
+        """Entries taken over from ``entries``, the feeds dict or the shape cache mirrored
+        (0 for any other dict)."""
         ...
 
     def keys(self) -> list[bytes]:
@@ -102,13 +99,11 @@ def load() -> Native | None:
         from statsd_ao.core import _hotpath  # type: ignore[attr-defined]  # noqa: PLC0415
     except ImportError:
         return None
-    functions = (Counter.add, Gauge.add, Summary.add, SetOf.add)
     # The accumulators' and Rated's __slots__ as member descriptors: where the C loop finds
     # each one's state.
     slots = [("total", Counter), ("value", Gauge), ("start", Gauge), ("values", Summary)]
     slots += [("weights", Summary), ("members", SetOf), ("acc", Rated), ("rate", Rated)]
     _hotpath.configure(
-        functions,
         tuple(vars(owner)[name] for name, owner in slots),
         accumulators,  # MAX_SUMMARY_VALUES and MAX_SET_MEMBERS, read at each datagram
     )

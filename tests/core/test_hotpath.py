@@ -313,7 +313,7 @@ def test_a_shape_seen_every_interval_keeps_one_copy_of_its_bytes() -> None:
         fast.ingest(b"req:1|c|#env:prod\nreq:2|c|#env:prod")
         (again,) = table.keys()
         assert again is first
-        assert fast._shapes == {} and table.shaped(fast._shapes) == 1  # (taken over)
+        assert fast._shapes == {} and table.held(fast._shapes) == 1  # (taken over)
     (counter,) = fast.current.values()
     assert counter.total == 3.0  # type: ignore[union-attr]
 
@@ -327,13 +327,13 @@ def test_the_table_takes_the_feeds_it_caches_over_from_the_dict() -> None:
     assert table is not None
     fast.ingest(b"a:1|c\nb:1|c|@0.5\nc:1|g\nd:1|ms")
     assert fast._feeds == {}
-    assert table.taken(fast._feeds) == 4 and table.taken({}) == 0
+    assert table.held(fast._feeds) == 4 and table.held({}) == 0
     fast.ingest(b"e:1|c")
-    assert table.taken(fast._feeds) == 5
+    assert table.held(fast._feeds) == 5
     fast.ingest(b"f:1|c")  # a sixth past the limit of 5: the cache starts over with f's
     assert list(fast._feeds) == [b"f:c"]  # (the table mirrored the dict replaced)
     fast.ingest(b"a:2|c\nf:2|c")
-    assert (table.taken(fast._feeds), fast._feeds) == (2, {})
+    assert (table.held(fast._feeds), fast._feeds) == (2, {})
     assert len(fast.current) == 6
 
 
@@ -371,7 +371,7 @@ def test_the_shape_limit_counts_the_shapes_the_table_holds() -> None:
             agg.ingest(b"\n".join(b"s%d:1|c" % i for i in range(index * 2, index * 2 + 4)))
             agg.swap()
     assert fast._table is not None
-    assert 0 < fast._table.shaped(fast._shapes) + len(fast._shapes) <= 3
+    assert 0 < fast._table.held(fast._shapes) + len(fast._shapes) <= 3
     assert 0 < len(pure._shapes) <= 3
 
 
