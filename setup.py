@@ -1,5 +1,6 @@
-"""The C parts, built when a compiler is at hand: the hot path's loop (statsd_ao/core/_hotpath.c)
-and the flush's conversion (statsd_ao/core/_convert.c).
+"""The C parts, built when a compiler is at hand: the hot path's loop (statsd_ao/core/_hotpath.c,
+with the C Gauge and gauge memory of statsd_ao/core/_gauges.c) and the flush's conversion
+(statsd_ao/core/_convert.c).
 
 Everything else is in pyproject.toml.  ``optional``: without a compiler the install still
 succeeds and the pure-Python code runs instead (statsd_ao/core/hotpath.py says which).
@@ -13,8 +14,8 @@ setup(
     ext_modules=[
         Extension(
             "statsd_ao.core._hotpath",
-            sources=["statsd_ao/core/_hotpath.c"],
-            depends=["statsd_ao/core/_slots.h"],
+            sources=["statsd_ao/core/_hotpath.c", "statsd_ao/core/_gauges.c"],
+            depends=["statsd_ao/core/_slots.h", "statsd_ao/core/_gauges.h"],
             extra_compile_args=FLAGS,
             optional=True,
         ),

@@ -317,6 +317,10 @@ static PyObject *single_value(PyObject *acc, int *counter) {
         if (members == NULL || !PyAnySet_CheckExact(members)) return NULL;
         return PyFloat_FromDouble((double)PySet_GET_SIZE(members));
     }
+    if (type == value_slot.type && value_slot.is_double) { /* the C Gauge */
+        double value = *(double *)((char *)acc + value_slot.offset);
+        return postable(value) ? PyFloat_FromDouble(value) : NULL;
+    }
     PyObject *v = *counter ? get(acc, &total_slot)
                   : type == value_slot.type ? get(acc, &value_slot)
                                             : NULL;
@@ -423,8 +427,9 @@ failed:
 }
 
 /* configure((Counter.total, Gauge.value, Summary.values, Summary.weights, Summary.running,
-   SetOf.members)): where each accumulator keeps its state.  An item is taken for a kind
-   only when its type is exactly the descriptor's owner. */
+   SetOf.members)): where each accumulator keeps its state (Gauge.value may be the C
+   Gauge's double member).  An item is taken for a kind only when its type is exactly the
+   descriptor's owner. */
 static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *descriptors) {
     Slot *slots[6] = {&total_slot,   &value_slot,   &values_slot,
                       &weights_slot, &running_slot, &members_slot};
@@ -434,7 +439,7 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *descriptors) {
         return NULL;
     }
     for (int i = 0; i < 6; i++) /* all valid, or nothing changes */
-        if (slot_of(PyTuple_GET_ITEM(descriptors, i), &checked[i]) < 0) return NULL;
+        if (slot_of(PyTuple_GET_ITEM(descriptors, i), &checked[i], i == 1) < 0) return NULL;
     if (checked[3].type != checked[2].type || checked[4].type != checked[2].type) {
         PyErr_SetString(PyExc_TypeError, "values, weights and running: one type's slots");
         return NULL;

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <structmember.h>
 
+#include "_gauges.h"
 #include "_slots.h"
 #include <errno.h>
 #include <stdint.h>
@@ -30,12 +31,12 @@
 #include <limits.h>
 
 /* Set once by configure(): where the accumulators and Rated keep their state (their
-   __slots__, read through the member descriptors). */
+   __slots__, read through the member descriptors).  The C Gauge's doubles are read and
+   written directly (_gauges.h). */
 static PyObject *limits; /* the module whose MAX_SUMMARY_VALUES, MAX_SET_MEMBERS bind */
 static Py_ssize_t max_values, max_members; /* read from it at each datagram, as Python does */
 
-static Slot total, value_slot, start_slot, values_slot, weights_slot, members_slot, rated_acc,
-    rated_rate;
+static Slot total, values_slot, weights_slot, members_slot, rated_acc, rated_rate;
 
 /* The slot's object (borrowed), or NULL when ``self`` is not an exact instance or the
    slot is empty. */
@@ -124,12 +125,16 @@ static int add_to(PyObject *self, const Slot *slot, double v) {
     return set_float(self, slot, old, PyFloat_AS_DOUBLE(old) + v);
 }
 
+/* Gauge.add's arithmetic, on the C Gauge's doubles (statsd_ao/core/_gauges.c) */
 static int gauge(PyObject *self, const char *s, double v) {
-    if (s[0] == '+' || s[0] == '-') return add_to(self, &value_slot, v);
-    if (get(self, &value_slot) == NULL) return DECLINED;
-    /* absolute: no start kept (first, so a value float it shared may be reused in place) */
-    if (get(self, &start_slot) != Py_None) put(self, &start_slot, Py_NewRef(Py_None));
-    return set_float(self, &value_slot, get(self, &value_slot), v);
+    GaugeObject *g = (GaugeObject *)self;
+    if (s[0] == '+' || s[0] == '-') {
+        g->value += v;
+    } else {
+        g->value = v;
+        g->start = NAN; /* absolute: no start */
+    }
+    return HANDLED;
 }
 
 static int append_float(PyObject *list, double v) {
@@ -438,7 +443,7 @@ static int grow_records(Table *t) {
 static uint32_t classify(PyObject *feed) {
     PyTypeObject *type = Py_TYPE(feed);
     if (type == total.type) return K_COUNTER; /* an accumulator is its own feed (its add) */
-    if (type == value_slot.type) return K_GAUGE;
+    if (type == &GaugeType) return K_GAUGE;
     if (type == values_slot.type) return K_SUMMARY;
     if (type == members_slot.type) return K_SET;
     if (type == rated_acc.type) { /* acc.add_rated(rate, raw) */
@@ -957,17 +962,16 @@ static PyTypeObject TableType = {
 };
 
 static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *ds[8];
+    PyObject *ds[6];
     PyObject *module;
-    if (!PyArg_ParseTuple(args, "(OOOOOOOO)O", &ds[0], &ds[1], &ds[2], &ds[3], &ds[4], &ds[5],
-                          &ds[6], &ds[7], &module))
+    if (!PyArg_ParseTuple(args, "(OOOOOO)O", &ds[0], &ds[1], &ds[2], &ds[3], &ds[4], &ds[5],
+                          &module))
         return NULL;
-    Slot *slots[8] = {&total,        &value_slot, &start_slot,  &values_slot,
-                      &weights_slot, &members_slot, &rated_acc, &rated_rate};
-    Slot checked[8];
-    for (int i = 0; i < 8; i++) /* all valid, or nothing changes */
-        if (slot_of(ds[i], &checked[i]) < 0) return NULL;
-    for (int i = 0; i < 8; i++) {
+    Slot *slots[6] = {&total, &values_slot, &weights_slot, &members_slot, &rated_acc, &rated_rate};
+    Slot checked[6];
+    for (int i = 0; i < 6; i++) /* all valid, or nothing changes */
+        if (slot_of(ds[i], &checked[i], 0) < 0) return NULL;
+    for (int i = 0; i < 6; i++) {
         PyTypeObject *old = slots[i]->type;
         Py_INCREF(checked[i].type);
         *slots[i] = checked[i];
@@ -998,7 +1002,8 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     if (PyType_Ready(&TableType) < 0) return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) return NULL;
-    if (PyModule_AddObjectRef(module, "Table", (PyObject *)&TableType) < 0) {
+    if (PyModule_AddObjectRef(module, "Table", (PyObject *)&TableType) < 0 ||
+        gauges_add_types(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

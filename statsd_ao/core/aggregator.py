@@ -32,6 +32,7 @@ from statsd_ao.core.events import (
     parse_event,
     parse_service_check,
 )
+from statsd_ao.core.gauge_memory import gauge_memory
 from statsd_ao.core.hotpath import NATIVE, Errored, Feed, Feeds, Native
 from statsd_ao.core.mapping import MappingRules
 from statsd_ao.core.protocol import (
@@ -167,7 +168,7 @@ class Aggregator:
         # Replaced, never cleared: the C table takes over the entries of the shapes it
         # caches, and drops them when it sees another dict (remap, the shape limit).
         self._shapes: dict[bytes, SeriesKey | Resolved | ParseError] = {}
-        self._gauges: dict[SeriesKey, Gauge] = {}
+        self._gauges = gauge_memory(GAUGE_MEMORY)
         # Replaced, never cleared, whenever its feeds become invalid: the C table caches it
         # by identity (swap, forget, the feed limit), and takes over each feed it caches.
         self._feeds: Feeds = {}
@@ -248,13 +249,13 @@ class Aggregator:
 
     def gauge_values(self) -> dict[SeriesKey, float]:
         """Every remembered gauge's value (gauges persist across intervals)."""
-        return {key: gauge.value for key, gauge in self._gauges.items()}
+        return self._gauges.values()
 
     def forget(self, keys: Iterable[SeriesKey]) -> None:
         """Drop series from the current interval and from gauge memory (etsy's del*)."""
         for key in keys:
             self._now.series.pop(key, None)
-            self._gauges.pop(key, None)
+            self._gauges.pop(key)
         self._feeds = {}  # no cached feed may keep feeding a forgotten accumulator
 
     def remap(self, mapping: MappingRules | None) -> None:
@@ -450,9 +451,4 @@ class Aggregator:
             return Gauge(0.0)  # a past interval's gauge (a timestamped sample): no continuity
         # A gauge starts from the last value of its series, so deltas carry across intervals.
         # The previous interval's Gauge is no longer written to: its value is final.
-        gauges = self._gauges
-        previous = gauges.pop(key, None)  # re-inserted last: the dict is ordered by activity
-        gauge = gauges[key] = Gauge(previous.value if previous is not None else 0.0)
-        if len(gauges) > GAUGE_MEMORY:
-            del gauges[next(iter(gauges))]
-        return gauge
+        return self._gauges.next(key)

@@ -1,11 +1,11 @@
 """The optional C loop for `Aggregator.ingest` (statsd_ao/core/_hotpath.c).
 
 The extension is built when the package is installed with a C compiler at hand; without
-one, or with ``STATSD_AO_PURE_PYTHON=1`` in the environment, the aggregator runs its own
-Python loop.  Both give the same results (tests/core/test_hotpath.py compares them on arbitrary
-input); the C loop applies the common cases to the same accumulator objects and hands
-every other line to the aggregator's Python code, which stays the one definition of what a
-line means.
+one, or with ``STATSD_AO_PURE_PYTHON=1`` in the environment (statsd_ao/core/native.py), the
+aggregator runs its own Python loop.  Both give the same results (tests/core/test_hotpath.py
+compares them on arbitrary input); the C loop applies the common cases to the same
+accumulator objects and hands every other line to the aggregator's Python code, which stays
+the one definition of what a line means.
 
 Its `Table` caches line shapes over their raw bytes in front of the aggregator's feeds dict,
 tied to that dict's identity: it caches a feed the dict holds and takes it over (deletes the
@@ -19,12 +19,11 @@ socket with ``recvmmsg`` and ingests every datagram in C.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from statsd_ao.core import accumulators
-from statsd_ao.core.accumulators import Counter, Gauge, Rated, SetOf, Summary
+from statsd_ao.core import accumulators, native
+from statsd_ao.core.accumulators import Counter, Rated, SetOf, Summary
 
 Feed = Callable[[bytes], None]
 # A line shape's key: the bytes ``name:tail`` (the name holds no colon, so it is one to one
@@ -33,7 +32,6 @@ Feeds = dict[bytes, Feed]
 FeedFor = Callable[[bytes, bytes, bytes], Feed]
 Failed = Callable[[Feed, bytes, bytes, ValueError], None]
 Errored = Callable[[bytes], None]
-DISABLE = "STATSD_AO_PURE_PYTHON"
 
 
 class Table(Protocol):
@@ -86,29 +84,21 @@ class Table(Protocol):
 Native = Callable[[], Table]
 
 
-def disabled() -> bool:
-    """``STATSD_AO_PURE_PYTHON`` is set (to anything but 0)."""
-    return os.environ.get(DISABLE, "") not in {"", "0"}
-
-
 def load() -> Native | None:
     """The C `Table` type, configured; None if it is not built or is switched off."""
-    if disabled():
-        return None
-    try:
-        from statsd_ao.core import _hotpath  # type: ignore[attr-defined]  # noqa: PLC0415
-    except ImportError:
+    _hotpath = native.hotpath()
+    if _hotpath is None:
         return None
     # The accumulators' and Rated's __slots__ as member descriptors: where the C loop finds
-    # each one's state.
-    slots = [("total", Counter), ("value", Gauge), ("start", Gauge), ("values", Summary)]
+    # each one's state (the C Gauge's it knows).
+    slots: list[tuple[str, type]] = [("total", Counter), ("values", Summary)]
     slots += [("weights", Summary), ("members", SetOf), ("acc", Rated), ("rate", Rated)]
     _hotpath.configure(
         tuple(vars(owner)[name] for name, owner in slots),
         accumulators,  # MAX_SUMMARY_VALUES and MAX_SET_MEMBERS, read at each datagram
     )
-    native: Native = _hotpath.Table
-    return native
+    table: Native = _hotpath.Table
+    return table
 
 
 NATIVE = load()
@@ -118,6 +108,6 @@ def describe() -> str:
     """Which loop runs, for the start-up log."""
     if NATIVE is not None:
         return "C loop (statsd_ao/core/_hotpath.c: shape table, recvmmsg)"
-    if disabled():
-        return f"pure Python ({DISABLE} is set)"
+    if native.disabled():
+        return f"pure Python ({native.DISABLE} is set)"
     return "pure Python (the C loop is not built: install with a C compiler for ~3x the speed)"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import NotRequired, TypedDict
 
-from statsd_ao.core import hotpath
+from statsd_ao.core import native
 from statsd_ao.core.accumulators import Accumulator, Counter, Gauge, SetOf, Summary
 from statsd_ao.core.aggregator import SeriesKey
 from statsd_ao.core.sanitize import MAX_NAME, fit_name
@@ -140,7 +140,7 @@ def postable(number: float) -> bool:
 
 def load_native() -> ModuleType | None:
     """statsd_ao.core._convert, configured; None if it is not built or is switched off."""
-    if hotpath.disabled():
+    if native.disabled():
         return None
     try:
         from statsd_ao.core import _convert  # type: ignore[attr-defined]  # noqa: PLC0415

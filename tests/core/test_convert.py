@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao.core import hotpath, measurements
+from statsd_ao.core import measurements, native
 from statsd_ao.core.accumulators import Accumulator, Counter, Gauge, Running, SetOf, Summary
 from statsd_ao.core.aggregator import SeriesKey
 from statsd_ao.core.measurements import COUNTER_ATTRIBUTES, Converter, Measurement
@@ -33,7 +33,7 @@ Item = tuple[SeriesKey, Accumulator]
 def test_the_c_conversion_is_built_and_loaded() -> None:
     # .ci/run installs with a compiler; without the module every comparison below would
     # compare Python with itself.
-    assert (NATIVE is None) == hotpath.disabled()
+    assert (NATIVE is None) == native.disabled()
 
 
 def counter(total: float) -> Counter:

@@ -20,23 +20,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao.core import accumulators, hotpath
-from statsd_ao.core.accumulators import Accumulator, Running
+from statsd_ao.core import accumulators, hotpath, native
+from statsd_ao.core.accumulators import Accumulator, Gauge, Running
 from statsd_ao.core.aggregator import Aggregator, Snapshot
 from statsd_ao.core.mapping import parse_rules
 from statsd_ao.core.sanitize import Naming
 
 HOT = hotpath.NATIVE
 needs_c = pytest.mark.skipif(
-    HOT is None and hotpath.disabled(),
-    reason=f"{hotpath.DISABLE} is set: the pure-Python loop is under test",
+    HOT is None and native.disabled(),
+    reason=f"{native.DISABLE} is set: the pure-Python loop is under test",
 )
 
 
 def test_the_c_loop_is_built_and_loaded() -> None:
     # The install builds it wherever a compiler is (as .ci/run's is); its absence would
     # leave every other test here comparing pure Python with itself.
-    if hotpath.disabled():
+    if native.disabled():
         assert HOT is None
     else:
         assert HOT is not None
@@ -62,7 +62,8 @@ def state(acc: Accumulator | Running | None) -> Any:
     if acc is None:
         return None
     out: dict[str, Any] = {"type": type(acc).__name__}
-    for slot in type(acc).__slots__:
+    # (the C Gauge has no __slots__: its state is two doubles)
+    for slot in ("start", "value") if isinstance(acc, Gauge) else type(acc).__slots__:
         value = getattr(acc, slot)
         if isinstance(value, list):
             value = [bits(v) for v in value]

@@ -1,0 +1,330 @@
+/* Gauge and GaugeMemory in C: the same promises as the Python Gauge
+   (statsd_ao/core/accumulators.py) and GaugeMemory (statsd_ao/core/gauge_memory.py), in less
+   memory; tests/core/test_gauges.py holds the two to the same results on arbitrary input.
+
+   A Gauge keeps its value and start as doubles (56 bytes, untracked by the cyclic GC, where
+   the Python one costs 48 and its value float 24 more).  The memory keeps the last gauge of
+   every series in a dict and, threaded through the gauges themselves, a list in order of
+   activity: remembering a series' new gauge moves it to the newest end in O(1) and leaves the
+   dict's entry where it is.  The Python memory keeps its order by popping and inserting the
+   dict's entry again, which leaves a dead entry behind every time, so that dict settles at
+   twice its size (bench/memory_bench.py, "next interval"). */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <structmember.h>
+
+#include "_gauges.h"
+
+/* ------------------------------------------------------------------------------ Gauge */
+
+static PyObject *parse_error; /* statsd_ao.core.protocol.ParseError, imported when first needed */
+
+static PyObject *non_finite(void) {
+    if (parse_error == NULL) {
+        PyObject *protocol = PyImport_ImportModule("statsd_ao.core.protocol");
+        if (protocol == NULL) return NULL;
+        parse_error = PyObject_GetAttrString(protocol, "ParseError");
+        Py_DECREF(protocol);
+        if (parse_error == NULL) return NULL;
+    }
+    PyErr_SetString(parse_error, "non-finite value");
+    return NULL;
+}
+
+static GaugeObject *gauge_of(PyTypeObject *type, double start) {
+    GaugeObject *g = PyObject_New(GaugeObject, type);
+    if (g == NULL) return NULL;
+    g->value = isnan(start) ? 0.0 : start;
+    g->start = start;
+    g->older = g->newer = NULL;
+    g->key = NULL;
+    return g;
+}
+
+/* A number, or None for NaN (no start); -1 with an exception for anything else. */
+static int start_from(PyObject *v, double *out) {
+    if (v == Py_None) {
+        *out = NAN;
+        return 0;
+    }
+    double number = PyFloat_AsDouble(v);
+    if (number == -1.0 && PyErr_Occurred()) return -1;
+    *out = number;
+    return 0;
+}
+
+static PyObject *gauge_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"start", NULL};
+    PyObject *start;
+    double v;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Gauge", names, &start)) return NULL;
+    if (start_from(start, &v) < 0) return NULL;
+    return (PyObject *)gauge_of(type, v);
+}
+
+/* raw[0] is b"+" or b"-" (as the Python Gauge asks it, for any sequence). */
+static int is_delta(PyObject *raw) {
+    if (PyBytes_Check(raw)) {
+        char c = PyBytes_GET_SIZE(raw) ? PyBytes_AS_STRING(raw)[0] : 0;
+        return c == '+' || c == '-';
+    }
+    PyObject *first = PySequence_GetItem(raw, 0);
+    if (first == NULL) return -1;
+    int delta = PyLong_CheckExact(first) &&
+                (PyLong_AsLong(first) == '+' || PyLong_AsLong(first) == '-');
+    Py_DECREF(first);
+    return delta;
+}
+
+/* Gauge.add(raw): float(raw); a leading + or - makes it a delta on the value. */
+static PyObject *gauge_add(GaugeObject *self, PyObject *raw) {
+    PyObject *f = PyNumber_Float(raw);
+    if (f == NULL) return NULL;
+    double number = PyFloat_AS_DOUBLE(f);
+    Py_DECREF(f);
+    if (!isfinite(number)) return non_finite();
+    int delta = is_delta(raw);
+    if (delta < 0) return NULL;
+    if (delta) {
+        self->value += number;
+    } else {
+        self->value = number;
+        self->start = NAN;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *gauge_call(GaugeObject *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"raw", NULL};
+    PyObject *raw;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Gauge", names, &raw)) return NULL;
+    return gauge_add(self, raw);
+}
+
+/* Gauge.add_rated(rate, raw): sample rates do not apply to gauges. */
+static PyObject *gauge_add_rated(GaugeObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "add_rated(rate, raw)");
+        return NULL;
+    }
+    return gauge_add(self, args[1]);
+}
+
+static PyObject *gauge_get_start(GaugeObject *self, void *Py_UNUSED(closure)) {
+    return isnan(self->start) ? Py_NewRef(Py_None) : PyFloat_FromDouble(self->start);
+}
+
+static int gauge_set_start(GaugeObject *self, PyObject *v, void *Py_UNUSED(closure)) {
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "start cannot be deleted");
+        return -1;
+    }
+    return start_from(v, &self->start);
+}
+
+static PyObject *gauge_absolute(GaugeObject *self, void *Py_UNUSED(closure)) {
+    return PyBool_FromLong(isnan(self->start));
+}
+
+static PyObject *gauge_repr(GaugeObject *self) {
+    PyObject *value = PyFloat_FromDouble(self->value), *start = gauge_get_start(self, NULL);
+    PyObject *text = value && start ? PyUnicode_FromFormat("Gauge(value=%R, start=%R)", value,
+                                                           start)
+                                    : NULL;
+    Py_XDECREF(value);
+    Py_XDECREF(start);
+    return text;
+}
+
+static PyMethodDef gauge_methods[] = {
+    {"add", (PyCFunction)gauge_add, METH_O, "add(raw): the value, or a delta with + or -"},
+    {"add_rated", (PyCFunction)(void (*)(void))gauge_add_rated, METH_FASTCALL,
+     "add_rated(rate, raw): add(raw); sample rates do not apply to gauges"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef gauge_members[] = {
+    {"value", T_DOUBLE, offsetof(GaugeObject, value), 0, "the last value"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef gauge_getset[] = {
+    {"start", (getter)gauge_get_start, (setter)gauge_set_start,
+     "the value the interval started from, or None once an absolute value was set", NULL},
+    {"absolute", (getter)gauge_absolute, NULL, "an absolute value was set this interval", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject GaugeType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "statsd_ao.core._hotpath.Gauge",
+    .tp_basicsize = sizeof(GaugeObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Gauge(start): last value; a value with a leading + or - is a delta.",
+    .tp_new = gauge_new,
+    .tp_call = (ternaryfunc)gauge_call,
+    .tp_repr = (reprfunc)gauge_repr,
+    .tp_methods = gauge_methods,
+    .tp_members = gauge_members,
+    .tp_getset = gauge_getset,
+};
+
+/* ------------------------------------------------------------------------- GaugeMemory */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *gauges; /* series key -> its last Gauge (strong) */
+    GaugeObject *oldest, *newest; /* every gauge in the dict, in order of activity */
+    Py_ssize_t limit;
+} Memory;
+
+static void unlink_gauge(Memory *m, GaugeObject *g) {
+    if (g->older != NULL) g->older->newer = g->newer;
+    else m->oldest = g->newer;
+    if (g->newer != NULL) g->newer->older = g->older;
+    else m->newest = g->older;
+    g->older = g->newer = NULL;
+    g->key = NULL;
+}
+
+static void link_newest(Memory *m, GaugeObject *g, PyObject *key) {
+    g->key = key;
+    g->older = m->newest;
+    g->newer = NULL;
+    if (m->newest != NULL) m->newest->newer = g;
+    else m->oldest = g;
+    m->newest = g;
+}
+
+/* Forget the least recently active gauges while there are more than the limit. */
+static int evict(Memory *m) {
+    while (PyDict_GET_SIZE(m->gauges) > m->limit && m->oldest != NULL) {
+        GaugeObject *g = (GaugeObject *)Py_NewRef(m->oldest);
+        PyObject *key = Py_NewRef(g->key);
+        int r = PyDict_DelItem(m->gauges, key);
+        if (r == 0) unlink_gauge(m, g);
+        Py_DECREF(key);
+        Py_DECREF(g);
+        if (r < 0) return -1;
+    }
+    return 0;
+}
+
+/* The dict's gauge for ``key`` (borrowed), or NULL; -1 on error. */
+static int known(Memory *m, PyObject *key, GaugeObject **g) {
+    PyObject *found = PyDict_GetItemWithError(m->gauges, key);
+    if (found == NULL) return PyErr_Occurred() ? -1 : 0;
+    if (Py_TYPE(found) != &GaugeType) {
+        PyErr_SetString(PyExc_SystemError, "GaugeMemory holds a non-Gauge");
+        return -1;
+    }
+    *g = (GaugeObject *)found;
+    return 0;
+}
+
+/* GaugeMemory.next(key): a new Gauge for the series, starting from its last value (or 0.0),
+   remembered in place of the last one as the most recently active. */
+static PyObject *memory_next(Memory *self, PyObject *key) {
+    GaugeObject *previous = NULL, *g;
+    if (known(self, key, &previous) < 0) return NULL;
+    g = gauge_of(&GaugeType, previous != NULL ? previous->value : 0.0);
+    if (g == NULL) return NULL;
+    Py_XINCREF(previous);
+    if (PyDict_SetItem(self->gauges, key, (PyObject *)g) < 0) {
+        Py_XDECREF(previous);
+        Py_DECREF(g);
+        return NULL;
+    }
+    /* the dict keeps the key object it first stored: the previous gauge's */
+    PyObject *stored = previous != NULL ? previous->key : key;
+    if (previous != NULL) {
+        unlink_gauge(self, previous);
+        Py_DECREF(previous);
+    }
+    link_newest(self, g, stored);
+    if (evict(self) < 0) {
+        Py_DECREF(g);
+        return NULL;
+    }
+    return (PyObject *)g;
+}
+
+/* GaugeMemory.pop(key): forget the series (no error if it is not remembered). */
+static PyObject *memory_pop(Memory *self, PyObject *key) {
+    GaugeObject *g = NULL;
+    if (known(self, key, &g) < 0) return NULL;
+    if (g == NULL) Py_RETURN_NONE;
+    Py_INCREF(g);
+    int r = PyDict_DelItem(self->gauges, key);
+    if (r == 0) unlink_gauge(self, g);
+    Py_DECREF(g);
+    if (r < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* GaugeMemory.values(): {key: last value}, least recently active first. */
+static PyObject *memory_values(Memory *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyDict_New();
+    for (GaugeObject *g = self->oldest; out != NULL && g != NULL; g = g->newer) {
+        PyObject *v = PyFloat_FromDouble(g->value);
+        if (v == NULL || PyDict_SetItem(out, g->key, v) < 0) Py_CLEAR(out);
+        Py_XDECREF(v);
+    }
+    return out;
+}
+
+static Py_ssize_t memory_len(Memory *self) { return PyDict_GET_SIZE(self->gauges); }
+
+static PyObject *memory_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"limit", NULL};
+    Py_ssize_t limit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n:GaugeMemory", names, &limit)) return NULL;
+    if (limit < 0) {
+        PyErr_SetString(PyExc_ValueError, "limit must be >= 0");
+        return NULL;
+    }
+    Memory *m = (Memory *)type->tp_alloc(type, 0);
+    if (m == NULL) return NULL;
+    m->limit = limit;
+    m->gauges = PyDict_New();
+    if (m->gauges == NULL) Py_CLEAR(m);
+    return (PyObject *)m;
+}
+
+static void memory_dealloc(Memory *self) {
+    while (self->oldest != NULL) unlink_gauge(self, self->oldest); /* gauges outlive it */
+    Py_XDECREF(self->gauges);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef memory_methods[] = {
+    {"next", (PyCFunction)memory_next, METH_O,
+     "next(key) -> Gauge: a new gauge from the series' last value, now the most recent"},
+    {"pop", (PyCFunction)memory_pop, METH_O, "pop(key): forget the series"},
+    {"values", (PyCFunction)memory_values, METH_NOARGS,
+     "values() -> {key: last value}, least recently active first"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods memory_sequence = {.sq_length = (lenfunc)memory_len};
+
+/* Not tracked by the cyclic GC: its dict holds series keys and gauges, which never refer
+   back to it. */
+static PyTypeObject MemoryType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "statsd_ao.core._hotpath.GaugeMemory",
+    .tp_basicsize = sizeof(Memory),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "GaugeMemory(limit): the last gauge of each series, for deltas; past the limit "
+              "the least recently active is forgotten.",
+    .tp_new = memory_new,
+    .tp_dealloc = (destructor)memory_dealloc,
+    .tp_methods = memory_methods,
+    .tp_as_sequence = &memory_sequence,
+};
+
+int gauges_add_types(PyObject *module) {
+    if (PyType_Ready(&GaugeType) < 0 || PyType_Ready(&MemoryType) < 0) return -1;
+    if (PyModule_AddObjectRef(module, "Gauge", (PyObject *)&GaugeType) < 0) return -1;
+    return PyModule_AddObjectRef(module, "GaugeMemory", (PyObject *)&MemoryType);
+}
