@@ -417,24 +417,21 @@ def snapshot(ref: str) -> Path:
 
 
 def build_hotpath(package: Path) -> None:
-    """Compile the ref's C loop, if it has one, as its install would (setup.py)."""
-    source = package / "_hotpath.c"
-    if source.exists():
-        include = sysconfig.get_paths()["include"]
-        suffix = sysconfig.get_config_var("EXT_SUFFIX")
-        subprocess.run(
-            [
-                "gcc",
-                "-O2",
-                "-shared",
-                "-fPIC",
-                f"-I{include}",
-                str(source),
-                "-o",
-                str(package / f"_hotpath{suffix}"),
-            ],
-            check=True,
-        )
+    """Compile the ref's C parts, where it has them, as its install would (setup.py): the C
+    loop with the C gauges of _gauges.c, and the flush's conversion.  (They moved from
+    statsd_ao/ to statsd_ao/core/ with the layout change.)"""
+    include = sysconfig.get_paths()["include"]
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    where = package / "core" if (package / "core" / "_hotpath.c").exists() else package
+    for module, names, flags in (
+        ("_hotpath", ("_hotpath.c", "_gauges.c"), []),
+        ("_convert", ("_convert.c",), ["-ffp-contract=off"]),
+    ):
+        sources = [str(where / name) for name in names if (where / name).exists()]
+        if not (where / names[0]).exists():
+            continue
+        command = ["gcc", "-O2", "-shared", "-fPIC", *flags, f"-I{include}", *sources]
+        subprocess.run([*command, "-o", str(where / f"{module}{suffix}")], check=True)
 
 
 def install_etsy() -> str | None:
