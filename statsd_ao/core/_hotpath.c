@@ -522,6 +522,7 @@ static int apply(uint32_t kind, PyObject *feed, const char *s, Py_ssize_t n) {
 typedef struct { /* what one ingest call works with */
     Table *table;
     PyObject *feeds, *shapes, *feed_for, *failed;
+    int python; /* Python code ran (a callback), so the aggregator may have new dicts */
 } Context;
 
 typedef struct { /* one line, split as the Python loop splits it */
@@ -610,6 +611,7 @@ static int miss(Context *c, const Line *l, PyObject *known, PyObject *shape, PyO
     } else if (!PyErr_Occurred() && stage_shape(c, key, shape) == 0) {
         PyObject *value = PyBytes_FromStringAndSize(l->value, l->n);
         PyObject *whole = PyBytes_FromStringAndSize(l->line, l->len);
+        c->python = 1;
         if (value != NULL && whole != NULL)
             *feed = PyObject_CallFunctionObjArgs(c->feed_for, key, value, whole, NULL);
         Py_XDECREF(value);
@@ -653,6 +655,7 @@ static int one_line(Context *c, const Line *l) {
         int done = apply(r->kind, r->feed, l->value, l->n);
         if (done != DECLINED) return done;
         PyObject *feed = Py_NewRef(r->feed); /* (a feed may replace the table's records) */
+        c->python = 1;
         done = call_feed(feed, c->failed, l->line, l->len, l->value, l->n);
         Py_DECREF(feed);
         return done;
@@ -665,7 +668,10 @@ static int one_line(Context *c, const Line *l) {
     Py_XDECREF(shape);
     if (missed < 0) return FAILED;
     int done = apply(r != NULL ? r->kind : classify(feed), feed, l->value, l->n);
-    if (done == DECLINED) done = call_feed(feed, c->failed, l->line, l->len, l->value, l->n);
+    if (done == DECLINED) {
+        c->python = 1;
+        done = call_feed(feed, c->failed, l->line, l->len, l->value, l->n);
+    }
     Py_DECREF(feed);
     return done;
 }
@@ -826,34 +832,43 @@ static int receive_batch(Context *c, PyObject *owner, PyObject *names, PyObject 
         return 0;
     }
     if (read_limits() < 0) return -1;
-    for (int i = 0; i < got; i++) {
+    PyObject *feeds = NULL, *shapes = NULL;
+    int r = 0;
+    for (int i = 0; i < got && r == 0; i++) {
         const char *p = iov[i].iov_base;
         Py_ssize_t n = msgs[i].msg_len;
         t->datagrams++;
         t->bytes += n;
-        /* the aggregator's dicts of now */
-        PyObject *feeds = dict_of(owner, PyTuple_GET_ITEM(names, 0));
-        PyObject *shapes = feeds != NULL ? dict_of(owner, PyTuple_GET_ITEM(names, 1)) : NULL;
-        if (shapes == NULL) {
-            Py_XDECREF(feeds);
-            return -1;
+        if (feeds == NULL || c->python) { /* the aggregator's dicts of now */
+            c->python = 0;
+            Py_CLEAR(feeds);
+            Py_CLEAR(shapes);
+            feeds = dict_of(owner, PyTuple_GET_ITEM(names, 0));
+            shapes = feeds != NULL ? dict_of(owner, PyTuple_GET_ITEM(names, 1)) : NULL;
+            if (shapes == NULL) {
+                r = -1;
+                break;
+            }
         }
         c->feeds = feeds;
         c->shapes = shapes;
-        int r = datagram(c, p, n, &t->lines);
-        Py_DECREF(feeds);
-        Py_DECREF(shapes);
-        if (r < 0 && (!PyErr_ExceptionMatches(PyExc_Exception) || report(errored, p, n) < 0))
-            return -1;
+        if (datagram(c, p, n, &t->lines) < 0) {
+            c->python = 1;
+            if (!PyErr_ExceptionMatches(PyExc_Exception) || report(errored, p, n) < 0) r = -1;
+        }
     }
-    return 0;
+    Py_XDECREF(feeds);
+    Py_XDECREF(shapes);
+    return r;
 }
 
 /* Table.receive(fd, limit, owner, (feeds, shapes), feed_for, failed, errored):
    read up to ``limit`` datagrams from the non-blocking socket ``fd`` with recvmmsg, BATCH at
-   a time, until it has none; ingest each (the feeds dict and the shape cache are the
-   owner's attributes of those names at each datagram, as the aggregator may replace them); a datagram whose ingest raises an
-   Exception goes to errored(datagram), called as from an except block.  Returns
+   a time, until it has none; ingest each.  The feeds dict and the shape cache are the
+   owner's attributes of those names, read again after each recvmmsg (another thread may
+   have run) and after any datagram that called Python code (which may replace them): no
+   other code runs in between.  A datagram whose ingest raises an Exception goes to
+   errored(datagram), called as from an except block.  Returns
    (datagrams, bytes, lines, errno): errno is that of a receive error other than EAGAIN
    (which ends the call), else 0.  If errored raises, so does this (the counts are lost). */
 static PyObject *table_receive(Table *self, PyObject *const *args, Py_ssize_t nargs) {

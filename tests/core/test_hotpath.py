@@ -418,11 +418,17 @@ def received(agg: Aggregator, datagrams: list[bytes], limit: int = 1000) -> tupl
 
 @needs_c
 @settings(max_examples=100, deadline=None)
-@given(st.lists(DATAGRAMS, max_size=80), st.sampled_from([1, 7, 1000]))
+@given(
+    st.lists(DATAGRAMS, max_size=80),
+    st.sampled_from([1, 7, 1000]),
+    st.sampled_from([3, 200_000]),
+)
 def test_receive_leaves_the_state_of_ingesting_each_datagram(
-    datagrams: list[bytes], limit: int
+    datagrams: list[bytes], limit: int, feed_limit: int
 ) -> None:
-    fast, pure = aggregators()
+    # (a feed limit of 3 replaces the feeds dict within a batch of datagrams: receive must
+    # go on with the new one, as ingest does)
+    fast, pure = aggregators(feed_limit=feed_limit, shape_limit=max(feed_limit // 2, 2))
     random.seed(7)
     count, size, errors = received(fast, datagrams, limit)
     random.seed(7)
@@ -430,6 +436,19 @@ def test_receive_leaves_the_state_of_ingesting_each_datagram(
         pure.ingest(datagram)
     assert (count, size, errors) == (len(datagrams), sum(map(len, datagrams)), [])
     assert snapshot_state(fast.swap()) == snapshot_state(pure.swap())
+
+
+@needs_c
+def test_receive_follows_a_feeds_dict_replaced_within_one_batch() -> None:
+    # feed_for replaces the feeds dict at the limit; the datagrams after it in the same
+    # recvmmsg batch must be cached against the new dict, as separate ingest calls are
+    fast, _ = aggregators(feed_limit=5)
+    table = fast._table
+    assert table is not None
+    datagrams = [b"a:1|c", b"b:1|c", b"c:1|c", b"d:1|c", b"e:1|c", b"f:1|c", b"a:2|c\nf:2|c"]
+    assert received(fast, datagrams) == (7, sum(map(len, datagrams)), [])
+    assert (table.held(fast._feeds), fast._feeds) == (2, {})
+    assert len(fast.current) == 6
 
 
 @needs_c
