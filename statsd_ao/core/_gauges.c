@@ -33,53 +33,65 @@ static PyObject *non_finite(void) {
     return NULL;
 }
 
-static GaugeObject *gauge_of(PyTypeObject *type, double start) {
+/* A new gauge from ``start`` (a double, or no start: value 0.0), as Gauge(start). */
+static GaugeObject *gauge_of(PyTypeObject *type, const double *start) {
     GaugeObject *g = PyObject_New(GaugeObject, type);
     if (g == NULL) return NULL;
-    g->value = isnan(start) ? 0.0 : start;
-    g->start = start;
+    g->value = start != NULL ? *start : 0.0;
+    if (start != NULL) g->start = *start;
+    else gauge_clear_start(g);
     g->older = g->newer = NULL;
     g->key = NULL;
     return g;
 }
 
-/* A number, or None for NaN (no start); -1 with an exception for anything else. */
-static int start_from(PyObject *v, double *out) {
+/* A start from Python: None, or a number (as a double; -1 with an exception otherwise). */
+static int start_from(PyObject *v, GaugeObject *g) {
     if (v == Py_None) {
-        *out = NAN;
+        gauge_clear_start(g);
         return 0;
     }
     double number = PyFloat_AsDouble(v);
     if (number == -1.0 && PyErr_Occurred()) return -1;
-    *out = number;
+    g->start = number;
+    if (!gauge_has_start(g)) g->start = NAN; /* (those bits mean none: see _gauges.h) */
     return 0;
 }
 
 static PyObject *gauge_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"start", NULL};
     PyObject *start;
-    double v;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Gauge", names, &start)) return NULL;
-    if (start_from(start, &v) < 0) return NULL;
-    return (PyObject *)gauge_of(type, v);
+    GaugeObject *g = gauge_of(type, NULL);
+    if (g != NULL && start != Py_None && start_from(start, g) < 0) Py_CLEAR(g);
+    if (g != NULL && gauge_has_start(g)) g->value = g->start;
+    return (PyObject *)g;
 }
 
-/* raw[0] is b"+" or b"-" (as the Python Gauge asks it, for any sequence). */
+static void gauge_dealloc(GaugeObject *self) {
+    Py_XDECREF(self->key); /* (NULL: a gauge in a memory is kept alive by it) */
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *signs; /* frozenset({43, 45}): b"+" and b"-" as raw[0] gives them */
+
+/* raw[0] in {43, 45}, as the Python Gauge asks it (any subscriptable raw). */
 static int is_delta(PyObject *raw) {
-    if (PyBytes_Check(raw)) {
+    if (PyBytes_CheckExact(raw)) {
         char c = PyBytes_GET_SIZE(raw) ? PyBytes_AS_STRING(raw)[0] : 0;
         return c == '+' || c == '-';
     }
-    PyObject *first = PySequence_GetItem(raw, 0);
+    PyObject *zero = PyLong_FromLong(0);
+    PyObject *first = zero != NULL ? PyObject_GetItem(raw, zero) : NULL;
+    Py_XDECREF(zero);
     if (first == NULL) return -1;
-    int delta = PyLong_CheckExact(first) &&
-                (PyLong_AsLong(first) == '+' || PyLong_AsLong(first) == '-');
+    int delta = PySet_Contains(signs, first);
     Py_DECREF(first);
     return delta;
 }
 
 /* Gauge.add(raw): float(raw); a leading + or - makes it a delta on the value. */
-static PyObject *gauge_add(GaugeObject *self, PyObject *raw) {
+static PyObject *gauge_apply(GaugeObject *self, PyObject *raw) {
     PyObject *f = PyNumber_Float(raw);
     if (f == NULL) return NULL;
     double number = PyFloat_AS_DOUBLE(f);
@@ -91,29 +103,29 @@ static PyObject *gauge_add(GaugeObject *self, PyObject *raw) {
         self->value += number;
     } else {
         self->value = number;
-        self->start = NAN;
+        gauge_clear_start(self);
     }
     Py_RETURN_NONE;
 }
 
-static PyObject *gauge_call(GaugeObject *self, PyObject *args, PyObject *kwargs) {
+static PyObject *gauge_add(GaugeObject *self, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"raw", NULL};
     PyObject *raw;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Gauge", names, &raw)) return NULL;
-    return gauge_add(self, raw);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:add", names, &raw)) return NULL;
+    return gauge_apply(self, raw);
 }
 
 /* Gauge.add_rated(rate, raw): sample rates do not apply to gauges. */
-static PyObject *gauge_add_rated(GaugeObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "add_rated(rate, raw)");
+static PyObject *gauge_add_rated(GaugeObject *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"rate", "raw", NULL};
+    PyObject *rate, *raw;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:add_rated", names, &rate, &raw))
         return NULL;
-    }
-    return gauge_add(self, args[1]);
+    return gauge_apply(self, raw);
 }
 
 static PyObject *gauge_get_start(GaugeObject *self, void *Py_UNUSED(closure)) {
-    return isnan(self->start) ? Py_NewRef(Py_None) : PyFloat_FromDouble(self->start);
+    return gauge_has_start(self) ? PyFloat_FromDouble(self->start) : Py_NewRef(Py_None);
 }
 
 static int gauge_set_start(GaugeObject *self, PyObject *v, void *Py_UNUSED(closure)) {
@@ -121,11 +133,11 @@ static int gauge_set_start(GaugeObject *self, PyObject *v, void *Py_UNUSED(closu
         PyErr_SetString(PyExc_AttributeError, "start cannot be deleted");
         return -1;
     }
-    return start_from(v, &self->start);
+    return start_from(v, self);
 }
 
 static PyObject *gauge_absolute(GaugeObject *self, void *Py_UNUSED(closure)) {
-    return PyBool_FromLong(isnan(self->start));
+    return PyBool_FromLong(!gauge_has_start(self));
 }
 
 static PyObject *gauge_repr(GaugeObject *self) {
@@ -139,8 +151,9 @@ static PyObject *gauge_repr(GaugeObject *self) {
 }
 
 static PyMethodDef gauge_methods[] = {
-    {"add", (PyCFunction)gauge_add, METH_O, "add(raw): the value, or a delta with + or -"},
-    {"add_rated", (PyCFunction)(void (*)(void))gauge_add_rated, METH_FASTCALL,
+    {"add", (PyCFunction)(void (*)(void))gauge_add, METH_VARARGS | METH_KEYWORDS,
+     "add(raw): the value, or a delta with + or -"},
+    {"add_rated", (PyCFunction)(void (*)(void))gauge_add_rated, METH_VARARGS | METH_KEYWORDS,
      "add_rated(rate, raw): add(raw); sample rates do not apply to gauges"},
     {NULL, NULL, 0, NULL},
 };
@@ -163,7 +176,8 @@ PyTypeObject GaugeType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Gauge(start): last value; a value with a leading + or - is a delta.",
     .tp_new = gauge_new,
-    .tp_call = (ternaryfunc)gauge_call,
+    .tp_call = (ternaryfunc)gauge_add, /* the accumulator is its own feed */
+    .tp_dealloc = (destructor)gauge_dealloc,
     .tp_repr = (reprfunc)gauge_repr,
     .tp_methods = gauge_methods,
     .tp_members = gauge_members,
@@ -172,24 +186,31 @@ PyTypeObject GaugeType = {
 
 /* ------------------------------------------------------------------------- GaugeMemory */
 
+/* The dict and the list agree as long as keys hash and compare consistently; each holds its
+   own references (the list to each gauge and its key), so keys whose __hash__ or __eq__ run
+   Python code that changes the memory, or disagree from one call to the next, can make
+   results wrong but never leave a pointer to a freed object. */
 typedef struct {
     PyObject_HEAD
-    PyObject *gauges; /* series key -> its last Gauge (strong) */
-    GaugeObject *oldest, *newest; /* every gauge in the dict, in order of activity */
+    PyObject *gauges; /* series key -> its last Gauge */
+    GaugeObject *oldest, *newest; /* the gauges remembered, in order of activity */
     Py_ssize_t limit;
 } Memory;
 
+/* Take ``g`` out of the list, with the list's references to it and its key. */
 static void unlink_gauge(Memory *m, GaugeObject *g) {
     if (g->older != NULL) g->older->newer = g->newer;
     else m->oldest = g->newer;
     if (g->newer != NULL) g->newer->older = g->older;
     else m->newest = g->older;
     g->older = g->newer = NULL;
-    g->key = NULL;
+    Py_CLEAR(g->key);
+    Py_DECREF(g);
 }
 
 static void link_newest(Memory *m, GaugeObject *g, PyObject *key) {
-    g->key = key;
+    g->key = Py_NewRef(key);
+    Py_INCREF(g);
     g->older = m->newest;
     g->newer = NULL;
     if (m->newest != NULL) m->newest->newer = g;
@@ -197,13 +218,33 @@ static void link_newest(Memory *m, GaugeObject *g, PyObject *key) {
     m->newest = g;
 }
 
+/* The dict's gauge for ``key`` (a new reference), or NULL; -1 on error. */
+static int known(Memory *m, PyObject *key, GaugeObject **g) {
+    PyObject *found = PyDict_GetItemWithError(m->gauges, key);
+    *g = NULL;
+    if (found == NULL) return PyErr_Occurred() ? -1 : 0;
+    if (Py_TYPE(found) != &GaugeType) {
+        PyErr_SetString(PyExc_SystemError, "GaugeMemory holds a non-Gauge");
+        return -1;
+    }
+    *g = (GaugeObject *)Py_NewRef(found);
+    return 0;
+}
+
+/* Delete ``key`` from the dict if it still maps to ``g``. */
+static int forget(Memory *m, PyObject *key, GaugeObject *g) {
+    PyObject *found = PyDict_GetItemWithError(m->gauges, key);
+    if (found == NULL) return PyErr_Occurred() ? -1 : 0;
+    return found == (PyObject *)g ? PyDict_DelItem(m->gauges, key) : 0;
+}
+
 /* Forget the least recently active gauges while there are more than the limit. */
 static int evict(Memory *m) {
     while (PyDict_GET_SIZE(m->gauges) > m->limit && m->oldest != NULL) {
         GaugeObject *g = (GaugeObject *)Py_NewRef(m->oldest);
         PyObject *key = Py_NewRef(g->key);
-        int r = PyDict_DelItem(m->gauges, key);
-        if (r == 0) unlink_gauge(m, g);
+        unlink_gauge(m, g);
+        int r = forget(m, key, g);
         Py_DECREF(key);
         Py_DECREF(g);
         if (r < 0) return -1;
@@ -211,38 +252,21 @@ static int evict(Memory *m) {
     return 0;
 }
 
-/* The dict's gauge for ``key`` (borrowed), or NULL; -1 on error. */
-static int known(Memory *m, PyObject *key, GaugeObject **g) {
-    PyObject *found = PyDict_GetItemWithError(m->gauges, key);
-    if (found == NULL) return PyErr_Occurred() ? -1 : 0;
-    if (Py_TYPE(found) != &GaugeType) {
-        PyErr_SetString(PyExc_SystemError, "GaugeMemory holds a non-Gauge");
-        return -1;
-    }
-    *g = (GaugeObject *)found;
-    return 0;
-}
-
 /* GaugeMemory.next(key): a new Gauge for the series, starting from its last value (or 0.0),
    remembered in place of the last one as the most recently active. */
 static PyObject *memory_next(Memory *self, PyObject *key) {
-    GaugeObject *previous = NULL, *g;
+    GaugeObject *previous, *g;
     if (known(self, key, &previous) < 0) return NULL;
-    g = gauge_of(&GaugeType, previous != NULL ? previous->value : 0.0);
-    if (g == NULL) return NULL;
-    Py_XINCREF(previous);
-    if (PyDict_SetItem(self->gauges, key, (PyObject *)g) < 0) {
+    double zero = 0.0; /* a new series starts from 0.0 (a start of its own) */
+    g = gauge_of(&GaugeType, previous != NULL ? &previous->value : &zero);
+    if (g == NULL || PyDict_SetItem(self->gauges, key, (PyObject *)g) < 0) {
         Py_XDECREF(previous);
-        Py_DECREF(g);
+        Py_XDECREF(g);
         return NULL;
     }
-    /* the dict keeps the key object it first stored: the previous gauge's */
-    PyObject *stored = previous != NULL ? previous->key : key;
-    if (previous != NULL) {
-        unlink_gauge(self, previous);
-        Py_DECREF(previous);
-    }
-    link_newest(self, g, stored);
+    if (previous != NULL && previous->key != NULL) unlink_gauge(self, previous);
+    Py_XDECREF(previous);
+    link_newest(self, g, key);
     if (evict(self) < 0) {
         Py_DECREF(g);
         return NULL;
@@ -252,12 +276,11 @@ static PyObject *memory_next(Memory *self, PyObject *key) {
 
 /* GaugeMemory.pop(key): forget the series (no error if it is not remembered). */
 static PyObject *memory_pop(Memory *self, PyObject *key) {
-    GaugeObject *g = NULL;
+    GaugeObject *g;
     if (known(self, key, &g) < 0) return NULL;
     if (g == NULL) Py_RETURN_NONE;
-    Py_INCREF(g);
     int r = PyDict_DelItem(self->gauges, key);
-    if (r == 0) unlink_gauge(self, g);
+    if (r == 0 && g->key != NULL) unlink_gauge(self, g);
     Py_DECREF(g);
     if (r < 0) return NULL;
     Py_RETURN_NONE;
@@ -266,11 +289,23 @@ static PyObject *memory_pop(Memory *self, PyObject *key) {
 /* GaugeMemory.values(): {key: last value}, least recently active first. */
 static PyObject *memory_values(Memory *self, PyObject *Py_UNUSED(ignored)) {
     PyObject *out = PyDict_New();
-    for (GaugeObject *g = self->oldest; out != NULL && g != NULL; g = g->newer) {
-        PyObject *v = PyFloat_FromDouble(g->value);
-        if (v == NULL || PyDict_SetItem(out, g->key, v) < 0) Py_CLEAR(out);
+    GaugeObject *g = self->oldest;
+    Py_XINCREF(g);
+    while (out != NULL && g != NULL) {
+        PyObject *key = Py_NewRef(g->key), *v = PyFloat_FromDouble(g->value);
+        if (v == NULL || PyDict_SetItem(out, key, v) < 0) Py_CLEAR(out);
+        Py_DECREF(key);
         Py_XDECREF(v);
+        if (out != NULL && g->key == NULL) { /* (a key's __hash__ or __eq__ changed it) */
+            PyErr_SetString(PyExc_RuntimeError, "GaugeMemory changed during values()");
+            Py_CLEAR(out);
+        }
+        GaugeObject *newer = g->newer;
+        Py_XINCREF(newer);
+        Py_DECREF(g);
+        g = newer;
     }
+    Py_XDECREF(g);
     return out;
 }
 
@@ -325,6 +360,12 @@ static PyTypeObject MemoryType = {
 
 int gauges_add_types(PyObject *module) {
     if (PyType_Ready(&GaugeType) < 0 || PyType_Ready(&MemoryType) < 0) return -1;
+    if (signs == NULL) {
+        PyObject *items = Py_BuildValue("(ii)", '+', '-');
+        signs = items != NULL ? PyFrozenSet_New(items) : NULL;
+        Py_XDECREF(items);
+        if (signs == NULL) return -1;
+    }
     if (PyModule_AddObjectRef(module, "Gauge", (PyObject *)&GaugeType) < 0) return -1;
     return PyModule_AddObjectRef(module, "GaugeMemory", (PyObject *)&MemoryType);
 }

@@ -4,18 +4,37 @@
 #define STATSD_AO_GAUGES_H
 
 #include <Python.h>
+#include <stdint.h>
+#include <string.h>
 
-/* 56 bytes, not tracked by the cyclic GC (it owns no reference), where the Python Gauge of
-   two slots costs 48 and its value float 24 more. */
+/* 56 bytes, not tracked by the cyclic GC, where the Python Gauge of two slots costs 48 and
+   its value float 24 more. */
 typedef struct GaugeObject {
     PyObject_HEAD
     double value;
-    double start; /* NaN: none (an absolute value was set); values are always finite */
-    /* Its place in a GaugeMemory's order of activity, and its key there (all borrowed:
-       the memory's dict holds the gauge and the key); NULL when in no memory. */
+    double start; /* NO_START's bits: none (an absolute value was set) */
+    /* Its place in a GaugeMemory's order of activity: the memory holds a reference to each
+       gauge in it and to its key; all NULL when in no memory. */
     struct GaugeObject *older, *newer;
     PyObject *key;
 } GaugeObject;
+
+/* "No start" is one NaN payload that arithmetic never makes (an invalid operation gives the
+   default NaN; a NaN operand passes its own payload on, and this one is never handed out:
+   the start setter turns a float with these bits into the default NaN).  A start may be
+   any other double, NaN included (a merge of parts that overflowed to inf). */
+#define NO_START_BITS 0x7ff80000a65e5a17ull
+
+static inline int gauge_has_start(const GaugeObject *g) {
+    uint64_t bits;
+    memcpy(&bits, &g->start, sizeof bits);
+    return bits != NO_START_BITS;
+}
+
+static inline void gauge_clear_start(GaugeObject *g) {
+    uint64_t bits = NO_START_BITS;
+    memcpy(&g->start, &bits, sizeof bits);
+}
 
 extern PyTypeObject GaugeType;
 

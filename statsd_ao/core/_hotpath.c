@@ -132,7 +132,7 @@ static int gauge(PyObject *self, const char *s, double v) {
         g->value += v;
     } else {
         g->value = v;
-        g->start = NAN; /* absolute: no start */
+        gauge_clear_start(g); /* absolute: no start */
     }
     return HANDLED;
 }
