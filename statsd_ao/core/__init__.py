@@ -1,8 +1,9 @@
 """The sans-IO core: what a StatsD line means and what AppOptics is sent for it.
 
 Here: the line grammar (`protocol`, `events`), names and tags (`sanitize`, `name_rules`,
-`mapping`), the hot path (`accumulators`, `aggregator`, and `hotpath`, which loads the
-optional C loop `_hotpath.c`), the tag-set budget (`cardinality`), conversion to
+`mapping`), the hot path (`accumulators`, `aggregator`, `gauge_memory`, and `hotpath`, which
+loads the optional C loop `_hotpath.c` with the C gauges of `_gauges.c`; `native` switches
+the C parts off), the tag-set budget (`cardinality`), conversion to
 measurements (`measurements`, with its optional C part `_convert.c`), posts (`batching`), the
 delivery policy (`retry`, `outbox`), etsy's idle series (`idle`), annotations, the merge of
 several processes' intervals (`merge`), the self-metrics registry (`selfmetrics`) and the
