@@ -62,8 +62,8 @@ static PyObject *gauge_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     static char *names[] = {"start", NULL};
     PyObject *start;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Gauge", names, &start)) return NULL;
-    GaugeObject *g = gauge_of(type, NULL);
-    if (g != NULL && start != Py_None && start_from(start, g) < 0) Py_CLEAR(g);
+    GaugeObject *g = gauge_of(type, NULL); /* value 0.0, no start */
+    if (g != NULL && start_from(start, g) < 0) Py_CLEAR(g);
     if (g != NULL && gauge_has_start(g)) g->value = g->start;
     return (PyObject *)g;
 }
@@ -99,12 +99,7 @@ static PyObject *gauge_apply(GaugeObject *self, PyObject *raw) {
     if (!isfinite(number)) return non_finite();
     int delta = is_delta(raw);
     if (delta < 0) return NULL;
-    if (delta) {
-        self->value += number;
-    } else {
-        self->value = number;
-        gauge_clear_start(self);
-    }
+    gauge_put(self, number, delta);
     Py_RETURN_NONE;
 }
 

@@ -36,6 +36,17 @@ static inline void gauge_clear_start(GaugeObject *g) {
     memcpy(&g->start, &bits, sizeof bits);
 }
 
+/* Gauge.add's arithmetic, once the value is parsed: a delta, or an absolute value (which
+   leaves no start).  Shared by Gauge.add and the C loop. */
+static inline void gauge_put(GaugeObject *g, double number, int delta) {
+    if (delta) {
+        g->value += number;
+    } else {
+        g->value = number;
+        gauge_clear_start(g);
+    }
+}
+
 extern PyTypeObject GaugeType;
 
 /* Make Gauge and GaugeMemory ready and add them to the module; -1 on error. */

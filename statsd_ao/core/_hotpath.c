@@ -106,7 +106,7 @@ static int parse_number(const char *s, Py_ssize_t n, double *out) {
 }
 
 /* slot = v, where the slot holds ``old``: in place when the slot holds the only reference
-   (no one can tell the difference), so a counter or gauge line allocates nothing. */
+   (no one can tell the difference), so a counter line allocates nothing. */
 static int set_float(PyObject *self, const Slot *slot, PyObject *old, double v) {
     if (old != NULL && PyFloat_CheckExact(old) && Py_REFCNT(old) == 1) {
         ((PyFloatObject *)old)->ob_fval = v;
@@ -125,15 +125,9 @@ static int add_to(PyObject *self, const Slot *slot, double v) {
     return set_float(self, slot, old, PyFloat_AS_DOUBLE(old) + v);
 }
 
-/* Gauge.add's arithmetic, on the C Gauge's doubles (statsd_ao/core/_gauges.c) */
+/* A gauge line, on the C Gauge's doubles (_gauges.h) */
 static int gauge(PyObject *self, const char *s, double v) {
-    GaugeObject *g = (GaugeObject *)self;
-    if (s[0] == '+' || s[0] == '-') {
-        g->value += v;
-    } else {
-        g->value = v;
-        gauge_clear_start(g); /* absolute: no start */
-    }
+    gauge_put((GaugeObject *)self, v, s[0] == '+' || s[0] == '-');
     return HANDLED;
 }
 
