@@ -670,10 +670,23 @@ static int one_line(Context *c, const Line *l) {
     return done;
 }
 
+/* The object a record's line will update (a counter's total, a summary's values, a set),
+   or a Rated's accumulator, whose state is one link further. */
+static inline __attribute__((always_inline)) void prefetch_state(const Record *r) {
+    const Slot *slot = r->kind == K_COUNTER   ? &total
+                       : r->kind == K_SUMMARY ? &values_slot
+                       : r->kind == K_SET     ? &members_slot
+                       : r->kind == K_COUNTER_RATED || r->kind == K_SUMMARY_RATED ? &rated_acc
+                                                                                   : NULL;
+    PyObject *state = slot != NULL && r->feed != NULL ? get(r->feed, slot) : NULL;
+    if (state != NULL) __builtin_prefetch(state);
+}
+
 /* Ask the memory for what a group of lines will touch (index slots, then records, then
    keys and accumulators) before touching any, so the cache misses overlap.  Only hints:
    the lines are then looked up one by one as usual. */
-static void prefetch(Table *t, const Line *lines, int count) {
+static inline __attribute__((always_inline)) void prefetch(Table *t, const Line *lines,
+                                                           int count) {
     if (t->slots == NULL) return;
     for (int i = 0; i < count; i++) __builtin_prefetch(&t->slots[lines[i].hash & t->mask]);
     for (int i = 0; i < count; i++) {
@@ -684,8 +697,13 @@ static void prefetch(Table *t, const Line *lines, int count) {
         uint32_t slot = t->slots[lines[i].hash & t->mask];
         if (slot == 0) continue;
         const Record *r = record_at(t, slot);
+        __builtin_prefetch(r->key); /* (its size and its bytes may be a line apart) */
         __builtin_prefetch(PyBytes_AS_STRING(r->key));
         if (r->feed != NULL) __builtin_prefetch(r->feed);
+    }
+    for (int i = 0; i < count; i++) {
+        uint32_t slot = t->slots[lines[i].hash & t->mask];
+        if (slot != 0) prefetch_state(record_at(t, slot));
     }
 }
 
@@ -721,7 +739,8 @@ static Py_ssize_t lines_in(const char *p, Py_ssize_t n) {
 
 /* Every line of a datagram, adding its lines to *lines (all of them even when one raises,
    as Python counts before its loop).  -1 with an exception set. */
-static int datagram(Context *c, const char *p, Py_ssize_t size, Py_ssize_t *lines) {
+static int datagram(Context *c, const char *p, Py_ssize_t size, const Line *first,
+                    Py_ssize_t *lines) {
     const char *end = p + size, *line = p;
     Line group[GROUP];
     int r = 0;
@@ -731,6 +750,11 @@ static int datagram(Context *c, const char *p, Py_ssize_t size, Py_ssize_t *line
     Py_INCREF(c->shapes);
     while (line < end && r == 0) {
         int count = 0;
+        if (first != NULL) { /* its first line, split already (prefetch_batch) */
+            group[count++] = *first;
+            line = first->line + first->len < end ? first->line + first->len + 1 : end;
+            first = NULL;
+        }
         for (; line < end && count < GROUP; count++) {
             const char *nl = memchr(line, '\n', end - line);
             const char *stop = nl ? nl : end;
@@ -738,7 +762,7 @@ static int datagram(Context *c, const char *p, Py_ssize_t size, Py_ssize_t *line
             line = nl ? nl + 1 : end;
         }
         *lines += count;
-        if (c->table->feeds == c->feeds) prefetch(c->table, group, count);
+        if (count > 1 && c->table->feeds == c->feeds) prefetch(c->table, group, count);
         for (int i = 0; i < count && r == 0; i++)
             if (group[i].len > 0 && one_line(c, &group[i]) < 0) r = -1;
     }
@@ -760,7 +784,7 @@ static PyObject *table_ingest(Table *self, PyObject *const *args, Py_ssize_t nar
     if (read_limits() < 0) return NULL;
     Context c = {self, args[1], args[2], args[3], args[4]};
     Py_ssize_t lines = 0;
-    if (datagram(&c, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), &lines) < 0)
+    if (datagram(&c, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), NULL, &lines) < 0)
         return NULL;
     return PyLong_FromSsize_t(lines);
 }
@@ -804,6 +828,27 @@ static PyObject *dict_of(PyObject *owner, PyObject *name) {
     return d;
 }
 
+#define SHORT 512 /* a datagram this long or shorter: too few lines for datagram()'s prefetch */
+
+/* Split the first line of each short datagram of a batch into ``ahead`` (first[i]: the
+   i-th datagram's, or NULL) and prefetch what they touch: one line per datagram leaves
+   datagram()'s prefetch nothing to overlap, so the misses of a batch overlap here. */
+static inline __attribute__((always_inline)) void prefetch_batch(
+    Table *t, const struct iovec *iov, const struct mmsghdr *msgs, int got, Line *ahead,
+    const Line **first) {
+    int count = 0;
+    for (int i = 0; i < got; i++) {
+        const char *p = iov[i].iov_base;
+        Py_ssize_t n = msgs[i].msg_len;
+        first[i] = NULL;
+        if (n == 0 || n > SHORT) continue;
+        const char *nl = memchr(p, '\n', n);
+        split(p, nl ? nl - p : n, &ahead[count]);
+        first[i] = &ahead[count++];
+    }
+    if (count > 1) prefetch(t, ahead, count);
+}
+
 static int receive_batch(Context *c, PyObject *owner, PyObject *names, PyObject *errored,
                          int fd, unsigned int want, Totals *t, int *more) {
     struct mmsghdr msgs[BATCH];
@@ -826,6 +871,9 @@ static int receive_batch(Context *c, PyObject *owner, PyObject *names, PyObject 
         return 0;
     }
     if (read_limits() < 0) return -1;
+    Line ahead[BATCH];
+    const Line *first[BATCH];
+    prefetch_batch(c->table, iov, msgs, got, ahead, first);
     PyObject *feeds = NULL, *shapes = NULL;
     int r = 0;
     for (int i = 0; i < got && r == 0; i++) {
@@ -846,7 +894,7 @@ static int receive_batch(Context *c, PyObject *owner, PyObject *names, PyObject 
         }
         c->feeds = feeds;
         c->shapes = shapes;
-        if (datagram(c, p, n, &t->lines) < 0) {
+        if (datagram(c, p, n, first[i], &t->lines) < 0) {
             c->python = 1;
             if (!PyErr_ExceptionMatches(PyExc_Exception) || report(errored, p, n) < 0) r = -1;
         }
