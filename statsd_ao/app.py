@@ -109,7 +109,13 @@ class App:
         self.pool = WorkerPool(config, config.workers) if config.workers > 1 else None
         udp = config.udp if self.pool is None else None
         self.datagrams = [
-            DatagramListener(target, self.aggregator.ingest, config.rcvbuf, receive=self._receive())
+            DatagramListener(
+                target,
+                self.aggregator.ingest,
+                config.rcvbuf,
+                receive=self._receive(),
+                pause=config.read_pause,
+            )
             for target in (udp, config.unix)
             if target is not None
         ]

@@ -23,6 +23,7 @@ from statsd_ao.core.outbox import MAX_PENDING
 from statsd_ao.core.retry import MAX_AGE, MAX_ATTEMPTS
 from statsd_ao.core.sanitize import MAX_TAGS, fit_tag
 from statsd_ao.io.address import Address, parse_address
+from statsd_ao.io.pacing import DEFAULT_PAUSE
 from statsd_ao.io.spoolfile import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
 from statsd_ao.settings import SETTINGS, Setting
 
@@ -97,6 +98,7 @@ class Config:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     rcvbuf: int = DEFAULT_RCVBUF
+    read_pause: float = DEFAULT_PAUSE
     cardinality_limit: int = DEFAULT_LIMIT
     cardinality_total_limit: int = DEFAULT_TOTAL_LIMIT
 
@@ -135,6 +137,7 @@ class Config:
             f"batch_size={self.batch_size} concurrency={self.concurrency} "
             f"request_timeout={self.request_timeout:g}s "
             f"shutdown_timeout={self.shutdown_timeout:g}s rcvbuf={self.rcvbuf} "
+            f"read_pause={self.read_pause:g}s "
             f"max_pending={self.max_pending} max_age={self.max_age:g}s "
             f"spool_dir={self.spool_dir or 'off'} spool_max_bytes={self.spool_max_bytes} "
             f"max_attempts={self.max_attempts} resend_unconfirmed={self.resend_unconfirmed} "

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from statsd_ao.core.annotations import stream_name
 from statsd_ao.core.batching import MAX_BATCH
 from statsd_ao.io.address import Address, parse_address
+from statsd_ao.io.pacing import MAX_PAUSE as MAX_READ_PAUSE
 from statsd_ao.io.spoolfile import MIN_MAX_BYTES
 
 
@@ -81,6 +82,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _read_pause(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= MAX_READ_PAUSE:
+        raise ValueError(f"must be 0 to {MAX_READ_PAUSE:g} seconds, got {text!r}")
     return value
 
 
@@ -395,6 +403,13 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds to deliver what is pending at shutdown",
     ),
     Setting("rcvbuf", "--rcvbuf", "STATSD_AO_RCVBUF", _positive_int, "socket receive buffer"),
+    Setting(
+        "read_pause",
+        "--read-pause",
+        "STATSD_AO_READ_PAUSE",
+        _read_pause,
+        "seconds a UDP listener leaves a nearly empty socket alone (0: never)",
+    ),
     Setting(
         "cardinality_limit",
         "--cardinality-limit",

@@ -54,7 +54,12 @@ async def _serve(config: Config, conn: Connection, address: Address) -> None:
     gc_policy.start()
     receive = aggregator.receive if aggregator.receives else None
     listener = DatagramListener(
-        address, aggregator.ingest, config.rcvbuf, reuse_port=True, receive=receive
+        address,
+        aggregator.ingest,
+        config.rcvbuf,
+        reuse_port=True,
+        receive=receive,
+        pause=config.read_pause,
     )
     listener.open(loop)
     conn.send("ready")

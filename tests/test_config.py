@@ -20,6 +20,8 @@ def test_defaults() -> None:
     assert config.batch_size <= 1000
     assert not config.posting  # no token: dry run
     assert "host" in config.global_tags
+    assert config.read_pause == 0.001
+    assert build({"read_pause": "0"}, environ={}).read_pause == 0
 
 
 @pytest.mark.parametrize(
@@ -83,6 +85,9 @@ def test_token_never_described() -> None:
         ({"request_timeout": "nan"}, "--request-timeout"),
         ({"spool_max_bytes": "1M"}, "--spool-max-bytes: must be at least 16M"),
         ({"spool_max_bytes": "lots"}, "--spool-max-bytes: expected a size"),
+        ({"read_pause": "-0.001"}, "--read-pause: must be 0 to 0.01 seconds"),
+        ({"read_pause": "0.5"}, "--read-pause: must be 0 to 0.01 seconds"),
+        ({"read_pause": "nan"}, "--read-pause"),
     ],
 )
 def test_invalid_settings_name_the_setting(flags: dict[str, str | list[str]], names: str) -> None:

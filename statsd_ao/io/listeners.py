@@ -4,7 +4,8 @@ One readiness callback reads many datagrams (per-datagram protocol callbacks cos
 much, see ARCHITECTURE.md), hands each to ``ingest`` synchronously and never awaits or
 creates a task.  A callback reads at most `DRAIN_LIMIT` datagrams, so the flush timer and
 the HTTP sink still get their turn under a flood; the loop calls it again while the socket
-stays readable.
+stays readable.  A UDP listener whose read found the socket nearly empty stops watching it
+for a moment (statsd_ao/io/pacing.py), so that the next read takes a batch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from statsd_ao.core.hotpath import Errored
 from statsd_ao.core.logs import RateLimitedLog
 from statsd_ao.io.address import Address
+from statsd_ao.io.pacing import DEFAULT_PAUSE, Pacer
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,15 @@ class DatagramListener:
         *,
         reuse_port: bool = False,
         receive: Receive | None = None,
+        pause: float = DEFAULT_PAUSE,
     ) -> None:
         """``receive``, when given, reads and ingests in C (``recvmmsg``) in place of a
-        Python ``recv`` and ``ingest`` per datagram."""
+        Python ``recv`` and ``ingest`` per datagram.  ``pause``: seconds a UDP listener
+        leaves a nearly empty socket alone (see `Pacer`; 0: never)."""
         self._receive = receive
+        self._pause = pause
+        self.pacer = Pacer(0.0, 0)  # until open() knows the buffer granted
+        self._resume_handle: asyncio.TimerHandle | None = None
         self._reuse_port = reuse_port  # several processes on one port (--workers)
         self._target = target  # an Address for UDP, a filesystem path for a Unix socket
         self._ingest = ingest
@@ -82,13 +89,16 @@ class DatagramListener:
         sock = self._bind()
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self._sock, self._loop = sock, loop
+        udp = isinstance(self._target, Address)
+        self.pacer = Pacer(self._pause if udp else 0.0, granted)
         loop.add_reader(sock.fileno(), self._on_readable)
-        where = f"udp {self.bound}" if isinstance(self._target, Address) else self.describe()
+        where = f"udp {self.bound}" if udp else self.describe()
         log.info(
-            "listening on %s (receive buffer %d bytes granted, %d asked for)",
+            "listening on %s (receive buffer %d bytes granted, %d asked for; %s)",
             where,
             granted,
             self._rcvbuf,
+            self.pacer.describe(),
         )
 
     def _bind(self) -> socket.socket:
@@ -119,7 +129,10 @@ class DatagramListener:
         if self._sock is None or self._loop is None:
             return
         self._loop.remove_reader(self._sock.fileno())
-        while self._drain():
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
+        while self._drain()[0] >= DRAIN_LIMIT:
             pass
         self._sock.close()
         self._sock = None
@@ -127,11 +140,30 @@ class DatagramListener:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._target)
 
-    def _on_readable(self) -> None:
-        self._drain()
+    @property
+    def paused(self) -> bool:
+        """The socket is left alone for now (see `Pacer`)."""
+        return self._resume_handle is not None
 
-    def _drain(self) -> bool:
-        """Read up to DRAIN_LIMIT datagrams; True when the limit was hit (more may wait)."""
+    def _on_readable(self) -> None:
+        self._pace(*self._drain(), resumed=False)
+
+    def _resume(self) -> None:
+        assert self._sock is not None and self._loop is not None  # (close() cancels this)
+        self._resume_handle = None
+        self._loop.add_reader(self._sock.fileno(), self._on_readable)
+        self._pace(*self._drain(), resumed=True)
+
+    def _pace(self, count: int, size: int, *, resumed: bool) -> None:
+        pause = self.pacer.after_read(count, size, resumed=resumed)
+        if pause > 0:
+            assert self._sock is not None and self._loop is not None
+            self._loop.remove_reader(self._sock.fileno())
+            self._resume_handle = self._loop.call_later(pause, self._resume)
+
+    def _drain(self) -> tuple[int, int]:
+        """Read up to DRAIN_LIMIT datagrams: (datagrams, bytes); the limit reached means
+        more may wait."""
         assert self._sock is not None
         if self._receive is not None:
             count, size, error = self._receive(self._sock.fileno(), DRAIN_LIMIT, self._errored)
@@ -141,7 +173,7 @@ class DatagramListener:
             count, size = self._read()
         self.datagrams += count
         self.bytes += size
-        return count >= DRAIN_LIMIT
+        return count, size
 
     def _errored(self, data: bytes) -> None:
         """``ingest`` raised on ``data`` (called from its except block)."""

@@ -1,0 +1,195 @@
+"""Pausing a nearly idle UDP socket (statsd_ao/io/pacing.py): when the pacer pauses, and a
+listener on real sockets that pauses, takes the backlog in one read, and loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import uvloop
+from hypothesis import given
+from hypothesis import strategies as st
+
+from statsd_ao.io import pacing
+from statsd_ao.io.address import Address
+from statsd_ao.io.listeners import DatagramListener
+from statsd_ao.io.pacing import COOL_DOWN, FEW, MIN_BUFFER, Pacer, charged, needed
+
+PAUSE = 0.001
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_read_that_finds_few_datagrams_pauses() -> None:
+    pacer = Pacer(PAUSE, MIN_BUFFER)
+    assert pacer.after_read(1, 100, resumed=False) == PAUSE
+    assert pacer.after_read(FEW - 1, 100, resumed=True) == PAUSE
+    assert pacer.after_read(0, 0, resumed=True) == 0  # nothing came: wait for readiness
+    assert pacer.after_read(FEW, 1600, resumed=False) == 0  # a backlog: read on
+    assert pacer.pauses == 2
+    assert "paused 1 ms" in pacer.describe()
+
+
+def test_no_pause_without_the_buffer_it_needs() -> None:
+    assert needed(PAUSE) == MIN_BUFFER
+    assert needed(5 * PAUSE) == 5 * MIN_BUFFER
+    small = Pacer(PAUSE, MIN_BUFFER - 1)
+    assert small.after_read(1, 100, resumed=False) == 0
+    assert f"needs {MIN_BUFFER} bytes granted" in small.describe()
+    assert Pacer(2 * PAUSE, MIN_BUFFER).after_read(1, 100, resumed=False) == 0
+    off = Pacer(0.0, 1 << 30)
+    assert off.after_read(1, 100, resumed=False) == 0
+    assert off.describe() == "reads never paused"
+
+
+def test_a_pause_that_filled_a_quarter_of_the_buffer_stops_pausing_for_a_while() -> None:
+    clock = Clock()
+    pacer = Pacer(PAUSE, MIN_BUFFER, clock)
+    heavy = MIN_BUFFER // 4 // 1024  # datagrams that, charged at 1 KiB each, fill a quarter
+    assert charged(heavy + 1, 0) > MIN_BUFFER // 4
+    assert pacer.after_read(heavy + 1, 0, resumed=True) == 0
+    assert pacer.after_read(1, 100, resumed=False) == 0  # cooling down
+    clock.now += COOL_DOWN
+    assert pacer.after_read(1, 100, resumed=False) == PAUSE
+    # the same backlog read without a pause before it says nothing about pausing
+    assert pacer.after_read(heavy + 1, 0, resumed=False) == 0
+    assert pacer.after_read(1, 100, resumed=False) == PAUSE
+
+
+@given(
+    st.floats(0, pacing.MAX_PAUSE),
+    st.integers(0, 1 << 26),
+    st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 1 << 20), st.booleans())),
+)
+def test_pauses_only_after_few_datagrams_with_room(
+    pause: float, granted: int, reads: list[tuple[int, int, bool]]
+) -> None:
+    pacer = Pacer(pause, granted, Clock())
+    for datagrams, size, resumed in reads:
+        got = pacer.after_read(datagrams, size, resumed=resumed)
+        assert got in {0, pause}
+        if got:
+            assert 0 < datagrams < FEW and granted >= needed(pause) and pause > 0
+
+
+# ---------------------------------------------------------------- a listener, real sockets
+
+
+class Chunks:
+    """An ingest function that records datagrams and wakes a waiter at a count."""
+
+    def __init__(self) -> None:
+        self.datagrams: list[bytes] = []
+        self.reached = asyncio.Event()
+        self.want = 0
+
+    def __call__(self, chunk: bytes) -> None:
+        self.datagrams.append(chunk)
+        if len(self.datagrams) >= self.want:
+            self.reached.set()
+
+    async def wait_for(self, count: int) -> None:
+        self.want = count
+        if len(self.datagrams) < count:
+            self.reached.clear()
+            await asyncio.wait_for(self.reached.wait(), 10)
+
+
+LOOPBACK = Address("127.0.0.1", 0)
+
+
+def run_listener(
+    scenario: Callable[[DatagramListener, Chunks], object],
+    target: Address | str = LOOPBACK,
+    pause: float = 0.2,
+) -> list[dict[str, object]]:
+    """Run ``scenario`` on a listener; what the loop's exception handler was given."""
+    errors: list[dict[str, object]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        chunks = Chunks()
+        listener = DatagramListener(target, chunks, 1 << 20, pause=pause)
+        listener.open(asyncio.get_running_loop())
+        try:
+            await scenario(listener, chunks)  # type: ignore[misc]
+        finally:
+            listener.close()
+
+    uvloop.run(main())
+    return errors
+
+
+@pytest.fixture
+def any_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pauses allowed with the buffer this machine grants (its rmem_max may be small)."""
+    monkeypatch.setattr(pacing, "MIN_BUFFER", 1)
+
+
+def udp_sender(listener: DatagramListener) -> socket.socket:
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.connect((listener.bound.host, listener.bound.port))
+    return sender
+
+
+async def pause_then_send(
+    listener: DatagramListener, chunks: Chunks, sender: socket.socket, more: int
+) -> None:
+    """One datagram, read alone (so the listener pauses), then ``more`` during the pause."""
+    sender.send(b"first:1|c")
+    await chunks.wait_for(1)
+    assert listener.paused  # one datagram read: the socket is left alone
+    for i in range(more):
+        sender.send(b"m%d:1|c" % i)
+    assert len(chunks.datagrams) == 1
+
+
+@pytest.mark.usefixtures("any_buffer")
+def test_a_paused_listener_takes_the_backlog_in_one_read_and_loses_nothing() -> None:
+    async def scenario(listener: DatagramListener, chunks: Chunks) -> None:
+        with udp_sender(listener) as sender:
+            await pause_then_send(listener, chunks, sender, 40)
+            await chunks.wait_for(41)
+        assert not listener.paused  # 40 at once are a backlog: no pause after them
+        assert listener.pacer.pauses == 1
+        assert listener.datagrams == 41
+        assert chunks.datagrams[1:] == [b"m%d:1|c" % i for i in range(40)]
+
+    run_listener(scenario)
+
+
+@pytest.mark.usefixtures("any_buffer")
+def test_closing_a_paused_listener_reads_what_waits() -> None:
+    async def scenario(listener: DatagramListener, chunks: Chunks) -> None:
+        with udp_sender(listener) as sender:
+            await pause_then_send(listener, chunks, sender, 5)
+            listener.close()
+        assert not listener.paused
+        assert listener.datagrams == len(chunks.datagrams) == 6
+        await asyncio.sleep(3 * 0.05)  # (past the pause's end, had close() not cancelled it)
+
+    assert run_listener(scenario, pause=0.05) == []
+
+
+@pytest.mark.usefixtures("any_buffer")
+def test_unix_datagram_sockets_are_never_paused(tmp_path: Path) -> None:
+    path = str(tmp_path / "statsd.sock")
+
+    async def scenario(listener: DatagramListener, chunks: Chunks) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.connect(path)
+            sender.send(b"first:1|c")
+            await chunks.wait_for(1)
+        assert not listener.paused
+        assert listener.pacer.pause == 0
+
+    run_listener(scenario, path)
