@@ -18,6 +18,7 @@ from statsd_ao.core.annotations import stream_name
 from statsd_ao.core.batching import MAX_BATCH
 from statsd_ao.io.address import Address, parse_address
 from statsd_ao.io.pacing import MAX_PAUSE as MAX_READ_PAUSE
+from statsd_ao.io.pacing import TICK as READ_PAUSE_TICK
 from statsd_ao.io.spoolfile import MIN_MAX_BYTES
 
 
@@ -87,8 +88,10 @@ def _positive_float(text: str) -> float:
 
 def _read_pause(text: str) -> float:
     value = float(text)
-    if not 0 <= value <= MAX_READ_PAUSE:
-        raise ValueError(f"must be 0 to {MAX_READ_PAUSE:g} seconds, got {text!r}")
+    if value != 0 and not READ_PAUSE_TICK <= value <= MAX_READ_PAUSE:
+        raise ValueError(
+            f"must be 0 or {READ_PAUSE_TICK:g} to {MAX_READ_PAUSE:g} seconds, got {text!r}"
+        )
     return value
 
 

@@ -85,8 +85,9 @@ def test_token_never_described() -> None:
         ({"request_timeout": "nan"}, "--request-timeout"),
         ({"spool_max_bytes": "1M"}, "--spool-max-bytes: must be at least 16M"),
         ({"spool_max_bytes": "lots"}, "--spool-max-bytes: expected a size"),
-        ({"read_pause": "-0.001"}, "--read-pause: must be 0 to 0.01 seconds"),
-        ({"read_pause": "0.5"}, "--read-pause: must be 0 to 0.01 seconds"),
+        ({"read_pause": "-0.001"}, "--read-pause: must be 0 or 0.001 to 0.01 seconds"),
+        ({"read_pause": "0.5"}, "--read-pause: must be 0 or 0.001 to 0.01 seconds"),
+        ({"read_pause": "0.0004"}, "--read-pause: must be 0 or 0.001 to 0.01 seconds"),
         ({"read_pause": "nan"}, "--read-pause"),
     ],
 )

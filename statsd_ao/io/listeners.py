@@ -149,13 +149,14 @@ class DatagramListener:
         self._pace(*self._drain(), resumed=False)
 
     def _resume(self) -> None:
-        assert self._sock is not None and self._loop is not None  # (close() cancels this)
         self._resume_handle = None
+        if self._sock is None or self._loop is None:  # closed (close() cancels this anyway)
+            return
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
         self._pace(*self._drain(), resumed=True)
 
     def _pace(self, count: int, size: int, *, resumed: bool) -> None:
-        pause = self.pacer.after_read(count, size, resumed=resumed)
+        pause = self.pacer.after_read(count, size, resumed=resumed, full=count >= DRAIN_LIMIT)
         if pause > 0:
             assert self._sock is not None and self._loop is not None
             self._loop.remove_reader(self._sock.fileno())

@@ -3,17 +3,17 @@ batch instead of one datagram.
 
 A proxy that keeps well ahead of its senders wakes for nearly every datagram, and a wake-up
 (epoll, the loop's callback, a `recvmmsg` that returns one datagram and the one that finds
-none) costs more than the datagram: on the bench's one-line datagrams, about 4.4 CPU us per
-datagram at 0.2 M/s against 2 when reads find a backlog (bench/README.md).  So after a read
-that found the socket nearly empty, the listener leaves it to the kernel for `pause`
-seconds (1 ms by default): the datagrams wait in the receive buffer, and one read takes
-them all.  Nothing waits longer than that in a proxy that flushes every 10 s.
+none) costs more than the datagram.  So after a read that found the socket nearly empty,
+the listener leaves it to the kernel for `pause` seconds (1 ms by default): the datagrams
+wait in the receive buffer, and one read takes them all.  Nothing waits longer than that in
+a proxy that flushes every 10 s.  On the bench's one-line datagrams at its load generator's
+ceiling this took the proxy from 3.2-4.3 to 1.45-2.85 CPU s per million (bench/README.md).
 
 A pause is safe only if the buffer holds what arrives meanwhile: the pacer pauses only
 with at least `MIN_BUFFER` granted per millisecond of pause, and not for a while after a
-pause let a quarter of the buffer fill.  Unix datagram sockets are never paused: their
-queue is counted in datagrams (`net.unix.max_dgram_qlen`, 10 by default), which a 1 ms
-pause fills at 10,000 datagrams/s.
+pause that let a quarter of the buffer fill, or that left more than one read's worth.
+Unix datagram sockets are never paused: their queue is counted in datagrams
+(`net.unix.max_dgram_qlen`, 10 by default), which a 1 ms pause fills at 10,000 datagrams/s.
 """
 
 from __future__ import annotations
@@ -22,31 +22,35 @@ import math
 import time
 from collections.abc import Callable
 
-# The default pause, seconds: the loop's timers have a resolution of 1 ms.
+# The default pause, seconds.  The loop's timers count whole milliseconds (uvloop rounds a
+# delay, and runs one under 1 ms at once), so a pause is a whole number of them.
 DEFAULT_PAUSE = 0.001
+TICK = 0.001
 # The longest pause accepted (--read-pause): longer ones would need a larger buffer.
 MAX_PAUSE = 0.01
 # A read of fewer datagrams than this found the socket nearly empty.
 FEW = 16
 # The receive buffer granted (twice what net.core.rmem_max lets a socket ask) that a pause
-# needs, per millisecond: at ~1.3 KiB charged per short datagram, a quarter of it holds
-# twice the pause at 0.4 M datagrams/s, more than a proxy that finds its socket nearly empty
-# is being sent.
+# needs, per millisecond: a quarter of it holds twice the pause of 0.4 M short datagrams/s
+# as loopback charges them (~1.3 KiB), or of 0.13 M/s at 4 KiB (a network driver's buffer
+# per packet): more than a proxy that finds its socket nearly empty is being sent.
 MIN_BUFFER = 4 * 1024 * 1024
 # After a pause that let a quarter of the buffer fill, no pauses for this long.
 COOL_DOWN = 1.0
 
 
 def charged(datagrams: int, size: int) -> int:
-    """At most what the kernel charges ``datagrams`` of ``size`` bytes in all against a
-    receive buffer: their bytes twice plus 1 KiB each (Linux 6.18 on loopback: 832 bytes
-    for a 1-byte datagram, 2,304 for 1,432, 16,640 for 9,000)."""
-    return 2 * size + 1024 * datagrams
+    """An upper bound on what the kernel charges ``datagrams`` of ``size`` bytes in all
+    against a receive buffer: their bytes twice plus 4 KiB each.  (Measured on loopback,
+    Linux 6.18: 832 bytes for a 1-byte datagram, 2,304 for 1,432, 16,640 for 9,000; a
+    network driver may charge a 2-4 KiB buffer per packet however short.)"""
+    return 2 * size + 4096 * datagrams
 
 
 def needed(pause: float) -> int:
-    """The receive buffer granted that a pause of ``pause`` seconds needs."""
-    return math.ceil(MIN_BUFFER * pause / DEFAULT_PAUSE)
+    """The receive buffer granted that a pause of ``pause`` seconds needs (as the loop
+    takes it: whole milliseconds, rounded up)."""
+    return MIN_BUFFER * math.ceil(round(pause / TICK, 6))
 
 
 class Pacer:
@@ -72,14 +76,14 @@ class Pacer:
             return f"reads never paused: that needs {self.needs} bytes granted"
         return "reads never paused"
 
-    def after_read(self, datagrams: int, size: int, *, resumed: bool) -> float:
+    def after_read(self, datagrams: int, size: int, *, resumed: bool, full: bool) -> float:
         """Seconds to leave the socket alone after a read of ``datagrams`` totalling
         ``size`` bytes (0: read again as soon as it is readable); ``resumed``: the read
-        ended a pause."""
+        ended a pause; ``full``: it stopped at its limit, so more may wait."""
         if self.pause <= 0:
             return 0.0
         now = self._clock()
-        if resumed and charged(datagrams, size) > self._room:
+        if resumed and (full or charged(datagrams, size) > self._room):
             self._quiet_until = now + COOL_DOWN
         if now < self._quiet_until or not 0 < datagrams < FEW:
             return 0.0
