@@ -21,7 +21,7 @@ from collections.abc import Callable
 from statsd_ao.core.hotpath import Errored
 from statsd_ao.core.logs import RateLimitedLog
 from statsd_ao.io.address import Address
-from statsd_ao.io.pacing import DEFAULT_PAUSE, Pacer
+from statsd_ao.io.pacing import DEFAULT_PAUSE, Pacer, queued
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class DatagramListener:
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self._sock, self._loop = sock, loop
         udp = isinstance(self._target, Address)
-        self.pacer = Pacer(self._pause if udp else 0.0, granted)
+        self.pacer = Pacer(self._pause if udp and _measurable(sock) else 0.0, granted)
         loop.add_reader(sock.fileno(), self._on_readable)
         where = f"udp {self.bound}" if udp else self.describe()
         log.info(
@@ -146,17 +146,18 @@ class DatagramListener:
         return self._resume_handle is not None
 
     def _on_readable(self) -> None:
-        self._pace(*self._drain(), resumed=False)
+        self._pace(self._drain()[0], None)
 
     def _resume(self) -> None:
         self._resume_handle = None
         if self._sock is None or self._loop is None:  # closed (close() cancels this anyway)
             return
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
-        self._pace(*self._drain(), resumed=True)
+        backlog = queued(self._sock)
+        self._pace(self._drain()[0], backlog)
 
-    def _pace(self, count: int, size: int, *, resumed: bool) -> None:
-        pause = self.pacer.after_read(count, size, resumed=resumed, full=count >= DRAIN_LIMIT)
+    def _pace(self, count: int, backlog: int | None) -> None:
+        pause = self.pacer.after_read(count, backlog=backlog)
         if pause > 0:
             assert self._sock is not None and self._loop is not None
             self._loop.remove_reader(self._sock.fileno())
@@ -200,6 +201,15 @@ class DatagramListener:
         except OSError as error:  # e.g. ECONNREFUSED echoes on some kernels: never fatal
             log.warning("udp receive error: %s", error)
         return count, size
+
+
+def _measurable(sock: socket.socket) -> bool:
+    """The kernel says what the socket's queue holds (pausing needs to know)."""
+    try:
+        queued(sock)
+    except OSError:
+        return False
+    return True
 
 
 _bug_log = RateLimitedLog(log, 60.0)

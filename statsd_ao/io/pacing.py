@@ -11,7 +11,7 @@ ceiling this took the proxy from 3.2-4.3 to 1.45-2.85 CPU s per million (bench/R
 
 A pause is safe only if the buffer holds what arrives meanwhile: the pacer pauses only
 with at least `MIN_BUFFER` granted per millisecond of pause, and not for a while after a
-pause that let a quarter of the buffer fill, or that left more than one read's worth.
+pause that let a quarter of the buffer fill, as the kernel counts it (``SO_MEMINFO``).
 Unix datagram sockets are never paused: their queue is counted in datagrams
 (`net.unix.max_dgram_qlen`, 10 by default), which a 1 ms pause fills at 10,000 datagrams/s.
 """
@@ -19,6 +19,8 @@ Unix datagram sockets are never paused: their queue is counted in datagrams
 from __future__ import annotations
 
 import math
+import socket
+import struct
 import time
 from collections.abc import Callable
 
@@ -31,20 +33,25 @@ MAX_PAUSE = 0.01
 # A read of fewer datagrams than this found the socket nearly empty.
 FEW = 16
 # The receive buffer granted (twice what net.core.rmem_max lets a socket ask) that a pause
-# needs, per millisecond: a quarter of it holds twice the pause of 0.4 M short datagrams/s
-# as loopback charges them (~1.3 KiB), or of 0.13 M/s at 4 KiB (a network driver's buffer
-# per packet): more than a proxy that finds its socket nearly empty is being sent.
+# needs, per millisecond.  The kernel charges a short datagram 0.8-1.3 KiB on loopback
+# (Linux 6.18: 832 bytes for 1 byte, 2,304 for 1,432) and a network driver's buffer of 2-4
+# KiB, so a quarter of it holds twice the pause of 0.4 M datagrams/s on loopback, 0.13 M at
+# 4 KiB: more than a proxy that finds its socket nearly empty is being sent.
 MIN_BUFFER = 4 * 1024 * 1024
 # After a pause that let a quarter of the buffer fill, no pauses for this long.
 COOL_DOWN = 1.0
+# getsockopt(SOL_SOCKET, SO_MEMINFO) (Linux 4.6+; not in Python's socket module): u32s, the
+# first of which is what the receive queue holds, as charged against the buffer.
+SO_MEMINFO = 55
+_MEMINFO = struct.Struct("=9I")
 
 
-def charged(datagrams: int, size: int) -> int:
-    """An upper bound on what the kernel charges ``datagrams`` of ``size`` bytes in all
-    against a receive buffer: their bytes twice plus 4 KiB each.  (Measured on loopback,
-    Linux 6.18: 832 bytes for a 1-byte datagram, 2,304 for 1,432, 16,640 for 9,000; a
-    network driver may charge a 2-4 KiB buffer per packet however short.)"""
-    return 2 * size + 4096 * datagrams
+def queued(sock: socket.socket) -> int:
+    """Bytes the socket's receive queue holds, as the kernel charges them against its
+    receive buffer: UDP releases what was read in batches, so until the queue is next empty
+    this may count datagrams already read too (an overcount, the safe side).  OSError where
+    the kernel does not say."""
+    return int(_MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[0])
 
 
 def needed(pause: float) -> int:
@@ -76,14 +83,14 @@ class Pacer:
             return f"reads never paused: that needs {self.needs} bytes granted"
         return "reads never paused"
 
-    def after_read(self, datagrams: int, size: int, *, resumed: bool, full: bool) -> float:
-        """Seconds to leave the socket alone after a read of ``datagrams`` totalling
-        ``size`` bytes (0: read again as soon as it is readable); ``resumed``: the read
-        ended a pause; ``full``: it stopped at its limit, so more may wait."""
+    def after_read(self, datagrams: int, *, backlog: int | None) -> float:
+        """Seconds to leave the socket alone after a read of ``datagrams`` (0: read again
+        as soon as it is readable); ``backlog``: for a read that ended a pause, the bytes
+        queued when it began (`queued`), else None."""
         if self.pause <= 0:
             return 0.0
         now = self._clock()
-        if resumed and (full or charged(datagrams, size) > self._room):
+        if backlog is not None and backlog > self._room:
             self._quiet_until = now + COOL_DOWN
         if now < self._quiet_until or not 0 < datagrams < FEW:
             return 0.0

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from statsd_ao.io import pacing
 from statsd_ao.io.address import Address
 from statsd_ao.io.listeners import DatagramListener
-from statsd_ao.io.pacing import COOL_DOWN, FEW, MIN_BUFFER, Pacer, charged, needed
+from statsd_ao.io.pacing import COOL_DOWN, FEW, MIN_BUFFER, Pacer, needed, queued
 
 PAUSE = 0.001
 
@@ -31,10 +31,10 @@ class Clock:
 
 def test_a_read_that_finds_few_datagrams_pauses() -> None:
     pacer = Pacer(PAUSE, MIN_BUFFER)
-    assert pacer.after_read(1, 100, resumed=False, full=False) == PAUSE
-    assert pacer.after_read(FEW - 1, 100, resumed=True, full=False) == PAUSE
-    assert pacer.after_read(0, 0, resumed=True, full=False) == 0  # nothing came: wait for readiness
-    assert pacer.after_read(FEW, 1600, resumed=False, full=False) == 0  # a backlog: read on
+    assert pacer.after_read(1, backlog=None) == PAUSE
+    assert pacer.after_read(FEW - 1, backlog=FEW * 1000) == PAUSE
+    assert pacer.after_read(0, backlog=0) == 0  # nothing came: wait for readiness
+    assert pacer.after_read(FEW, backlog=None) == 0  # a backlog: read on
     assert pacer.pauses == 2
     assert "paused 1 ms" in pacer.describe()
 
@@ -44,54 +44,57 @@ def test_no_pause_without_the_buffer_it_needs() -> None:
     assert needed(5 * PAUSE) == 5 * MIN_BUFFER
     assert needed(0.0015) == 2 * MIN_BUFFER  # the loop's timers count whole milliseconds
     small = Pacer(PAUSE, MIN_BUFFER - 1)
-    assert small.after_read(1, 100, resumed=False, full=False) == 0
+    assert small.after_read(1, backlog=None) == 0
     assert f"needs {MIN_BUFFER} bytes granted" in small.describe()
-    assert Pacer(2 * PAUSE, MIN_BUFFER).after_read(1, 100, resumed=False, full=False) == 0
+    assert Pacer(2 * PAUSE, MIN_BUFFER).after_read(1, backlog=None) == 0
     off = Pacer(0.0, 1 << 30)
-    assert off.after_read(1, 100, resumed=False, full=False) == 0
+    assert off.after_read(1, backlog=None) == 0
     assert off.describe() == "reads never paused"
 
 
 def test_a_pause_that_filled_a_quarter_of_the_buffer_stops_pausing_for_a_while() -> None:
     clock = Clock()
     pacer = Pacer(PAUSE, MIN_BUFFER, clock)
-    heavy = MIN_BUFFER // 4 // 4096  # datagrams that, charged at 4 KiB each, fill a quarter
-    assert charged(heavy + 1, 0) > MIN_BUFFER // 4
-    assert pacer.after_read(heavy + 1, 0, resumed=True, full=False) == 0
-    assert pacer.after_read(1, 100, resumed=False, full=False) == 0  # cooling down
+    assert pacer.after_read(FEW - 1, backlog=MIN_BUFFER // 4) == PAUSE  # a quarter: room
+    assert pacer.after_read(1000, backlog=MIN_BUFFER // 4 + 1) == 0
+    assert pacer.after_read(1, backlog=None) == 0  # cooling down
     clock.now += COOL_DOWN
-    assert pacer.after_read(1, 100, resumed=False, full=False) == PAUSE
-    # the same backlog read without a pause before it says nothing about pausing
-    assert pacer.after_read(heavy + 1, 0, resumed=False, full=False) == 0
-    assert pacer.after_read(1, 100, resumed=False, full=False) == PAUSE
+    assert pacer.after_read(1, backlog=None) == PAUSE
 
 
-def test_a_pause_that_left_more_than_one_read_stops_pausing_for_a_while() -> None:
-    # (a read stops at its limit, so what it counts need not fill a quarter of a large buffer)
-    clock = Clock()
-    pacer = Pacer(PAUSE, 64 * MIN_BUFFER, clock)
-    assert pacer.after_read(1000, 80_000, resumed=True, full=True) == 0
-    assert pacer.after_read(1, 100, resumed=False, full=False) == 0
-    clock.now += COOL_DOWN
-    assert pacer.after_read(1, 100, resumed=False, full=False) == PAUSE
+def test_the_kernel_says_what_a_socket_holds() -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.bind(("127.0.0.1", 0))
+        sender.connect(receiver.getsockname())
+        assert queued(receiver) == 0
+        sender.send(b"x:1|c")
+        one = queued(receiver)
+        assert one > len(b"x:1|c")  # the datagram and the kernel's bookkeeping for it
+        sender.send(b"x:1|c")
+        assert queued(receiver) == 2 * one
+        receiver.recv(100)
+        receiver.recv(100)
+        assert queued(receiver) == 0  # (released once the queue is empty, not per datagram)
 
 
 @given(
     st.floats(0, pacing.MAX_PAUSE),
     st.integers(0, 1 << 26),
-    st.lists(
-        st.tuples(st.integers(0, 2000), st.integers(0, 1 << 20), st.booleans(), st.booleans())
-    ),
+    st.lists(st.tuples(st.integers(0, 2000), st.none() | st.integers(0, 1 << 26))),
 )
 def test_pauses_only_after_few_datagrams_with_room(
-    pause: float, granted: int, reads: list[tuple[int, int, bool, bool]]
+    pause: float, granted: int, reads: list[tuple[int, int | None]]
 ) -> None:
     pacer = Pacer(pause, granted, Clock())
-    for datagrams, size, resumed, full in reads:
-        got = pacer.after_read(datagrams, size, resumed=resumed, full=full)
+    for datagrams, backlog in reads:
+        got = pacer.after_read(datagrams, backlog=backlog)
         assert got in {0, pause}
         if got:
             assert 0 < datagrams < FEW and granted >= needed(pause) and pause > 0
+            assert backlog is None or backlog <= granted // 4
 
 
 # ---------------------------------------------------------------- a listener, real sockets
