@@ -854,6 +854,7 @@ def drain(receiver: Receiver, plan: Plan, cycles: int) -> tuple[str, str, float,
         cpu = wait_idle(receiver.pid) - cpu_before
         drops = socket_drops(receiver.port) - warm_drops
         counted = receiver.processed()
+        warm -= round(warm_drops * plan.per_datagram)  # (what the warm-up lost never counted)
         processed = sent - drops if getattr(receiver, "kernel_counted", False) else counted - warm
     finally:
         receiver.kill()
