@@ -88,9 +88,12 @@ def _positive_float(text: str) -> float:
 
 def _read_pause(text: str) -> float:
     value = float(text)
-    if value != 0 and not READ_PAUSE_TICK <= value <= MAX_READ_PAUSE:
+    ticks = value / READ_PAUSE_TICK
+    ranged = value == 0 or READ_PAUSE_TICK <= value <= MAX_READ_PAUSE  # (False for nan)
+    if not ranged or abs(ticks - round(ticks)) > 1e-9:
         raise ValueError(
-            f"must be 0 or {READ_PAUSE_TICK:g} to {MAX_READ_PAUSE:g} seconds, got {text!r}"
+            f"must be 0 or {READ_PAUSE_TICK:g} to {MAX_READ_PAUSE:g} seconds in whole "
+            f"milliseconds, got {text!r}"
         )
     return value
 

@@ -22,6 +22,7 @@ def test_defaults() -> None:
     assert "host" in config.global_tags
     assert config.read_pause == 0.001
     assert build({"read_pause": "0"}, environ={}).read_pause == 0
+    assert build({"read_pause": "0.007"}, environ={}).read_pause == 0.007
 
 
 @pytest.mark.parametrize(
@@ -89,6 +90,8 @@ def test_token_never_described() -> None:
         ({"read_pause": "0.5"}, "--read-pause: must be 0 or 0.001 to 0.01 seconds"),
         ({"read_pause": "0.0004"}, "--read-pause: must be 0 or 0.001 to 0.01 seconds"),
         ({"read_pause": "nan"}, "--read-pause"),
+        ({"read_pause": "inf"}, "--read-pause"),
+        ({"read_pause": "0.0015"}, "--read-pause: .* in whole milliseconds"),
     ],
 )
 def test_invalid_settings_name_the_setting(flags: dict[str, str | list[str]], names: str) -> None:

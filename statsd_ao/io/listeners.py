@@ -90,7 +90,7 @@ class DatagramListener:
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self._sock, self._loop = sock, loop
         udp = isinstance(self._target, Address)
-        self.pacer = Pacer(self._pause if udp and _measurable(sock) else 0.0, granted)
+        self.pacer = Pacer(self._pause if udp else 0.0, granted, measurable=_measurable(sock))
         loop.add_reader(sock.fileno(), self._on_readable)
         where = f"udp {self.bound}" if udp else self.describe()
         log.info(

@@ -7,7 +7,8 @@ none) costs more than the datagram.  So after a read that found the socket nearl
 the listener leaves it to the kernel for `pause` seconds (1 ms by default): the datagrams
 wait in the receive buffer, and one read takes them all.  Nothing waits longer than that in
 a proxy that flushes every 10 s.  On the bench's one-line datagrams at its load generator's
-ceiling this took the proxy from 3.2-4.3 to 1.45-2.85 CPU s per million (bench/README.md).
+ceiling this (with the C loop's prefetches fixed the same day) took the proxy from 3.25-4.67
+to 2.05-2.37 CPU s per million, and from 93-99% of its core to 47-52% (bench/README.md).
 
 A pause is safe only if the buffer holds what arrives meanwhile: the pacer pauses only
 with at least `MIN_BUFFER` granted per millisecond of pause, and not for a while after a
@@ -33,17 +34,20 @@ MAX_PAUSE = 0.01
 # A read of fewer datagrams than this found the socket nearly empty.
 FEW = 16
 # The receive buffer granted (twice what net.core.rmem_max lets a socket ask) that a pause
-# needs, per millisecond.  The kernel charges a short datagram 0.8-1.3 KiB on loopback
-# (Linux 6.18: 832 bytes for 1 byte, 2,304 for 1,432) and a network driver's buffer of 2-4
-# KiB, so a quarter of it holds twice the pause of 0.4 M datagrams/s on loopback, 0.13 M at
-# 4 KiB: more than a proxy that finds its socket nearly empty is being sent.
+# needs, per millisecond.  The kernel charges a datagram 0.8-2.3 KiB on loopback (Linux
+# 6.18: 832 bytes for 1 byte, 2,304 for 1,432) and a network driver's buffer of 2-4 KiB for
+# a short one, so a quarter of it holds twice the pause of 0.4 M one-line datagrams/s on
+# loopback, 0.23 M full ones, 0.13 M at 4 KiB: more than a proxy that finds its socket
+# nearly empty is being sent (and the cool-down measures, rather than assumes, the fill).
 MIN_BUFFER = 4 * 1024 * 1024
 # After a pause that let a quarter of the buffer fill, no pauses for this long.
 COOL_DOWN = 1.0
-# getsockopt(SOL_SOCKET, SO_MEMINFO) (Linux 4.6+; not in Python's socket module): u32s, the
-# first of which is what the receive queue holds, as charged against the buffer.
+# getsockopt(SOL_SOCKET, SO_MEMINFO) (Linux 4.11+; not in Python's socket module; another
+# number on sparc and parisc, where 55 fails, so pausing is off): u32s, the first of which is
+# what the receive queue holds, as charged against the buffer.
 SO_MEMINFO = 55
-_MEMINFO = struct.Struct("=9I")
+_MEMINFO_SIZE = 9 * 4
+_FIRST = struct.Struct("=I")
 
 
 def queued(sock: socket.socket) -> int:
@@ -51,7 +55,10 @@ def queued(sock: socket.socket) -> int:
     receive buffer: UDP releases what was read in batches, so until the queue is next empty
     this may count datagrams already read too (an overcount, the safe side).  OSError where
     the kernel does not say."""
-    return int(_MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[0])
+    data = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO_SIZE)
+    if len(data) < _FIRST.size:
+        raise OSError(f"SO_MEMINFO gave {len(data)} bytes")
+    return int(_FIRST.unpack_from(data)[0])
 
 
 def needed(pause: float) -> int:
@@ -64,12 +71,19 @@ class Pacer:
     """Decides, after each read, whether to pause before the next."""
 
     def __init__(
-        self, pause: float, granted: int, clock: Callable[[], float] = time.monotonic
+        self,
+        pause: float,
+        granted: int,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        measurable: bool = True,
     ) -> None:
-        """``pause``: seconds (0: never); ``granted``: the receive buffer granted, bytes."""
+        """``pause``: seconds (0: never); ``granted``: the receive buffer granted, bytes;
+        ``measurable``: `queued` works on the socket (the cool-down needs it)."""
         self.needs = needed(pause)
         self.granted = granted
-        self.pause = pause if granted >= self.needs else 0.0
+        self.measurable = measurable
+        self.pause = pause if granted >= self.needs and measurable else 0.0
         self._room = granted // 4
         self._clock = clock
         self._quiet_until = 0.0  # no pauses before this (after a pause that filled a lot)
@@ -81,6 +95,8 @@ class Pacer:
             return f"reads paused {self.pause * 1e3:g} ms when the socket is nearly empty"
         if self.needs > self.granted:
             return f"reads never paused: that needs {self.needs} bytes granted"
+        if not self.measurable:
+            return "reads never paused: the kernel does not say what the queue holds (SO_MEMINFO)"
         return "reads never paused"
 
     def after_read(self, datagrams: int, *, backlog: int | None) -> float:

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import uvloop
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao.io import pacing
+from statsd_ao.io import listeners, pacing
 from statsd_ao.io.address import Address
 from statsd_ao.io.listeners import DatagramListener
 from statsd_ao.io.pacing import COOL_DOWN, FEW, MIN_BUFFER, Pacer, needed, queued
@@ -62,24 +63,46 @@ def test_a_pause_that_filled_a_quarter_of_the_buffer_stops_pausing_for_a_while()
     assert pacer.after_read(1, backlog=None) == PAUSE
 
 
-def test_the_kernel_says_what_a_socket_holds() -> None:
+def wait_queued(sock: socket.socket, size: int) -> int:
+    """What ``sock`` holds once it holds at least ``size`` bytes (loopback may deliver a
+    moment after send() returns, on a loaded machine)."""
+    deadline = time.monotonic() + 10
+    while (now := queued(sock)) < size and time.monotonic() < deadline:
+        pass
+    return now
+
+
+def charge(payload: bytes) -> int:
+    """What the kernel charges a receive buffer for one datagram of ``payload``."""
     with (
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
     ):
         receiver.bind(("127.0.0.1", 0))
         sender.connect(receiver.getsockname())
+        sender.send(payload)
+        return wait_queued(receiver, 1)
+
+
+def test_the_kernel_says_what_a_socket_holds() -> None:
+    with (
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.bind(("::1", 0))
+        sender.connect(receiver.getsockname())
         assert queued(receiver) == 0
         sender.send(b"x:1|c")
-        one = queued(receiver)
+        one = wait_queued(receiver, 1)
         assert one > len(b"x:1|c")  # the datagram and the kernel's bookkeeping for it
         sender.send(b"x:1|c")
-        assert queued(receiver) == 2 * one
+        assert wait_queued(receiver, one + 1) == 2 * one
         receiver.recv(100)
         receiver.recv(100)
         assert queued(receiver) == 0  # (released once the queue is empty, not per datagram)
 
 
+@settings(deadline=None)
 @given(
     st.floats(0, pacing.MAX_PAUSE),
     st.integers(0, 1 << 26),
@@ -157,15 +180,24 @@ def udp_sender(listener: DatagramListener) -> socket.socket:
     return sender
 
 
+def backlog(count: int, size: int = 7) -> list[bytes]:
+    """``count`` distinct datagrams of ``size`` bytes."""
+    return [(b"m%d:1|c" % i).ljust(size, b"0") for i in range(count)]
+
+
 async def pause_then_send(
-    listener: DatagramListener, chunks: Chunks, sender: socket.socket, more: int
+    listener: DatagramListener, chunks: Chunks, sender: socket.socket, more: list[bytes]
 ) -> None:
-    """One datagram, read alone (so the listener pauses), then ``more`` during the pause."""
+    """One datagram, read alone (so the listener pauses), then ``more`` during the pause,
+    in the kernel's queue when this returns."""
     sender.send(b"first:1|c")
     await chunks.wait_for(1)
     assert listener.paused  # one datagram read: the socket is left alone
-    for i in range(more):
-        sender.send(b"m%d:1|c" % i)
+    for datagram in more:
+        sender.send(datagram)
+    sock = listener._sock  # (the listener's socket)
+    assert sock is not None
+    wait_queued(sock, sum(charge(datagram) for datagram in more[:1]) * len(more))
     for _ in range(5):  # loop iterations, each polling the sockets still watched
         await asyncio.sleep(0)
     assert len(chunks.datagrams) == 1
@@ -175,14 +207,14 @@ async def pause_then_send(
 def test_a_paused_listener_takes_the_backlog_in_one_read_and_loses_nothing() -> None:
     async def scenario(listener: DatagramListener, chunks: Chunks) -> None:
         with udp_sender(listener) as sender:
-            await pause_then_send(listener, chunks, sender, 40)
+            await pause_then_send(listener, chunks, sender, backlog(40))
             await chunks.wait_for(41)
             assert listener.pacer.pauses == 1  # 40 at once are a backlog: no pause after them
             assert not listener.paused
             sender.send(b"after:1|c")  # the socket is watched again
             await chunks.wait_for(42)
         assert listener.datagrams == 42
-        assert chunks.datagrams[1:] == [b"m%d:1|c" % i for i in range(40)] + [b"after:1|c"]
+        assert chunks.datagrams[1:] == [*backlog(40), b"after:1|c"]
 
     run_listener(scenario)
 
@@ -191,12 +223,48 @@ def test_a_paused_listener_takes_the_backlog_in_one_read_and_loses_nothing() -> 
 def test_closing_a_paused_listener_reads_what_waits() -> None:
     async def scenario(listener: DatagramListener, chunks: Chunks) -> None:
         with udp_sender(listener) as sender:
-            await pause_then_send(listener, chunks, sender, 5)
+            await pause_then_send(listener, chunks, sender, backlog(5))
             resume = listener._resume_handle  # (the pause's end)
             listener.close()
         assert resume is not None and resume.cancelled()
         assert not listener.paused
         assert listener.datagrams == len(chunks.datagrams) == 6
+
+    run_listener(scenario)
+
+
+@pytest.mark.usefixtures("any_buffer")
+def test_a_pause_that_filled_a_quarter_of_the_buffer_stops_the_pauses() -> None:
+    async def scenario(listener: DatagramListener, chunks: Chunks) -> None:
+        # half the buffer granted, in datagrams of 1,000 bytes: more than a quarter
+        count = listener.pacer.granted // 2 // charge(bytes(1000))
+        with udp_sender(listener) as sender:
+            await pause_then_send(listener, chunks, sender, backlog(count, 1000))
+            await chunks.wait_for(1 + count)
+            sender.send(b"after:1|c")  # read alone, but no pause: cooling down
+            await chunks.wait_for(2 + count)
+        assert not listener.paused
+        assert listener.pacer.pauses == 1
+        assert listener.datagrams == 2 + count
+
+    run_listener(scenario)
+
+
+def test_no_pauses_where_the_kernel_does_not_say_what_the_queue_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unknown(sock: socket.socket) -> int:
+        raise OSError("no SO_MEMINFO")
+
+    monkeypatch.setattr(listeners, "queued", unknown)
+    monkeypatch.setattr(pacing, "MIN_BUFFER", 1)
+
+    async def scenario(listener: DatagramListener, chunks: Chunks) -> None:
+        with udp_sender(listener) as sender:
+            sender.send(b"first:1|c")
+            await chunks.wait_for(1)
+        assert not listener.paused
+        assert "SO_MEMINFO" in listener.pacer.describe()
 
     run_listener(scenario)
 
