@@ -67,6 +67,27 @@ def test_the_prefetches_survive_compilation(module: str) -> None:
     assert f"\t{PREFETCH[platform.machine()]}" in code
 
 
+@needs_c
+@settings(deadline=None)
+@given(st.binary(max_size=40), st.binary(max_size=40), st.data())
+def test_the_c_key_comparison_is_bytes_equality(name: bytes, tail: bytes, data: Any) -> None:
+    # The loop compares keys only after their 32-bit hashes matched, so a wrong answer here
+    # would hide from every other test: compare it with bytes' == directly.
+    module = native.hotpath()
+    assert module is not None
+    same = module._same_key
+    key = name + b":" + tail
+    assert same(key, name, tail)
+    if key:  # the same key with one byte changed, or cut short, or one longer
+        at = data.draw(st.integers(0, len(key) - 1))
+        changed = key[:at] + bytes([key[at] ^ data.draw(st.integers(1, 255))]) + key[at + 1 :]
+        assert not same(changed, name, tail)
+        assert not same(key[:at], name, tail)
+    assert not same(key + b"x", name, tail)
+    other = data.draw(st.binary(max_size=90))
+    assert same(other, name, tail) == (other == key)
+
+
 def aggregators(**options: Any) -> tuple[Aggregator, Aggregator]:
     def clock() -> float:
         return 1_800_000_000.0
