@@ -14,9 +14,12 @@ import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.hotpath import Errored
+from statsd_ao.core.sanitize import Naming
 from statsd_ao.io import listeners, pacing
 from statsd_ao.io.address import Address
-from statsd_ao.io.listeners import DatagramListener
+from statsd_ao.io.listeners import DatagramListener, Receive
 from statsd_ao.io.pacing import COOL_DOWN, FEW, MIN_BUFFER, Pacer, needed, queued
 
 PAUSE = 0.001
@@ -150,14 +153,22 @@ def run_listener(
     scenario: Callable[[DatagramListener, Chunks], object],
     target: Address | str = LOOPBACK,
     pause: float = 1.0,
+    receive: Callable[[Chunks], Receive] | None = None,
 ) -> None:
-    """Run ``scenario`` on a listener; the loop must report no error."""
+    """Run ``scenario`` on a listener (reading with ``receive(chunks)`` if given: the C
+    loop's way); the loop must report no error."""
     errors: list[dict[str, object]] = []
 
     async def main() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
         chunks = Chunks()
-        listener = DatagramListener(target, chunks, 1 << 20, pause=pause)
+        listener = DatagramListener(
+            target,
+            chunks,
+            1 << 20,
+            pause=pause,
+            receive=None if receive is None else receive(chunks),
+        )
         listener.open(asyncio.get_running_loop())
         try:
             await scenario(listener, chunks)  # type: ignore[misc]
@@ -181,8 +192,8 @@ def udp_sender(listener: DatagramListener) -> socket.socket:
 
 
 def backlog(count: int, size: int = 7) -> list[bytes]:
-    """``count`` distinct datagrams of ``size`` bytes."""
-    return [(b"m%d:1|c" % i).ljust(size, b"0") for i in range(count)]
+    """``count`` distinct counter lines of ``size`` bytes (at least 7), a datagram each."""
+    return [(b"m%d" % i).ljust(size - 4, b"x") + b":1|c" for i in range(count)]
 
 
 async def pause_then_send(
@@ -217,6 +228,34 @@ def test_a_paused_listener_takes_the_backlog_in_one_read_and_loses_nothing() -> 
         assert chunks.datagrams[1:] == [*backlog(40), b"after:1|c"]
 
     run_listener(scenario)
+
+
+@pytest.mark.usefixtures("any_buffer")
+def test_the_c_loop_s_reads_pause_alike() -> None:
+    aggregator = Aggregator(Naming({"host": "h"}))
+    if not aggregator.receives:
+        pytest.skip("the C loop is not loaded")
+
+    def counted(chunks: Chunks) -> Receive:
+        def receive(fd: int, limit: int, errored: Errored) -> tuple[int, int, int]:
+            count, size, error = aggregator.receive(fd, limit, errored)
+            for _ in range(count):  # (the aggregator took them in: only count them here)
+                chunks(b"")
+            return count, size, error
+
+        return receive
+
+    async def scenario(listener: DatagramListener, chunks: Chunks) -> None:
+        with udp_sender(listener) as sender:
+            await pause_then_send(listener, chunks, sender, backlog(40))
+            await chunks.wait_for(41)
+            assert listener.pacer.pauses == 1
+            sender.send(b"after:1|c")
+            await chunks.wait_for(42)
+
+    run_listener(scenario, receive=counted)
+    names = sorted(key[1] for key in aggregator.swap().series)
+    assert names == sorted(["first", "after", *(b.split(b":")[0].decode() for b in backlog(40))])
 
 
 @pytest.mark.usefixtures("any_buffer")
