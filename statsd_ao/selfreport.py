@@ -75,6 +75,8 @@ class ListenerCounts(Protocol):
     def datagrams(self) -> int: ...
     @property
     def bytes(self) -> int: ...
+    @property
+    def pauses(self) -> int: ...
 
 
 class TcpCounts(Protocol):
@@ -177,6 +179,11 @@ def standard_metrics(
     if listener is not None:
         metrics.register_counter("udp.packets", "UDP datagrams read", lambda: listener.datagrams)
         metrics.register_counter("udp.bytes", "UDP payload bytes read", lambda: listener.bytes)
+        metrics.register_counter(
+            "udp.read_pauses",
+            "reads that found the UDP socket nearly empty and left it for --read-pause",
+            lambda: listener.pauses,
+        )
     if udp_port is not None:
         port = udp_port
         metrics.register_counter(

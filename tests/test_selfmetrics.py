@@ -364,6 +364,7 @@ class FakeSink:
 class FakeListener:
     datagrams: int = 0
     bytes: int = 0
+    pauses: int = 0
 
 
 @dataclass
@@ -385,7 +386,7 @@ def test_standard_metrics_are_accepted_by_a_strict_api(tmp_path: Path) -> None:
     )
     metrics = standard_metrics(
         {"host": "node-1", "pod": "app-7f9c"},
-        listener=FakeListener(datagrams=10, bytes=2000),
+        listener=FakeListener(datagrams=10, bytes=2000, pauses=7),
         udp_port=8125,
         flusher=FakeFlusher(lines=30, rejected={"bad value": 2}, flushes=3),
         aggregator=FakeAggregator({"api.latency": 40, "x": 2}, FakeGuard(500, {"api.latency": 4})),
@@ -402,6 +403,7 @@ def test_standard_metrics_are_accepted_by_a_strict_api(tmp_path: Path) -> None:
     assert not verdict.rejected
     values = {(m["name"], m["tags"].get("reason") or m["tags"].get("outcome")): m for m in out}
     assert values["statsd_ao.udp.kernel_drops", None].get("value") == 11
+    assert values["statsd_ao.udp.read_pauses", None].get("value") == 7
     assert values["statsd_ao.udp.receive_queue_bytes", None].get("value") == 64
     assert values["statsd_ao.cardinality.samples_folded", None].get("value") == 42
     assert values["statsd_ao.measurements.lost", "queue full"].get("value") == 6

@@ -141,6 +141,11 @@ class DatagramListener:
                 os.unlink(self._target)
 
     @property
+    def pauses(self) -> int:
+        """Pauses so far (see `Pacer`)."""
+        return self.pacer.pauses
+
+    @property
     def paused(self) -> bool:
         """The socket is left alone for now (see `Pacer`)."""
         return self._resume_handle is not None

@@ -220,7 +220,7 @@ def test_a_paused_listener_takes_the_backlog_in_one_read_and_loses_nothing() -> 
         with udp_sender(listener) as sender:
             await pause_then_send(listener, chunks, sender, backlog(40))
             await chunks.wait_for(41)
-            assert listener.pacer.pauses == 1  # 40 at once are a backlog: no pause after them
+            assert listener.pauses == 1  # 40 at once are a backlog: no pause after them
             assert not listener.paused
             sender.send(b"after:1|c")  # the socket is watched again
             await chunks.wait_for(42)
