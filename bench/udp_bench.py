@@ -427,9 +427,9 @@ def build_hotpath(package: Path) -> None:
         ("_hotpath", ("_hotpath.c", "_gauges.c"), []),
         ("_convert", ("_convert.c",), ["-ffp-contract=off"]),
     ):
-        sources = [str(where / name) for name in names if (where / name).exists()]
         if not (where / names[0]).exists():
             continue
+        sources = [str(where / name) for name in names if (where / name).exists()]
         command = ["gcc", "-O2", "-shared", "-fPIC", *flags, f"-I{include}", *sources]
         subprocess.run([*command, "-o", str(where / f"{module}{suffix}")], check=True)
 

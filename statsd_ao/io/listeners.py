@@ -21,7 +21,7 @@ from collections.abc import Callable
 from statsd_ao.core.hotpath import Errored
 from statsd_ao.core.logs import RateLimitedLog
 from statsd_ao.io.address import Address
-from statsd_ao.io.pacing import DEFAULT_PAUSE, Pacer, queued
+from statsd_ao.io.pacing import DEFAULT_PAUSE, Pacer, measurable, queued
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class DatagramListener:
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self._sock, self._loop = sock, loop
         udp = isinstance(self._target, Address)
-        self.pacer = Pacer(self._pause if udp else 0.0, granted, measurable=_measurable(sock))
+        self.pacer = Pacer(self._pause if udp else 0.0, granted, measurable=measurable(sock))
         loop.add_reader(sock.fileno(), self._on_readable)
         where = f"udp {self.bound}" if udp else self.describe()
         log.info(
@@ -132,7 +132,7 @@ class DatagramListener:
         if self._resume_handle is not None:
             self._resume_handle.cancel()
             self._resume_handle = None
-        while self._drain()[0] >= DRAIN_LIMIT:
+        while self._drain() >= DRAIN_LIMIT:
             pass
         self._sock.close()
         self._sock = None
@@ -151,7 +151,7 @@ class DatagramListener:
         return self._resume_handle is not None
 
     def _on_readable(self) -> None:
-        self._pace(self._drain()[0], None)
+        self._pace(self._drain(), None)
 
     def _resume(self) -> None:
         self._resume_handle = None
@@ -159,7 +159,7 @@ class DatagramListener:
             return
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
         backlog = queued(self._sock)
-        self._pace(self._drain()[0], backlog)
+        self._pace(self._drain(), backlog)
 
     def _pace(self, count: int, backlog: int | None) -> None:
         pause = self.pacer.after_read(count, backlog=backlog)
@@ -168,9 +168,8 @@ class DatagramListener:
             self._loop.remove_reader(self._sock.fileno())
             self._resume_handle = self._loop.call_later(pause, self._resume)
 
-    def _drain(self) -> tuple[int, int]:
-        """Read up to DRAIN_LIMIT datagrams: (datagrams, bytes); the limit reached means
-        more may wait."""
+    def _drain(self) -> int:
+        """Read up to DRAIN_LIMIT datagrams: how many (the limit reached: more may wait)."""
         assert self._sock is not None
         if self._receive is not None:
             count, size, error = self._receive(self._sock.fileno(), DRAIN_LIMIT, self._errored)
@@ -180,7 +179,7 @@ class DatagramListener:
             count, size = self._read()
         self.datagrams += count
         self.bytes += size
-        return count, size
+        return count
 
     def _errored(self, data: bytes) -> None:
         """``ingest`` raised on ``data`` (called from its except block)."""
@@ -206,15 +205,6 @@ class DatagramListener:
         except OSError as error:  # e.g. ECONNREFUSED echoes on some kernels: never fatal
             log.warning("udp receive error: %s", error)
         return count, size
-
-
-def _measurable(sock: socket.socket) -> bool:
-    """The kernel says what the socket's queue holds (pausing needs to know)."""
-    try:
-        queued(sock)
-    except OSError:
-        return False
-    return True
 
 
 _bug_log = RateLimitedLog(log, 60.0)

@@ -61,6 +61,15 @@ def queued(sock: socket.socket) -> int:
     return int(_FIRST.unpack_from(data)[0])
 
 
+def measurable(sock: socket.socket) -> bool:
+    """`queued` works on ``sock`` (pausing needs it)."""
+    try:
+        queued(sock)
+    except OSError:
+        return False
+    return True
+
+
 def needed(pause: float) -> int:
     """The receive buffer granted that a pause of ``pause`` seconds needs (as the loop
     takes it: whole milliseconds, rounded up)."""
