@@ -484,6 +484,39 @@ def test_receive_leaves_the_state_of_ingesting_each_datagram(
     assert snapshot_state(fast.swap()) == snapshot_state(pure.swap())
 
 
+def datagram_of(size: int, first: int) -> bytes:
+    """Counter lines k{first}, k{first+1}, ... joined into a datagram of exactly ``size``
+    bytes (the last name padded), so lines fall across every 2 KiB boundary."""
+    lines: list[bytes] = []
+    index = first
+    while sum(map(len, lines)) + len(lines) + 80 < size:
+        lines.append(b"k%d.%s:%d|c" % (index, b"x" * (index % 37), index % 5 + 1))
+        index += 1
+    used = sum(map(len, lines)) + len(lines)
+    lines.append(b"last%d.%s:1|c" % (first, b"p" * (size - used - len(b"last%d.:1|c" % first))))
+    data = b"\n".join(lines)
+    assert len(data) == size
+    return data
+
+
+@needs_c
+def test_receive_reads_long_datagrams_whole_among_short_ones() -> None:
+    # receive reads each datagram's first 2 KiB into a compact area and the rest into an
+    # overflow slot: lines that cross that edge, and datagrams up to UDP's 65,507 bytes,
+    # must come out whole, next to short datagrams of the same batch
+    sizes = [2047, 2048, 2049, 1432, 4097, 65_507, 2050, 9000]
+    long = [datagram_of(size, n * 10_000) for n, size in enumerate(sizes)]
+    datagrams = [d for pair in zip(long, [b"s:1|c", b"t:2|g"] * 4, strict=True) for d in pair] * 3
+    fast, pure = aggregators()
+    assert received(fast, datagrams) == (48, sum(map(len, datagrams)), [])
+    for datagram in datagrams:
+        pure.ingest(datagram)
+    state = snapshot_state(fast.swap())
+    assert state == snapshot_state(pure.swap())
+    assert len(state[0]) == sum(d.count(b"\n") + 1 for d in long) + 2
+    assert sum(state[3].values()) == 0
+
+
 @needs_c
 def test_receive_follows_a_feeds_dict_replaced_within_one_batch() -> None:
     # feed_for replaces the feeds dict at the limit; the datagrams after it in the same
