@@ -727,8 +727,12 @@ static inline __attribute__((always_inline)) void prefetch(Table *t, const Line 
         uint32_t slot = t->slots[lines[i].hash & t->mask];
         if (slot == 0) continue;
         const Record *r = record_at(t, slot);
-        __builtin_prefetch(r->key); /* (its size and its bytes may be a line apart) */
-        __builtin_prefetch(PyBytes_AS_STRING(r->key));
+        /* every cache line of the key object as long as this line's key (its header, and
+           bytes that may reach two lines further) */
+        const char *k = (const char *)r->key;
+        const char *last = PyBytes_AS_STRING(r->key) + lines[i].name_len + lines[i].tail_len;
+        for (const char *at = k; at <= last; at += 64) __builtin_prefetch(at);
+        __builtin_prefetch(last);
         if (r->feed != NULL) __builtin_prefetch(r->feed);
     }
     for (int i = 0; i < count; i++) {
