@@ -700,45 +700,78 @@ static int one_line(Context *c, const Line *l) {
     return done;
 }
 
-/* The object a record's line will update (a counter's total, a summary's values, a set),
-   or a Rated's accumulator, whose state is one link further. */
-static inline __attribute__((always_inline)) void prefetch_state(const Record *r) {
-    const Slot *slot = r->kind == K_COUNTER   ? &total
-                       : r->kind == K_SUMMARY ? &values_slot
-                       : r->kind == K_SET     ? &members_slot
-                       : r->kind == K_COUNTER_RATED || r->kind == K_SUMMARY_RATED ? &rated_acc
-                                                                                   : NULL;
-    PyObject *state = slot != NULL && r->feed != NULL ? get(r->feed, slot) : NULL;
-    if (state != NULL) __builtin_prefetch(state);
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* The prefetches below are only hints, in four stages a line goes through (its index slot,
+   its record, its key and feed, the state its value updates): each stage reads what the
+   one before asked for.  They read the table as it is (its arrays and the objects its
+   records hold), so Python code run in between cannot make them read freed memory. */
+
+/* The record a line's index slot names first (maybe another key's), or NULL. */
+ALWAYS_INLINE const Record *first_record(const Table *t, const Line *l) {
+    uint32_t slot = t->slots[l->hash & t->mask];
+    return slot != 0 ? record_at((Table *)t, slot) : NULL;
 }
 
-/* Ask the memory for what a group of lines will touch (index slots, then records, then
-   keys and accumulators) before touching any, so the cache misses overlap.  Only hints:
-   the lines are then looked up one by one as usual. */
-static inline __attribute__((always_inline)) void prefetch(Table *t, const Line *lines,
-                                                           int count) {
+ALWAYS_INLINE void ask_slot(const Table *t, const Line *l) {
+    __builtin_prefetch(&t->slots[l->hash & t->mask]);
+}
+
+ALWAYS_INLINE void ask_record(const Table *t, const Line *l) {
+    const Record *r = first_record(t, l);
+    if (r != NULL) __builtin_prefetch(r);
+}
+
+/* Every cache line of the key object as long as this line's key (its header, and bytes
+   that may reach two lines further), and the feed. */
+ALWAYS_INLINE void ask_key(const Table *t, const Line *l) {
+    const Record *r = first_record(t, l);
+    if (r == NULL) return;
+    const char *k = (const char *)r->key;
+    const char *last = PyBytes_AS_STRING(r->key) + l->name_len + l->tail_len;
+    for (const char *at = k; at <= last; at += 64) __builtin_prefetch(at);
+    __builtin_prefetch(last);
+    if (r->feed != NULL) __builtin_prefetch(r->feed);
+}
+
+/* The object a record's line will update (a counter's total, a summary's values, a set),
+   or a Rated's accumulator and rate, its state being one link further. */
+ALWAYS_INLINE void ask_state(const Table *t, const Line *l) {
+    const Record *r = first_record(t, l);
+    if (r == NULL || r->feed == NULL) return;
+    uint32_t kind = r->kind;
+    int rated = kind == K_COUNTER_RATED || kind == K_SUMMARY_RATED;
+    const Slot *slot = kind == K_COUNTER   ? &total
+                       : kind == K_SUMMARY ? &values_slot
+                       : kind == K_SET     ? &members_slot
+                       : rated             ? &rated_acc
+                                           : NULL;
+    PyObject *state = slot != NULL ? get(r->feed, slot) : NULL;
+    if (state != NULL) __builtin_prefetch(state);
+    PyObject *rate = rated ? get(r->feed, &rated_rate) : NULL;
+    if (rate != NULL) __builtin_prefetch(rate);
+}
+
+/* All four stages for a group of lines, stage by stage, so the misses of each stage
+   overlap (for lines that are then applied one after another). */
+ALWAYS_INLINE void prefetch(const Table *t, const Line *lines, int count) {
     if (t->slots == NULL) return;
-    for (int i = 0; i < count; i++) __builtin_prefetch(&t->slots[lines[i].hash & t->mask]);
-    for (int i = 0; i < count; i++) {
-        uint32_t slot = t->slots[lines[i].hash & t->mask];
-        if (slot != 0) __builtin_prefetch(record_at(t, slot));
-    }
-    for (int i = 0; i < count; i++) {
-        uint32_t slot = t->slots[lines[i].hash & t->mask];
-        if (slot == 0) continue;
-        const Record *r = record_at(t, slot);
-        /* every cache line of the key object as long as this line's key (its header, and
-           bytes that may reach two lines further) */
-        const char *k = (const char *)r->key;
-        const char *last = PyBytes_AS_STRING(r->key) + lines[i].name_len + lines[i].tail_len;
-        for (const char *at = k; at <= last; at += 64) __builtin_prefetch(at);
-        __builtin_prefetch(last);
-        if (r->feed != NULL) __builtin_prefetch(r->feed);
-    }
-    for (int i = 0; i < count; i++) {
-        uint32_t slot = t->slots[lines[i].hash & t->mask];
-        if (slot != 0) prefetch_state(record_at(t, slot));
-    }
+    for (int i = 0; i < count; i++) ask_slot(t, &lines[i]);
+    for (int i = 0; i < count; i++) ask_record(t, &lines[i]);
+    for (int i = 0; i < count; i++) ask_key(t, &lines[i]);
+    for (int i = 0; i < count; i++) ask_state(t, &lines[i]);
+}
+
+#define LEAD 4 /* lines a line's index slot is asked for before it is applied */
+
+/* While line i is applied: line i+4 enters the first stage, and each line ahead moves one
+   stage on, so each stage's miss has had a line's time to arrive. */
+ALWAYS_INLINE void prefetch_ahead(const Table *t, const Line *lines, int count, int i) {
+    if (t->slots == NULL) return;
+    if (i + LEAD < count) ask_slot(t, &lines[i + LEAD]);
+    if (i + LEAD - 1 < count) ask_record(t, &lines[i + LEAD - 1]);
+    if (i + LEAD - 2 < count) ask_key(t, &lines[i + LEAD - 2]);
+    if (i + LEAD - 3 < count) ask_state(t, &lines[i + LEAD - 3]);
 }
 
 static PyObject *max_values_name, *max_members_name; /* interned by configure() */
@@ -769,7 +802,7 @@ static Py_ssize_t lines_in(const char *p, Py_ssize_t n) {
     return count + 1 - (p[n - 1] == '\n');
 }
 
-#define GROUP 16 /* lines split and prefetched together */
+#define GROUP 64 /* lines split before any is applied */
 
 /* Every line of a datagram, adding its lines to *lines (all of them even when one raises,
    as Python counts before its loop).  -1 with an exception set. */
@@ -796,9 +829,12 @@ static int datagram(Context *c, const char *p, Py_ssize_t size, const Line *firs
             line = nl ? nl + 1 : end;
         }
         *lines += count;
-        if (count > 1 && c->table->feeds == c->feeds) prefetch(c->table, group, count);
-        for (int i = 0; i < count && r == 0; i++)
+        int ahead = count > 1 && c->table->feeds == c->feeds;
+        if (ahead) prefetch(c->table, group, count < LEAD ? count : LEAD);
+        for (int i = 0; i < count && r == 0; i++) {
+            if (ahead) prefetch_ahead(c->table, group, count, i);
             if (group[i].len > 0 && one_line(c, &group[i]) < 0) r = -1;
+        }
     }
     *lines += lines_in(line, end - line); /* those after a line that raised */
     Py_DECREF(c->feeds);
