@@ -762,16 +762,18 @@ ALWAYS_INLINE void prefetch(const Table *t, const Line *lines, int count) {
     for (int i = 0; i < count; i++) ask_state(t, &lines[i]);
 }
 
-#define LEAD 8 /* lines a line's index slot is asked for before it is applied */
+#define STEP 3          /* lines between a line's prefetch stages */
+#define LEAD (4 * STEP) /* lines a line's index slot is asked for before it is applied */
 
-/* While line i is applied: line i+4 enters the first stage, and each line ahead moves one
-   stage on, so each stage's miss has had a line's time to arrive. */
+/* While line i is applied: line i + LEAD enters the first stage, and the lines ahead of i
+   move one stage on every STEP lines, so each stage's miss has had STEP lines' time to
+   arrive (one line's time was too short on a slow VM; measured in bench/README.md). */
 ALWAYS_INLINE void prefetch_ahead(const Table *t, const Line *lines, int count, int i) {
     if (t->slots == NULL) return;
     if (i + LEAD < count) ask_slot(t, &lines[i + LEAD]);
-    if (i + LEAD - 2 < count) ask_record(t, &lines[i + LEAD - 2]);
-    if (i + LEAD - 4 < count) ask_key(t, &lines[i + LEAD - 4]);
-    if (i + LEAD - 6 < count) ask_state(t, &lines[i + LEAD - 6]);
+    if (i + 3 * STEP < count) ask_record(t, &lines[i + 3 * STEP]);
+    if (i + 2 * STEP < count) ask_key(t, &lines[i + 2 * STEP]);
+    if (i + STEP < count) ask_state(t, &lines[i + STEP]);
 }
 
 static PyObject *max_values_name, *max_members_name; /* interned by configure() */
