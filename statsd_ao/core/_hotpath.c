@@ -806,37 +806,74 @@ static Py_ssize_t lines_in(const char *p, Py_ssize_t n) {
 
 #define GROUP 64 /* lines split before any is applied */
 
+typedef struct { /* the first lines of a datagram, split while the one before was applied */
+    Line lines[LEAD];
+    int count;
+} Carry;
+
+typedef struct { /* bytes of a datagram */
+    const char *p;
+    Py_ssize_t size;
+} Span;
+
+/* Split up to ``room`` lines from *at (up to end) into out; *at moves past them. */
+static inline int split_lines(const char **at, const char *end, Line *out, int room) {
+    int count = 0;
+    for (const char *line = *at; line < end && count < room; count++) {
+        const char *nl = memchr(line, '\n', end - line);
+        split(line, (nl ? nl : end) - line, &out[count]);
+        *at = line = nl ? nl + 1 : end;
+    }
+    return count;
+}
+
+/* Apply ``count`` split lines while prefetching ahead, as far as ``total`` (lines after
+   ``count`` are only prefetched: the next datagram's).  ``primed``: the first LEAD lines
+   went through the stages already.  -1 with an exception set. */
+static int apply_lines(Context *c, const Line *group, int count, int total, int primed) {
+    int ahead = total > 1 && c->table->feeds == c->feeds;
+    if (ahead && !primed) prefetch(c->table, group, total < LEAD ? total : LEAD);
+    for (int i = 0; i < count; i++) {
+        if (ahead) prefetch_ahead(c->table, group, total, i);
+        if (group[i].len > 0 && one_line(c, &group[i]) < 0) return -1;
+    }
+    return 0;
+}
+
 /* Every line of a datagram, adding its lines to *lines (all of them even when one raises,
-   as Python counts before its loop).  -1 with an exception set. */
-static int datagram(Context *c, const char *p, Py_ssize_t size, const Line *first,
+   as Python counts before its loop).  ``carry`` (or NULL): on entry its first lines, split
+   already; on return the first lines of ``next`` (a datagram applied after this one, or
+   {NULL}), split and prefetched as this one's last lines were applied, so the pipeline of
+   prefetches runs on across datagrams.  -1 with an exception set. */
+static int datagram(Context *c, const char *p, Py_ssize_t size, Carry *carry, Span next,
                     Py_ssize_t *lines) {
     const char *end = p + size, *line = p;
-    Line group[GROUP];
-    int r = 0;
+    Line group[GROUP + LEAD];
+    int r = 0, carried = carry != NULL ? carry->count : 0;
     follow(c->table, c->feeds);
     follow_shapes(c->table, c->shapes);
     Py_INCREF(c->feeds); /* a feed_for may replace the aggregator's dicts: keep these */
     Py_INCREF(c->shapes);
-    while (line < end && r == 0) {
-        int count = 0;
-        if (first != NULL) { /* its first line, split already (prefetch_batch) */
-            group[count++] = *first;
-            line = first->line + first->len < end ? first->line + first->len + 1 : end;
-            first = NULL;
-        }
-        for (; line < end && count < GROUP; count++) {
-            const char *nl = memchr(line, '\n', end - line);
-            const char *stop = nl ? nl : end;
-            split(line, stop - line, &group[count]);
-            line = nl ? nl + 1 : end;
+    if (carried) {
+        memcpy(group, carry->lines, carried * sizeof *group);
+        const Line *last = &carry->lines[carried - 1];
+        line = last->line + last->len < end ? last->line + last->len + 1 : end;
+    }
+    if (carry != NULL) carry->count = 0;
+    while ((carried > 0 || line < end) && r == 0) {
+        int count = carried + split_lines(&line, end, group + carried, GROUP - carried);
+        int extra = 0;
+        if (line >= end && next.p != NULL && carry != NULL) {
+            const char *at = next.p;
+            extra = split_lines(&at, next.p + next.size, group + count, LEAD);
         }
         *lines += count;
-        int ahead = count > 1 && c->table->feeds == c->feeds;
-        if (ahead) prefetch(c->table, group, count < LEAD ? count : LEAD);
-        for (int i = 0; i < count && r == 0; i++) {
-            if (ahead) prefetch_ahead(c->table, group, count, i);
-            if (group[i].len > 0 && one_line(c, &group[i]) < 0) r = -1;
+        r = apply_lines(c, group, count, count + extra, carried > 1);
+        if (r == 0 && extra > 0) {
+            memcpy(carry->lines, group + count, extra * sizeof *group);
+            carry->count = extra;
         }
+        carried = 0;
     }
     *lines += lines_in(line, end - line); /* those after a line that raised */
     Py_DECREF(c->feeds);
@@ -856,7 +893,9 @@ static PyObject *table_ingest(Table *self, PyObject *const *args, Py_ssize_t nar
     if (read_limits() < 0) return NULL;
     Context c = {self, args[1], args[2], args[3], args[4]};
     Py_ssize_t lines = 0;
-    if (datagram(&c, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), NULL, &lines) < 0)
+    Span none = {NULL, 0};
+    if (datagram(&c, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), NULL, none, &lines) <
+        0)
         return NULL;
     return PyLong_FromSsize_t(lines);
 }
@@ -967,6 +1006,7 @@ static int receive_batch(Context *c, PyObject *owner, PyObject *names, PyObject 
     for (int i = 0; i < got; i++) data[i] = landed(i, msgs[i].msg_len);
     prefetch_batch(c->table, data, msgs, got, ahead, first);
     PyObject *feeds = NULL, *shapes = NULL;
+    Carry carry = {.count = 0};
     int r = 0;
     for (int i = 0; i < got && r == 0; i++) {
         const char *p = data[i];
@@ -986,7 +1026,13 @@ static int receive_batch(Context *c, PyObject *owner, PyObject *names, PyObject 
         }
         c->feeds = feeds;
         c->shapes = shapes;
-        if (datagram(c, p, n, first[i], &t->lines) < 0) {
+        if (carry.count == 0 && first[i] != NULL) {
+            carry.lines[0] = *first[i];
+            carry.count = 1;
+        }
+        Span next = {NULL, 0}; /* (a short one's first line is prefetched already) */
+        if (i + 1 < got && msgs[i + 1].msg_len > SHORT) next = (Span){data[i + 1], msgs[i + 1].msg_len};
+        if (datagram(c, p, n, &carry, next, &t->lines) < 0) {
             c->python = 1;
             if (!PyErr_ExceptionMatches(PyExc_Exception) || report(errored, p, n) < 0) r = -1;
         }

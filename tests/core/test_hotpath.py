@@ -517,6 +517,32 @@ def test_receive_reads_long_datagrams_whole_among_short_ones() -> None:
     assert sum(state[3].values()) == 0
 
 
+def padded(datagram: bytes) -> bytes:
+    """The datagram, then counter lines to past 512 bytes: receive splits such a datagram's
+    first lines while it applies the one before it."""
+    return datagram + b"\npad:1|c" * max(1, (600 - len(datagram)) // 8)
+
+
+@needs_c
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(DATAGRAMS.map(padded), min_size=1, max_size=12),
+    st.sampled_from([1, 2, 1000]),
+    st.sampled_from([3, 200_000]),
+)
+def test_receive_of_long_datagrams_in_a_row_leaves_the_state_of_ingesting_each(
+    datagrams: list[bytes], limit: int, feed_limit: int
+) -> None:
+    fast, pure = aggregators(feed_limit=feed_limit, shape_limit=max(feed_limit // 2, 2))
+    random.seed(7)
+    count, size, errors = received(fast, datagrams, limit)
+    random.seed(7)
+    for datagram in datagrams:
+        pure.ingest(datagram)
+    assert (count, size, errors) == (len(datagrams), sum(map(len, datagrams)), [])
+    assert snapshot_state(fast.swap()) == snapshot_state(pure.swap())
+
+
 @needs_c
 def test_receive_follows_a_feeds_dict_replaced_within_one_batch() -> None:
     # feed_for replaces the feeds dict at the limit; the datagrams after it in the same
