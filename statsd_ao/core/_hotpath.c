@@ -702,10 +702,12 @@ static int one_line(Context *c, const Line *l) {
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* The prefetches below are only hints, in four stages a line goes through (its index slot,
-   its record, its key and feed, the state its value updates): each stage reads what the
-   one before asked for.  They read the table as it is (its arrays and the objects its
-   records hold), so Python code run in between cannot make them read freed memory. */
+/* Prefetches in four stages a line goes through (its index slot, its record, its key and
+   feed, the state its value updates).  Each stage asks for what the next will need, but
+   itself loads what the one before asked for (the slot, the record, the feed's type and
+   slot), so a stage can wait on a miss.  They load the table as it is now (its arrays and
+   the objects its records hold strongly), so Python code run in between cannot make them
+   read freed memory. */
 
 /* The record a line's index slot names first (maybe another key's), or NULL. */
 ALWAYS_INLINE const Record *first_record(const Table *t, const Line *l) {
@@ -722,13 +724,19 @@ ALWAYS_INLINE void ask_record(const Table *t, const Line *l) {
     if (r != NULL) __builtin_prefetch(r);
 }
 
+#define KEY_REACH 192 /* key bytes prefetched at most: a longer key waits on the rest */
+
 /* Every cache line of the key object as long as this line's key (its header, and bytes
-   that may reach two lines further), and the feed. */
+   that may reach two lines further; at most KEY_REACH bytes, as the record may hold
+   another, shorter key), and the feed.  (ob_sval, not PyBytes_AS_STRING: with asserts on,
+   that would load the header here.) */
 ALWAYS_INLINE void ask_key(const Table *t, const Line *l) {
     const Record *r = first_record(t, l);
     if (r == NULL) return;
     const char *k = (const char *)r->key;
-    const char *last = PyBytes_AS_STRING(r->key) + l->name_len + l->tail_len;
+    size_t reach = (size_t)(l->name_len + l->tail_len);
+    if (reach > KEY_REACH) reach = KEY_REACH;
+    const char *last = ((PyBytesObject *)r->key)->ob_sval + reach;
     for (const char *at = k; at <= last; at += 64) __builtin_prefetch(at);
     __builtin_prefetch(last);
     if (r->feed != NULL) __builtin_prefetch(r->feed);
@@ -809,6 +817,7 @@ static Py_ssize_t lines_in(const char *p, Py_ssize_t n) {
 typedef struct { /* the first lines of a datagram, split while the one before was applied */
     Line lines[LEAD];
     int count;
+    int staged; /* they went through every prefetch stage (the one before applied LEAD) */
 } Carry;
 
 typedef struct { /* bytes of a datagram */
@@ -829,7 +838,8 @@ static inline int split_lines(const char **at, const char *end, Line *out, int r
 
 /* Apply ``count`` split lines while prefetching ahead, as far as ``total`` (lines after
    ``count`` are only prefetched: the next datagram's).  ``primed``: the first LEAD lines
-   went through the stages already.  -1 with an exception set. */
+   went through every stage already (else they go through all of them here first).  -1
+   with an exception set. */
 static int apply_lines(Context *c, const Line *group, int count, int total, int primed) {
     int ahead = total > 1 && c->table->feeds == c->feeds;
     if (ahead && !primed) prefetch(c->table, group, total < LEAD ? total : LEAD);
@@ -844,12 +854,14 @@ static int apply_lines(Context *c, const Line *group, int count, int total, int 
    as Python counts before its loop).  ``carry`` (or NULL): on entry its first lines, split
    already; on return the first lines of ``next`` (a datagram applied after this one, or
    {NULL}), split and prefetched as this one's last lines were applied, so the pipeline of
-   prefetches runs on across datagrams.  -1 with an exception set. */
+   prefetches runs on across datagrams; left empty when ``next`` is {NULL} or a line
+   raised.  -1 with an exception set. */
 static int datagram(Context *c, const char *p, Py_ssize_t size, Carry *carry, Span next,
                     Py_ssize_t *lines) {
     const char *end = p + size, *line = p;
     Line group[GROUP + LEAD];
     int r = 0, carried = carry != NULL ? carry->count : 0;
+    int primed = carried > 0 && carry->staged;
     follow(c->table, c->feeds);
     follow_shapes(c->table, c->shapes);
     Py_INCREF(c->feeds); /* a feed_for may replace the aggregator's dicts: keep these */
@@ -868,12 +880,13 @@ static int datagram(Context *c, const char *p, Py_ssize_t size, Carry *carry, Sp
             extra = split_lines(&at, next.p + next.size, group + count, LEAD);
         }
         *lines += count;
-        r = apply_lines(c, group, count, count + extra, carried > 1);
+        r = apply_lines(c, group, count, count + extra, primed);
         if (r == 0 && extra > 0) {
             memcpy(carry->lines, group + count, extra * sizeof *group);
             carry->count = extra;
+            carry->staged = count >= LEAD; /* (applied lines each moved them a stage on) */
         }
-        carried = 0;
+        carried = primed = 0;
     }
     *lines += lines_in(line, end - line); /* those after a line that raised */
     Py_DECREF(c->feeds);
@@ -910,7 +923,7 @@ static PyObject *table_ingest(Table *self, PyObject *const *args, Py_ssize_t nar
 /* Mapped once: BATCH compact slots STRIDE bytes apart, then BATCH overflow slots of SLOT
    bytes.  Each datagram is read into its compact slot and, past HEAD bytes, on into its
    overflow slot after a HEAD-byte room (where the head is then copied, to make it whole).
-   A batch of short datagrams so sits in 135 KiB whose slots start in distinct cache sets:
+   A batch of short datagrams so sits in 132 KiB whose slots start in distinct cache sets:
    slots 64 KiB apart would all map to the same few sets of L1 and L2, each write evicting
    the one before, so every datagram would be read back from L3.  Pages are only touched
    as datagrams land. */
@@ -1029,9 +1042,11 @@ static int receive_batch(Context *c, PyObject *owner, PyObject *names, PyObject 
         if (carry.count == 0 && first[i] != NULL) {
             carry.lines[0] = *first[i];
             carry.count = 1;
+            carry.staged = 0; /* (its datagram's other lines were not) */
         }
         Span next = {NULL, 0}; /* (a short one's first line is prefetched already) */
-        if (i + 1 < got && msgs[i + 1].msg_len > SHORT) next = (Span){data[i + 1], msgs[i + 1].msg_len};
+        if (i + 1 < got && msgs[i + 1].msg_len > SHORT)
+            next = (Span){data[i + 1], msgs[i + 1].msg_len};
         if (datagram(c, p, n, &carry, next, &t->lines) < 0) {
             c->python = 1;
             if (!PyErr_ExceptionMatches(PyExc_Exception) || report(errored, p, n) < 0) r = -1;

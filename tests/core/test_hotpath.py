@@ -525,6 +525,28 @@ def test_receive_reads_long_datagrams_whole_among_short_ones() -> None:
 
 
 @needs_c
+@pytest.mark.parametrize("order", range(6))
+def test_receive_carries_lines_across_datagrams_of_every_length(order: int) -> None:
+    # datagrams over 512 bytes with fewer lines than are carried over (12), just as many,
+    # one more, and around the 64 split at a time; with newlines leading, trailing, doubled,
+    # and empty datagrams between them
+    def long_lines(prefix: bytes, count: int) -> bytes:
+        size = max(10, 600 // count + 1)
+        return b"\n".join(b"%s%d.%s:1|c" % (prefix, i, b"x" * size) for i in range(count))
+
+    datagrams = [b"\n" * 600, b"\n" * 600 + b"z:1|c", b"y:1|c" + b"\n" * 600]
+    for count in (3, 12, 13, 64, 76, 77):
+        body = long_lines(b"k%d." % count, count)
+        datagrams += [body, body + b"\n", b"\n" + body, body + b"\n\n", b"", body]
+    random.Random(order).shuffle(datagrams)
+    fast, pure = aggregators()
+    assert received(fast, datagrams) == (len(datagrams), sum(map(len, datagrams)), [])
+    for datagram in datagrams:
+        pure.ingest(datagram)
+    assert snapshot_state(fast.swap()) == snapshot_state(pure.swap())
+
+
+@needs_c
 def test_receive_follows_a_feeds_dict_replaced_within_one_batch() -> None:
     # feed_for replaces the feeds dict at the limit; the datagrams after it in the same
     # recvmmsg batch must be cached against the new dict, as separate ingest calls are
