@@ -20,46 +20,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
-import time
-from pathlib import Path
 
 from bench.udp_bench import (
     FLUSH_INTERVAL,
-    LOADGEN,
     LOADGEN_CPU,
     WARMUP,
     StatsdAo,
     build_loadgen,
-    pinned,
+    drain_once,
+    fill,
     run_loadgen,
-    udp_socket,
     wait_drained,
     wait_idle,
     workload_files,
 )
 
 DATAGRAMS = {"packed": 2_500, "single": 8_000}
-
-
-def fill(receiver: StatsdAo, path: Path, datagrams: int) -> None:
-    """Stop the receiver and fill its socket; the loadgen's exit means all were sent."""
-    os.kill(receiver.pid, signal.SIGSTOP)
-    command = [str(LOADGEN), "--file", str(path), "--host", "127.0.0.1"]
-    command += ["--port", str(receiver.port), "--datagrams", str(datagrams)]
-    command += ["--seconds", "10", "--batch", "256"]
-    subprocess.run(pinned(LOADGEN_CPU, command), capture_output=True, check=True)
-
-
-def drain_once(receiver: StatsdAo) -> float:
-    """Continue the receiver; seconds until its socket is empty (polled, no sleep)."""
-    started = time.monotonic()
-    os.kill(receiver.pid, signal.SIGCONT)
-    while (state := udp_socket(receiver.port)) is not None and state.rx_queue:
-        pass
-    return time.monotonic() - started
 
 
 def order(count: int, cycle: int) -> list[int]:

@@ -823,6 +823,30 @@ def run_rung(receiver: Receiver, plan: Plan, offered: float | None) -> Rung:
     )
 
 
+def fill(receiver: Receiver, path: Path, datagrams: int) -> int:
+    """Stop the receiver (SIGSTOP) and fill its socket with ``datagrams`` datagrams from
+    ``path``: the lines sent (the load generator's exit means all were sent).  It stays
+    stopped: `drain_once` continues it (or kill() ends it)."""
+    os.kill(receiver.pid, signal.SIGSTOP)
+    command = [str(LOADGEN), "--file", str(path), "--host", "127.0.0.1"]
+    command += ["--port", str(receiver.port), "--datagrams", str(datagrams)]
+    command += ["--seconds", "10", "--batch", "256"]
+    output = subprocess.run(
+        pinned(LOADGEN_CPU, command), capture_output=True, text=True, check=True
+    ).stdout
+    return parse_loadgen(output)[1]
+
+
+def drain_once(receiver: Receiver) -> float:
+    """Continue a receiver `fill` stopped: seconds until its socket is empty (polled
+    without sleeping)."""
+    started = time.monotonic()
+    os.kill(receiver.pid, signal.SIGCONT)
+    while (state := udp_socket(receiver.port)) is not None and state.rx_queue:
+        pass
+    return time.monotonic() - started
+
+
 def drain(receiver: Receiver, plan: Plan, cycles: int) -> tuple[str, str, float, float]:
     """Drain mode: ``cycles`` times, stop the receiver, fill its socket with
     DRAIN_DATAGRAMS datagrams, continue it and time it until the socket is empty (polled
@@ -841,21 +865,8 @@ def drain(receiver: Receiver, plan: Plan, cycles: int) -> tuple[str, str, float,
         warm_drops = socket_drops(receiver.port)
         cpu_before = wait_idle(receiver.pid)
         for _ in range(cycles):
-            os.kill(receiver.pid, signal.SIGSTOP)
-            try:
-                command = [str(LOADGEN), "--file", str(plan.path), "--host", "127.0.0.1"]
-                command += ["--port", str(receiver.port), "--lines", str(DRAIN_DATAGRAMS)]
-                command += ["--seconds", "10", "--batch", "256"]
-                output = subprocess.run(
-                    pinned(LOADGEN_CPU, command), capture_output=True, text=True, check=True
-                ).stdout
-                sent += parse_loadgen(output)[1]
-            finally:
-                started = time.monotonic()
-                os.kill(receiver.pid, signal.SIGCONT)
-            while (state := udp_socket(receiver.port)) is not None and state.rx_queue:
-                pass
-            busy += time.monotonic() - started
+            sent += fill(receiver, plan.path, DRAIN_DATAGRAMS)
+            busy += drain_once(receiver)
         cpu = wait_idle(receiver.pid) - cpu_before
         drops = socket_drops(receiver.port) - warm_drops
         counted = receiver.processed()

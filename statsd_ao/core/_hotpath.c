@@ -975,17 +975,15 @@ static PyObject *dict_of(PyObject *owner, PyObject *name) {
 /* Split the first line of each short datagram of a batch into ``ahead`` (first[i]: the
    i-th datagram's, or NULL) and prefetch what they touch: one line per datagram leaves
    datagram()'s prefetch nothing to overlap, so the misses of a batch overlap here. */
-static inline __attribute__((always_inline)) void prefetch_batch(
-    Table *t, const char *const *data, const struct mmsghdr *msgs, int got, Line *ahead,
-    const Line **first) {
+ALWAYS_INLINE void prefetch_batch(Table *t, const char *const *data, const struct mmsghdr *msgs,
+                                  int got, Line *ahead, const Line **first) {
     int count = 0;
     for (int i = 0; i < got; i++) {
-        const char *p = data[i];
+        const char *at = data[i];
         Py_ssize_t n = msgs[i].msg_len;
         first[i] = NULL;
         if (n == 0 || n > SHORT) continue;
-        const char *nl = memchr(p, '\n', n);
-        split(p, nl ? nl - p : n, &ahead[count]);
+        split_lines(&at, at + n, &ahead[count], 1);
         first[i] = &ahead[count++];
     }
     if (count > 1) prefetch(t, ahead, count);
