@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import random
@@ -32,18 +33,30 @@ import uvloop
 
 from bench.workload import make_series, pack
 from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.annotations import Annotation
 from statsd_ao.core.batching import encode
 from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.core.sanitize import Naming
 from statsd_ao.flusher import Flusher
 from statsd_ao.gcpolicy import GcPolicy
+from statsd_ao.io.appoptics import AppOpticsSink
 
 BATCH_SIZE = 500  # statsd_ao.core.batching.DEFAULT_BATCH
 INTERVAL = 10
 WORKERS = 4  # statsd_ao.config.DEFAULT_CONCURRENCY
 
 
-class QueuedSink:
+class BenchPoster:
+    """What a `statsd_ao.io.sink.Poster` has besides posting, which the bench never uses."""
+
+    is_open = True
+    kept = 0
+
+    def annotate(self, stream: str, annotation: Annotation) -> None:
+        return None
+
+
+class QueuedSink(BenchPoster):
     """Enqueue on submit; workers encode one batch at a time and yield after each."""
 
     def __init__(self, workers: int = WORKERS) -> None:
@@ -82,7 +95,7 @@ class QueuedSink:
             await asyncio.sleep(0)  # the real sink awaits its POST here
 
 
-class InlineSink:
+class InlineSink(BenchPoster):
     """Encode inside submit (the dry-run sink's way): the flush pays for encoding in line."""
 
     def __init__(self) -> None:
@@ -198,11 +211,11 @@ async def one_flush(
     policy: GcPolicy | None = None,
 ) -> tuple[float, StallMeter, int, int]:
     """(seconds, stalls, series, measurements) of one flush, encoded to the last batch."""
-    flusher = Flusher(
-        aggregator, Converter(percentiles), sink, interval=INTERVAL, batch_size=BATCH_SIZE
+    appoptics = AppOpticsSink(
+        Converter(percentiles), sink, batch_size=BATCH_SIZE, annotation_stream="bench", host="h"
     )
-    if policy is not None:  # as the app runs it
-        flusher.pause = policy.pause
+    pause = policy.pause if policy is not None else contextlib.nullcontext  # as the app runs
+    flusher = Flusher(aggregator, [appoptics], interval=INTERVAL, pause=pause)
     await sink.start()
     meter = StallMeter(asyncio.get_running_loop())
     meter.start()

@@ -8,13 +8,17 @@ listening port.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from statsd_ao.core.logs import RateLimitedLog
 from statsd_ao.core.sanitize import DROPPED_BY_RULE
 from statsd_ao.core.selfmetrics import Distribution, SelfMetrics
+
+log = logging.getLogger("statsd_ao")
 
 # Linux's per-socket UDP tables (per network namespace, so a container sees its own).
 PROC_NET_UDP = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
@@ -65,6 +69,38 @@ def udp_drops(port: int, tables: Sequence[Path] = PROC_NET_UDP) -> int | None:
     """Kernel receive-buffer drops for the UDP sockets on local ``port``; None if unknown."""
     stats = udp_socket_stats(port, tables)
     return None if stats is None else stats.drops
+
+
+# Kernel receive-buffer drops are logged at most this often (they are also a self-metric).
+KERNEL_DROP_LOG_INTERVAL = 60.0
+
+
+class KernelDropWatch:
+    """Says so when the kernel drops datagrams for our UDP port (the host, not the proxy).
+    `check` runs after every flush."""
+
+    def __init__(
+        self, port: Callable[[], int | None], tables: Sequence[Path] = PROC_NET_UDP
+    ) -> None:
+        self._port = port
+        self._tables = tables
+        self._seen = 0
+        self._log = RateLimitedLog(log, KERNEL_DROP_LOG_INTERVAL)
+
+    def check(self) -> None:
+        port = self._port()
+        drops = None if port is None else udp_drops(port, self._tables)
+        if drops is None or drops <= self._seen:
+            return
+        new, self._seen = drops - self._seen, drops
+        self._log.warning(
+            "kernel-drops",
+            "the kernel dropped %d datagrams for udp port %d since the last check (%d in all): "
+            "the receive buffer was full; see 'Troubleshooting packet drops' in the README",
+            new,
+            port,
+            drops,
+        )
 
 
 # The components' counters, as structural Protocols: plain attributes satisfy them.
@@ -157,7 +193,7 @@ def standard_metrics(
     tags: Mapping[str, str],
     *,
     listener: ListenerCounts | None = None,
-    udp_port: int | None = None,
+    udp_port: Callable[[], int | None] | None = None,
     tcp: TcpCounts | None = None,
     flusher: FlusherCounts | None = None,
     aggregator: AggregatorCounts | None = None,
@@ -189,12 +225,12 @@ def standard_metrics(
         metrics.register_counter(
             "udp.kernel_drops",
             "datagrams the kernel dropped, mostly because the receive buffer was full",
-            lambda: udp_drops(port, udp_tables),
+            lambda: _kernel(port(), lambda p: udp_drops(p, udp_tables)),
         )
         metrics.register_gauge(
             "udp.receive_queue_bytes",
             "bytes waiting in the kernel receive buffer",
-            lambda: _field(udp_socket_stats(port, udp_tables)),
+            lambda: _kernel(port(), lambda p: _field(udp_socket_stats(p, udp_tables))),
         )
     if flusher is not None:
         metrics.register_counter(
@@ -336,6 +372,11 @@ def _register_mapping(
             "lines a drop rule removed",
             lambda: flusher.rejected.get(DROPPED_BY_RULE, 0),
         )
+
+
+def _kernel(port: int | None, read: Callable[[int], int | None]) -> int | None:
+    """The kernel's figure for the UDP port, once it is bound."""
+    return None if port is None else read(port)
 
 
 def _field(stats: UdpSocketStats | None) -> int | None:

@@ -23,7 +23,7 @@ from statsd_ao.io.sink import HttpSink
 from statsd_ao.selfreport import UdpSocketStats, standard_metrics, udp_drops, udp_socket_stats
 from tests.fakeapi import FakeAppOptics, judge_measurements
 from tests.proxy import Proxy
-from tests.test_flusher import ListSink
+from tests.test_flusher import ListSink, appoptics
 
 E2E_TOKEN = "selfmetrics-token"
 
@@ -387,7 +387,7 @@ def test_standard_metrics_are_accepted_by_a_strict_api(tmp_path: Path) -> None:
     metrics = standard_metrics(
         {"host": "node-1", "pod": "app-7f9c"},
         listener=FakeListener(datagrams=10, bytes=2000, pauses=7),
-        udp_port=8125,
+        udp_port=lambda: 8125,
         flusher=FakeFlusher(lines=30, rejected={"bad value": 2}, flushes=3),
         aggregator=FakeAggregator({"api.latency": 40, "x": 2}, FakeGuard(500, {"api.latency": 4})),
         converter=FakeConverter({"value out of range": 1, "queue full": 1}),
@@ -420,7 +420,7 @@ def test_standard_metrics_read_the_real_components() -> None:
     guard = CardinalityGuard(limit=2)
     aggregator = Aggregator(Naming({"host": "h"}), guard=guard)
     converter = Converter()
-    flusher = Flusher(aggregator, converter, ListSink(), interval=10, batch_size=500)
+    flusher = Flusher(aggregator, [appoptics(ListSink(), converter)], interval=10)
     sink = HttpSink("http://127.0.0.1:1", "token", concurrency=1, timeout=1.0)
     metrics = standard_metrics(
         {"host": "h"},

@@ -77,6 +77,10 @@ class DatagramListener:
         return f"udp {target}" if isinstance(target, Address) else f"unix {target}"
 
     @property
+    def is_open(self) -> bool:
+        return self._sock is not None
+
+    @property
     def bound(self) -> Address:
         """The UDP address actually bound (the real port when 0 was asked for)."""
         if self._sock is None or not isinstance(self._target, Address):
@@ -84,7 +88,15 @@ class DatagramListener:
         host, port = self._sock.getsockname()[:2]
         return Address(host, port)
 
-    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def open(self) -> None:
+        """`statsd_ao.pipeline.Source`: bind and read on the running loop."""
+        self.start_reading(asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        """`statsd_ao.pipeline.Source`: `stop_reading`."""
+        self.stop_reading()
+
+    def start_reading(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind and start reading.  Raises OSError (e.g. address in use) to the caller."""
         sock = self._bind()
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
@@ -124,7 +136,7 @@ class DatagramListener:
             raise
         return sock
 
-    def close(self) -> None:
+    def stop_reading(self) -> None:
         """Stop reading, after taking in what the kernel already queued for us."""
         if self._sock is None or self._loop is None:
             return

@@ -63,16 +63,27 @@ RESEND_UNCONFIRMED = True
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
-class Sink(Protocol):
-    """Takes batches of at most batch-size measurements."""
+class Poster(Protocol):
+    """Takes posts of at most batch-size measurements (`statsd_ao.io.appoptics.AppOpticsSink`
+    hands them over): the API (`HttpSink`) or stdout (`DryRunSink`)."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    @property
+    def kept(self) -> int: ...
 
     async def start(self) -> None: ...
 
     def submit(self, batch: Batch) -> None:
         """Queue a batch for delivery; never blocks."""
 
+    def annotate(self, stream: str, annotation: Annotation) -> None:
+        """Deliver one annotation (never blocks)."""
+
     async def drain(self, timeout: float) -> int:
-        """Deliver what is queued within ``timeout`` seconds; return measurements left over."""
+        """Deliver what is queued within ``timeout`` seconds; return measurements lost."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -83,6 +94,7 @@ class DryRunSink:
     def __init__(self, stream: IO[bytes] | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
         self.measurements = 0
+        self.kept = 0  # nothing is ever kept for a next run
 
     @property
     def is_open(self) -> bool:
@@ -143,7 +155,10 @@ class HttpSink:
         random: Callable[[], float] = _random.random,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        on_latency: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_latency`` gets the seconds from sending each measurement post to its answer
+        (the app's self-metrics)."""
         self._url = api_url.rstrip("/") + "/v1/measurements"
         self._token = token
         self._concurrency = concurrency
@@ -184,8 +199,7 @@ class HttpSink:
         self.kept = 0  # measurements left in the spool at exit, for the next run
         self.annotations_posted = 0
         self.annotations_lost = 0
-        # Seconds from sending a measurement post to its answer (the app's self-metrics).
-        self.on_latency: Callable[[float], None] | None = None
+        self._on_latency = on_latency
 
     # The delivery counters (self-metrics, tests) are the answers' (statsd_ao.io.answers).
     @property
@@ -371,8 +385,8 @@ class HttpSink:
         try:
             posted_at = time.monotonic()
             answer = await self._post(parcel.body)
-            if self.on_latency is not None:
-                self.on_latency(time.monotonic() - posted_at)
+            if self._on_latency is not None:
+                self._on_latency(time.monotonic() - posted_at)
             self._outbox.settle(parcel)
             self._flying_parcels.pop(id(parcel), None)
             settled = True
