@@ -42,6 +42,7 @@ class RunState:
     listening: bool = False  # every source is open
     delivering: bool = False  # the sinks are started and not draining
     last_flush_at: float = field(default_factory=time.monotonic)
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # set once all is open
 
 
 class StartFailed(Exception):
@@ -93,6 +94,7 @@ class App:
             watcher.add_done_callback(lambda _: stop.set())
             stack.callback(watcher.cancel)
             log.info("%s", self._ready_message)
+            self.state.started.set()
             await self.flusher.run(stop)
             log.info(
                 "shutting down: final flush, then up to %gs to deliver", self._shutdown_timeout
