@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import uvloop
 
 from statsd_ao import __version__
 from statsd_ao.compose import RulesFile, run
-from statsd_ao.config import ConfigError, build
+from statsd_ao.config import ConfigError, build, unknown_environment
 from statsd_ao.core.logs import configure
 from statsd_ao.core.mapping import MappingError
 from statsd_ao.etsy import migration
@@ -37,7 +38,6 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="an etsy statsd config.js (with its appoptics or librato section) to honour",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--check-config",
         action="store_true",
@@ -91,12 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unsupported:
             print(f"not supported from {args.statsd_config}: {'; '.join(unsupported)}")
         return 0
-    configure(args.log_level, config.log_format == "json")
+    configure(config.log_level, config.log_format == "json")
+    for warning in unknown_environment(os.environ):
+        logging.getLogger("statsd_ao").warning("%s", warning)
     if unsupported:
         logging.getLogger("statsd_ao").warning(
             "%s: options not supported, ignored: %s", args.statsd_config, "; ".join(unsupported)
         )
-    return uvloop.run(run(config, rules_file, args.log_level))
+    return uvloop.run(run(config, rules_file))
 
 
 if __name__ == "__main__":

@@ -55,16 +55,15 @@ STATUS_SCAN = 100_000
 RulesFile = tuple[str, MappingRules, str]
 
 
-async def run(config: Config, rules_file: RulesFile | None = None, log_level: str = "INFO") -> int:
+async def run(config: Config, rules_file: RulesFile | None = None) -> int:
     """Run the proxy until SIGTERM or SIGINT; the process exit status."""
-    return await build(config, rules_file, log_level=log_level).run()
+    return await build(config, rules_file).run()
 
 
 def build(
     config: Config,
     rules_file: RulesFile | None = None,
     *,
-    log_level: str = "INFO",
     clock: Callable[[], float] = time.time,
     stdout: IO[bytes] | None = None,
     gc: bool = True,
@@ -82,7 +81,7 @@ def build(
     )
     spec = aggregator_spec(config)
     aggregator = spec.build(guard, rules_file[1] if rules_file else None)
-    pool = _worker_pool(config, spec, rules_file, log_level)
+    pool = _worker_pool(config, spec, rules_file)
     datagrams = _datagram_listeners(config, aggregator, with_udp=pool is None)
     tcp = _tcp_listener(config, aggregator)
     sources: list[Source] = [*([pool] if pool else []), *datagrams, *([tcp] if tcp else [])]
@@ -219,7 +218,7 @@ def _say_what_runs(config: Config) -> None:
 
 
 def _worker_pool(
-    config: Config, spec: AggregatorSpec, rules_file: RulesFile | None, log_level: str
+    config: Config, spec: AggregatorSpec, rules_file: RulesFile | None
 ) -> WorkerPool | None:
     """With --workers, UDP is read by worker processes; TCP and Unix sockets stay here."""
     if config.workers <= 1 or config.udp is None:
@@ -228,7 +227,7 @@ def _worker_pool(
         aggregator=spec,
         rcvbuf=config.rcvbuf,
         read_pause=config.read_pause,
-        log_level=log_level,
+        log_level=config.log_level,
         json_logs=config.log_format == "json",
         mapping=(rules_file[0], rules_file[2]) if rules_file else None,
     )

@@ -174,6 +174,16 @@ def _log_format(text: str) -> str:
     return value
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return value
+
+
 def _boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -194,12 +204,30 @@ class Setting:
     help: str
     repeat: bool = False  # the flag may be given several times (a list)
     joiner: str = ","  # how a list (repeated flags, a TOML array) becomes the parsed text
+    secret: bool = False  # never printed: shown as <set> or <none>, errors without the value
 
+
+# Settings in seconds: shown with an ``s`` in the start line and --check-config.
+SECONDS = frozenset(
+    {
+        "flush_interval",
+        "request_timeout",
+        "shutdown_timeout",
+        "read_pause",
+        "max_age",
+        "tcp_idle_timeout",
+    }
+)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("api_url", "--api-url", "STATSD_AO_API_URL", parse_api_url, "AppOptics API base URL"),
     Setting(
-        "token", "--token", "APPOPTICS_TOKEN", parse_token, "AppOptics API token (else: dry run)"
+        "token",
+        "--token",
+        "APPOPTICS_TOKEN",
+        parse_token,
+        "AppOptics API token (else: dry run)",
+        secret=True,
     ),
     Setting("udp", "--udp", "STATSD_AO_UDP", parse_listen, "UDP listen HOST:PORT, or off"),
     Setting("tcp", "--tcp", "STATSD_AO_TCP", parse_listen, "TCP listen HOST:PORT (default off)"),
@@ -275,6 +303,13 @@ SETTINGS: tuple[Setting, ...] = (
         "post statsd_ao.* self-metrics (on/off; default on, off in a dry run)",
     ),
     Setting("log_format", "--log-format", "STATSD_AO_LOG_FORMAT", _log_format, "text or json logs"),
+    Setting(
+        "log_level",
+        "--log-level",
+        "STATSD_AO_LOG_LEVEL",
+        _log_level,
+        "DEBUG, INFO, WARNING or ERROR (default INFO)",
+    ),
     Setting(
         "annotation_stream",
         "--annotation-stream",
