@@ -18,7 +18,7 @@ from statsd_ao.core.logs import configure
 from statsd_ao.core.mapping import MappingError
 from statsd_ao.etsy import migration
 from statsd_ao.etsy.config import EtsyConfigError
-from statsd_ao.remapping import read_rules
+from statsd_ao.rulesfile import read_rules
 from statsd_ao.settings import SETTINGS
 
 EXIT_CONFIG = 2

@@ -12,24 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
-from statsd_ao.core.mapping import MappingError, MappingRules, parse_rules
+from statsd_ao.core.mapping import MappingError, MappingRules
+from statsd_ao.rulesfile import read_rules
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Remapping", "read_rules"]
-
-
-def read_rules(path: str) -> tuple[MappingRules, str]:
-    """The checked rules of ``path`` and the text they came from.  Raises `MappingError`
-    (every problem, with its line) or OSError."""
-    text = Path(path).read_text(encoding="utf-8")
-    return parse_rules(text, yaml=is_yaml(path), source=path), text
-
-
-def is_yaml(path: str) -> bool:
-    return Path(path).suffix.lower() in (".yaml", ".yml")
+__all__ = ["Remapping"]
 
 
 class Remapping:

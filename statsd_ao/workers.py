@@ -23,12 +23,11 @@ import uvloop
 
 from statsd_ao.core.aggregator import Snapshot
 from statsd_ao.core.logs import configure
-from statsd_ao.core.mapping import parse_rules
 from statsd_ao.core.merge import from_wire, to_wire
 from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.io.address import Address
 from statsd_ao.io.listeners import DatagramListener
-from statsd_ao.remapping import is_yaml
+from statsd_ao.rulesfile import is_yaml, parse_rules
 from statsd_ao.wiring import AggregatorSpec
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from statsd_ao.core.sanitize import Naming
 from statsd_ao.flusher import Flusher
 from statsd_ao.io.listeners import DatagramListener
 from statsd_ao.pipeline import SeriesItems
-from statsd_ao.remapping import read_rules
+from statsd_ao.rulesfile import read_rules
 
 Journal = list[str]
 LIMIT = 20.0  # seconds any one scenario may take
