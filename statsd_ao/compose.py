@@ -147,6 +147,8 @@ def build(
         sink=poster,
         spool=poster.spool if poster is not None else None,
         mapping=remapping,
+        naming=aggregator.naming,
+        gc=policy,
         series_active=lambda: flusher.series_flushed,
         flush_duration=flush_timings.distribution,
         post_latency=post_timings.distribution if poster is not None else None,

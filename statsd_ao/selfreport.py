@@ -113,9 +113,15 @@ class ListenerCounts(Protocol):
     def bytes(self) -> int: ...
     @property
     def pauses(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
 
 
 class TcpCounts(Protocol):
+    @property
+    def connections(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
     @property
     def open(self) -> int: ...
     @property
@@ -149,6 +155,16 @@ class AggregatorCounts(Protocol):
     def guard(self) -> GuardCounts | None: ...
 
 
+class NamingCounts(Protocol):
+    @property
+    def tags_dropped(self) -> int: ...
+
+
+class GcCounts(Protocol):
+    @property
+    def full_collections(self) -> int: ...
+
+
 class DropCounts(Protocol):
     @property
     def dropped(self) -> Mapping[str, int]: ...
@@ -163,6 +179,14 @@ class SinkCounts(Protocol):
     def lost(self) -> Mapping[str, int]: ...
     @property
     def retries(self) -> int: ...
+    @property
+    def splits(self) -> int: ...
+    @property
+    def unconfirmed(self) -> int: ...
+    @property
+    def annotations_posted(self) -> int: ...
+    @property
+    def annotations_lost(self) -> int: ...
     @property
     def pending(self) -> int: ...
 
@@ -201,6 +225,8 @@ def standard_metrics(
     sink: SinkCounts | None = None,
     spool: SpoolCounts | None = None,
     mapping: MappingCounts | None = None,
+    naming: NamingCounts | None = None,
+    gc: GcCounts | None = None,
     series_active: Callable[[], float | None] | None = None,
     flush_duration: Callable[[], Distribution | None] | None = None,
     post_latency: Callable[[], Distribution | None] | None = None,
@@ -213,25 +239,9 @@ def standard_metrics(
     """
     metrics = SelfMetrics(tags)
     if listener is not None:
-        metrics.register_counter("udp.packets", "UDP datagrams read", lambda: listener.datagrams)
-        metrics.register_counter("udp.bytes", "UDP payload bytes read", lambda: listener.bytes)
-        metrics.register_counter(
-            "udp.read_pauses",
-            "reads that found the UDP socket nearly empty and left it for --read-pause",
-            lambda: listener.pauses,
-        )
+        _register_listener(metrics, listener)
     if udp_port is not None:
-        port = udp_port
-        metrics.register_counter(
-            "udp.kernel_drops",
-            "datagrams the kernel dropped, mostly because the receive buffer was full",
-            lambda: _kernel(port(), lambda p: udp_drops(p, udp_tables)),
-        )
-        metrics.register_gauge(
-            "udp.receive_queue_bytes",
-            "bytes waiting in the kernel receive buffer",
-            lambda: _kernel(port(), lambda p: _field(udp_socket_stats(p, udp_tables))),
-        )
+        _register_kernel(metrics, udp_port, udp_tables)
     if flusher is not None:
         metrics.register_counter(
             "lines.received", "StatsD lines received (counted at each flush)", lambda: flusher.lines
@@ -242,6 +252,7 @@ def standard_metrics(
         metrics.register_counter("flushes", "flushes done", lambda: flusher.flushes)
     if series_active is not None:
         metrics.register_gauge("series.active", "series in the last flush", series_active)
+    _register_process(metrics, naming, gc)
     if tcp is not None:
         _register_tcp(metrics, tcp)
     if aggregator is not None:
@@ -270,8 +281,59 @@ def standard_metrics(
     return metrics
 
 
+def _register_listener(metrics: SelfMetrics, listener: ListenerCounts) -> None:
+    metrics.register_counter("udp.packets", "UDP datagrams read", lambda: listener.datagrams)
+    metrics.register_counter("udp.bytes", "UDP payload bytes read", lambda: listener.bytes)
+    metrics.register_counter(
+        "udp.read_pauses",
+        "reads that found the UDP socket nearly empty and left it for --read-pause",
+        lambda: listener.pauses,
+    )
+    metrics.register_counter(
+        "udp.ingest_errors",
+        "datagrams lost to an internal error while taking them in (a bug: logged)",
+        lambda: listener.errors,
+    )
+
+
+def _register_kernel(
+    metrics: SelfMetrics, port: Callable[[], int | None], tables: Sequence[Path]
+) -> None:
+    metrics.register_counter(
+        "udp.kernel_drops",
+        "datagrams the kernel dropped, mostly because the receive buffer was full",
+        lambda: _kernel(port(), lambda p: udp_drops(p, tables)),
+    )
+    metrics.register_gauge(
+        "udp.receive_queue_bytes",
+        "bytes waiting in the kernel receive buffer",
+        lambda: _kernel(port(), lambda p: _field(udp_socket_stats(p, tables))),
+    )
+
+
+def _register_process(
+    metrics: SelfMetrics, naming: NamingCounts | None, gc: GcCounts | None
+) -> None:
+    if naming is not None:
+        metrics.register_counter(
+            "tags.dropped",
+            "tags left off a series: invalid after sanitizing, or past the 50-tag limit",
+            lambda: naming.tags_dropped,
+        )
+    if gc is not None:
+        metrics.register_counter(
+            "gc.full_collections",
+            "full garbage collections (run after a flush at most once an hour)",
+            lambda: gc.full_collections,
+        )
+
+
 def _register_tcp(metrics: SelfMetrics, tcp: TcpCounts) -> None:
     metrics.register_gauge("tcp.connections", "TCP connections open", lambda: tcp.open)
+    metrics.register_counter(
+        "tcp.connections_accepted", "TCP connections accepted", lambda: tcp.connections
+    )
+    metrics.register_counter("tcp.bytes", "TCP payload bytes read", lambda: tcp.bytes)
     metrics.register_counter(
         "tcp.connections_evicted",
         "TCP connections closed to make room at the connection limit (the idle-longest one)",
@@ -322,6 +384,24 @@ def _register_sink(metrics: SelfMetrics, sink: SinkCounts) -> None:
     )
     metrics.register_counter(
         "posts.retried", "posts queued again after a failure", lambda: sink.retries
+    )
+    metrics.register_counter(
+        "posts.split",
+        "posts split in two after a 400 that named no measurement, to isolate a bad one",
+        lambda: sink.splits,
+    )
+    metrics.register_counter(
+        "measurements.unconfirmed",
+        "measurements re-sent after a post that got no answer (possibly stored twice)",
+        lambda: sink.unconfirmed,
+    )
+    metrics.register_counter(
+        "annotations.posted", "annotations the API accepted", lambda: sink.annotations_posted
+    )
+    metrics.register_counter(
+        "annotations.lost",
+        "annotations given up (refused, or failed 4 times)",
+        lambda: sink.annotations_lost,
     )
     metrics.register_gauge(
         "measurements.pending", "measurements queued or in flight", lambda: sink.pending

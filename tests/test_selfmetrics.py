@@ -358,6 +358,10 @@ class FakeSink:
     lost: dict[str, int] = field(default_factory=dict)
     retries: int = 0
     pending: int = 0
+    splits: int = 0
+    unconfirmed: int = 0
+    annotations_posted: int = 0
+    annotations_lost: int = 0
 
 
 @dataclass
@@ -365,6 +369,7 @@ class FakeListener:
     datagrams: int = 0
     bytes: int = 0
     pauses: int = 0
+    errors: int = 0
 
 
 @dataclass

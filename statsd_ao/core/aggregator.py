@@ -149,6 +149,7 @@ class Aggregator:
         hot: Native | None = NATIVE,
     ) -> None:
         self._naming = naming
+        self.naming = naming  # (its counters, for the self-metrics)
         # The C loop's line-shape table (statsd_ao/core/hotpath.py), in front of self._feeds.
         self._table = hot() if hot is not None else None
         self.guard = guard
