@@ -1,8 +1,8 @@
 """Datagram intake (UDP, Unix datagram sockets): drained by a reader callback until EAGAIN.
 
 One readiness callback reads many datagrams (per-datagram protocol callbacks cost ~2x as
-much, see ARCHITECTURE.md), hands each to ``ingest`` synchronously and never awaits or
-creates a task.  A callback reads at most `DRAIN_LIMIT` datagrams, so the flush timer and
+much), hands each to ``ingest`` synchronously and never awaits or creates a task.  A
+callback reads at most `DRAIN_LIMIT` datagrams, so the flush timer and
 the HTTP sink still get their turn under a flood; the loop calls it again while the socket
 stays readable.  A UDP listener whose read found the socket nearly empty stops watching it
 for a moment (statsd_ao/io/pacing.py), so that the next read takes a batch.
