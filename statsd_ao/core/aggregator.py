@@ -276,11 +276,6 @@ class Aggregator:
         """Lines rejected in the current interval."""
         return sum(self._now.rejected.values())
 
-    @property
-    def series_count(self) -> int:
-        """Series with data in the current interval."""
-        return len(self._now.series)
-
     def _failed(self, feed: Feed, value: bytes, line: bytes, error: ValueError) -> None:
         """A feed refused ``value``: a multi-value line, or a rejection to count."""
         if type(error) is ValueError and b":" in value:  # float() refused "1:2:3"

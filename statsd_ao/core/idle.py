@@ -64,11 +64,6 @@ class IdleKeeper:
         for key in keys:
             self._known.pop(key, None)
 
-    def fill(self, active: dict[SeriesKey, Accumulator]) -> dict[SeriesKey, Accumulator]:
-        """`remember` all of ``active`` and return the `stand_ins` in one call."""
-        self.remember(active.items())
-        return self.stand_ins()
-
 
 def _stand_in(kind: Kind, value: float) -> Accumulator:
     if kind is Kind.GAUGE:
