@@ -2,7 +2,8 @@
 
 etsy keeps posting a series after it went quiet: a counter as 0, a gauge at its last value,
 a set as 0 unique members.  statsd-ao's own default is to post nothing for an idle series.
-The flusher asks `IdleKeeper.fill` once per flush (not the hot path).
+The flusher tells `IdleKeeper.remember` each chunk of an interval and asks for its
+`stand_ins` once per flush (not the hot path).
 """
 
 from __future__ import annotations
