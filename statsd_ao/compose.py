@@ -160,6 +160,7 @@ def build(
             sink_open=state.delivering and all(sink.is_open for sink in sinks),
             since_flush=time.monotonic() - state.last_flush_at,
             flush_interval=config.flush_interval,
+            api_failing_for=poster.failing_for if poster is not None else None,
         )
         if admin_state.health() == "down":  # "health down" drains a load balancer
             reasons = (*health_state.reasons, "health set down via the management interface")

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -26,9 +27,11 @@ from statsd_ao.core.events import Event
 from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.sanitize import Naming
 from statsd_ao.flusher import Flusher
+from statsd_ao.io.health import HttpEndpoint
 from statsd_ao.io.listeners import DatagramListener
 from statsd_ao.pipeline import SeriesItems
 from statsd_ao.rulesfile import read_rules
+from tests.fakeapi import FakeAppOptics
 
 Journal = list[str]
 LIMIT = 20.0  # seconds any one scenario may take
@@ -276,3 +279,46 @@ def test_sighup_reloads_the_mapping_rules_in_process(tmp_path: Path) -> None:
         logger.removeHandler(waiter)
         logger.setLevel(level)
     assert set(printed(out)) == {"second.x"}
+
+
+def test_ready_warns_while_the_api_fails_and_stays_ready() -> None:
+    """An outage does not make the proxy unready (it buffers), but /ready says so."""
+
+    async def scenario() -> dict[str, object]:
+        async with FakeAppOptics(token="t0k") as api:
+            api.down = True
+            config = build_config(
+                {
+                    "udp": "127.0.0.1:0",
+                    "http": "127.0.0.1:0",
+                    "api_url": api.url,
+                    "token": "t0k",
+                    "tags": ["host=h"],
+                    "shutdown_timeout": "1",
+                },
+                environ={},
+            )
+            # A clock just before a tick: the first flush (self-metrics) posts at once.
+            app = compose.build(config, clock=lambda: 1_000_000.0 - 0.01, gc=False)
+            stop = asyncio.Event()
+            task = asyncio.create_task(app.run(stop.wait))
+            async with asyncio.timeout(LIMIT):
+                await app.state.started.wait()
+                await api.wait_for(lambda fake: len(fake.requests) >= 1)
+                endpoint = app.endpoints[0]
+                assert isinstance(endpoint, HttpEndpoint) and endpoint.server is not None
+                url = f"http://127.0.0.1:{endpoint.server.port}/ready"
+                async with aiohttp.ClientSession() as session:
+                    body: dict[str, object] = {}
+                    while not body.get("warnings"):  # until the sink has read the 503
+                        async with session.get(url) as response:
+                            assert response.status == 200
+                            body = await response.json()
+                stop.set()
+                await task
+            return body
+
+    body = asyncio.run(scenario())
+    assert body["status"] == "ok"
+    warnings = body["warnings"]
+    assert isinstance(warnings, list) and "has been failing for" in warnings[0]

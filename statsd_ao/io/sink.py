@@ -227,6 +227,12 @@ class HttpSink:
         return self._answers.unconfirmed
 
     @property
+    def failing_for(self) -> float | None:
+        """Seconds since the API last answered a post usefully, while it fails; else None."""
+        since = self._gate.failing_since
+        return None if since is None else self._clock() - since
+
+    @property
     def pending(self) -> int:
         """Measurements queued or in flight."""
         return self._outbox.pending
