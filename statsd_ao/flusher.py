@@ -48,7 +48,7 @@ class FlushReport:
     stamp: int
     series: int
     measurements: int  # data points made, summed over the sinks
-    rejected: int
+    rejected: int  # bad lines (not those left out on purpose)
     seconds: float
 
 
@@ -95,7 +95,8 @@ class Flusher:
         self._tick = next_tick(clock(), interval)
         self.flushes = 0
         self.lines = 0
-        self.rejected: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}  # bad lines, by reason
+        self.left_out: dict[str, int] = {}  # lines left out as configured (filters, drop rules)
         self._folds_seen = 0
         self._folds_reported_at = -FOLD_LOG_INTERVAL
         self._fold_log = RateLimitedLog(log, FOLD_LOG_INTERVAL)
@@ -164,9 +165,8 @@ class Flusher:
         self._aggregator.maintain()
         self._report_folds()
         self.flushes += 1
-        report = FlushReport(
-            stamp, series, made, sum(snapshot.rejected.values()), time.perf_counter() - started
-        )
+        bad = sum(n for reason, n in snapshot.rejected.items() if reason not in DELIBERATE)
+        report = FlushReport(stamp, series, made, bad, time.perf_counter() - started)
         log.debug("flush %s", report)
         if self._on_flush is not None:
             self._on_flush(report)
@@ -190,12 +190,15 @@ class Flusher:
         return made
 
     def _account(self, snapshot: Snapshot) -> None:
-        """Count lines and rejections; one log line per interval at most, with examples."""
+        """Count lines, bad ones and those left out on purpose apart; one log line per
+        interval at most, with examples, for the bad ones."""
         self.lines += snapshot.lines
+        bad: dict[str, int] = {}
         for reason, count in snapshot.rejected.items():
+            tally = self.left_out if reason in DELIBERATE else bad
+            tally[reason] = tally.get(reason, 0) + count
+        for reason, count in bad.items():
             self.rejected[reason] = self.rejected.get(reason, 0) + count
-        # Lines left out on purpose (filters, drop rules) are counted, not warned about.
-        bad = {r: n for r, n in snapshot.rejected.items() if r not in DELIBERATE}
         if bad:
             detail = "; ".join(
                 f"{reason}: {count} (e.g. {snapshot.examples[reason][:EXAMPLE_BYTES]!r})"

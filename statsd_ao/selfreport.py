@@ -138,6 +138,8 @@ class FlusherCounts(Protocol):
     @property
     def rejected(self) -> Mapping[str, int]: ...
     @property
+    def left_out(self) -> Mapping[str, int]: ...
+    @property
     def flushes(self) -> int: ...
 
 
@@ -248,6 +250,12 @@ def standard_metrics(
         )
         metrics.register_counter(
             "lines.bad", "lines rejected, by reason", lambda: flusher.rejected, label="reason"
+        )
+        metrics.register_counter(
+            "lines.left_out",
+            "lines left out as configured (metric filters, mapping drop rules), by reason",
+            lambda: flusher.left_out,
+            label="reason",
         )
         metrics.register_counter("flushes", "flushes done", lambda: flusher.flushes)
     if series_active is not None:
@@ -450,7 +458,7 @@ def _register_mapping(
         metrics.register_counter(
             "mapping.lines_dropped",
             "lines a drop rule removed",
-            lambda: flusher.rejected.get(DROPPED_BY_RULE, 0),
+            lambda: flusher.left_out.get(DROPPED_BY_RULE, 0),
         )
 
 

@@ -18,9 +18,11 @@ from statsd_ao.core.cardinality import CardinalityGuard
 from statsd_ao.core.measurements import Converter
 from statsd_ao.core.sanitize import Naming
 from statsd_ao.core.selfmetrics import Distribution, Kind, SelfMetrics, Timings
+from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher
 from statsd_ao.io.sink import HttpSink
 from statsd_ao.selfreport import UdpSocketStats, standard_metrics, udp_drops, udp_socket_stats
+from statsd_ao.wiring import AggregatorSpec
 from tests.fakeapi import FakeAppOptics, judge_measurements
 from tests.proxy import Proxy
 from tests.test_flusher import ListSink, appoptics
@@ -376,6 +378,7 @@ class FakeListener:
 class FakeFlusher:
     lines: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    left_out: dict[str, int] = field(default_factory=dict)
     flushes: int = 0
 
 
@@ -458,3 +461,23 @@ def test_series_active_reports_the_flush_it_is_posted_with() -> None:
         assert got["statsd_ao.series.active"]["value"] == 4  # the one flush posted 4 series
 
     asyncio.run(scenario())
+
+
+def test_lines_left_out_on_purpose_are_not_counted_as_bad() -> None:
+    """Filters and drop rules are configuration: alerts on bad lines must not fire on them."""
+    aggregator = AggregatorSpec(global_tags={"host": "h"}, exclude=("^debug\\.",)).build(None)
+    flusher = Flusher(aggregator, [appoptics(ListSink())], interval=10)
+    state = ProxyAdminState(aggregator, flusher, {"host": "h"})
+    aggregator.ingest(b"debug.noise:1|c\ndebug.more:2|c\nok:1|c\nno type here")
+    assert state.stats()["messages.bad_lines_seen"] == 1  # before the flush...
+    report = asyncio.run(flusher.flush(0))
+    assert state.stats()["messages.bad_lines_seen"] == 1  # ...and after it
+    assert report.rejected == 1
+    metrics = standard_metrics({"host": "h"}, flusher=flusher)
+    assert flusher.rejected == {"missing type": 1}
+    assert flusher.left_out == {"left out by metric filter": 2}
+    text = metrics.prometheus()
+    assert 'statsd_ao_lines_left_out_total{reason="left out by metric filter"} 2' in text
+    assert "left out" not in "".join(
+        line for line in text.splitlines() if line.startswith("statsd_ao_lines_bad_total")
+    )
