@@ -51,6 +51,8 @@ class BenchPoster:
 
     is_open = True
     kept = 0
+    posted = 0
+    lost: dict[str, int] = {}  # noqa: RUF012 (never written)
 
     def annotate(self, stream: str, annotation: Annotation) -> None:
         return None

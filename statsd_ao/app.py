@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+from statsd_ao.core.logs import fields
 from statsd_ao.flusher import Flusher
 from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.io.spool import SpoolError
@@ -158,6 +159,16 @@ class App:
         self.lost = sum(left)
 
     def _summary(self) -> None:
+        for sink in self.sinks:
+            lost = dict(sink.lost)
+            log.info(
+                "%s: %d delivered, lost %s, %d kept in the spool for the next run",
+                sink.name,
+                sink.delivered,
+                lost or "none",
+                sink.kept,
+                extra=fields(sink=sink.name, delivered=sink.delivered, lost=lost, kept=sink.kept),
+            )
         kept = sum(sink.kept for sink in self.sinks)
         log.info(
             "stopped: %d lines received, final flush of %d measurements, %d undelivered, "
@@ -166,6 +177,12 @@ class App:
             self._final_points,
             self.lost,
             kept,
+            extra=fields(
+                lines=self.flusher.lines,
+                final_flush=self._final_points,
+                undelivered=self.lost,
+                kept=kept,
+            ),
         )
 
 

@@ -26,6 +26,7 @@ from statsd_ao.core import hotpath
 from statsd_ao.core.aggregator import Aggregator, Snapshot
 from statsd_ao.core.cardinality import WINDOW, CardinalityGuard
 from statsd_ao.core.idle import IdleKeeper
+from statsd_ao.core.logs import fields
 from statsd_ao.core.mapping import MappingRules
 from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.core.merge import Merger
@@ -108,6 +109,9 @@ def build(
                 report.stamp,
                 report.series,
                 report.measurements,
+                extra=fields(
+                    stamp=report.stamp, series=report.series, measurements=report.measurements
+                ),
             )
         state.last_flush_at = time.monotonic()
         flush_timings.observe(report.seconds)

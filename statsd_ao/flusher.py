@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from statsd_ao.core.aggregator import Aggregator, Snapshot
 from statsd_ao.core.hotpath import Feeds
 from statsd_ao.core.idle import IdleKeeper
-from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.core.logs import RateLimitedLog, fields
 from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.sanitize import DELIBERATE
 from statsd_ao.pipeline import SeriesItems, Sink
@@ -204,7 +204,12 @@ class Flusher:
                 f"{reason}: {count} (e.g. {snapshot.examples[reason][:EXAMPLE_BYTES]!r})"
                 for reason, count in sorted(bad.items())
             )
-            log.warning("rejected %d lines in the last interval: %s", sum(bad.values()), detail)
+            log.warning(
+                "rejected %d lines in the last interval: %s",
+                sum(bad.values()),
+                detail,
+                extra=fields(rejected=bad),
+            )
 
     def _report_folds(self) -> None:
         """Name the metrics whose new tag sets were folded since the last flush."""
@@ -229,4 +234,11 @@ class Flusher:
                 offender.folded_tag_sets,
                 samples.get(offender.metric, 0),
                 offender.busiest_key,
+                extra=fields(
+                    metric=offender.metric,
+                    tag_sets=offender.admitted,
+                    folded_tag_sets=offender.folded_tag_sets,
+                    folded_samples=samples.get(offender.metric, 0),
+                    busiest_key=offender.busiest_key,
+                ),
             )

@@ -19,7 +19,7 @@ delivered, counted as lost under a reason, or kept in its spool subdirectory.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from statsd_ao.core.accumulators import Accumulator
@@ -97,6 +97,16 @@ class Sink(Protocol):
     @property
     def kept(self) -> int:
         """Data points left in the spool at exit, for the next run."""
+        ...
+
+    @property
+    def delivered(self) -> int:
+        """Data points the backend confirmed."""
+        ...
+
+    @property
+    def lost(self) -> Mapping[str, int]:
+        """Data points that will never be delivered, by reason (conversion included)."""
         ...
 
     async def close(self) -> None:

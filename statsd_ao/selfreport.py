@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.core.logs import RateLimitedLog, fields
 from statsd_ao.core.sanitize import DROPPED_BY_RULE
 from statsd_ao.core.selfmetrics import Distribution, SelfMetrics
 
@@ -100,6 +100,7 @@ class KernelDropWatch:
             new,
             port,
             drops,
+            extra=fields(dropped=new, port=port, dropped_in_all=drops),
         )
 
 

@@ -63,6 +63,8 @@ class FakeSink:
         self.series_seen: list[tuple[str, int]] = []
         self.is_open = False
         self.kept = 0
+        self.delivered = 0
+        self.lost: dict[str, int] = {}
 
     async def start(self) -> None:
         self.is_open = True
@@ -322,3 +324,17 @@ def test_ready_warns_while_the_api_fails_and_stays_ready() -> None:
     assert body["status"] == "ok"
     warnings = body["warnings"]
     assert isinstance(warnings, list) and "has been failing for" in warnings[0]
+
+
+def test_values_out_of_range_are_logged_and_in_the_exit_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="statsd_ao")
+
+    async def body(app: App, port: int) -> None:
+        send_udp(port, b"big:1e200|g", b"bigc:1e130|c", b"ok:1|c")
+
+    out = run_composed({}, None, body)
+    assert set(printed(out)) == {"ok"}
+    assert "stdout: dropped 2 measurements the API cannot take" in caplog.text
+    assert "stdout: 1 delivered, lost {'value out of range': 2}" in caplog.text

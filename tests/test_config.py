@@ -209,3 +209,12 @@ def test_unknown_statsd_ao_variables_are_named_with_the_nearest_setting() -> Non
         "environment variable STATSD_AO_FLUSH_INTERVALL is not a statsd-ao setting; "
         "did you mean STATSD_AO_FLUSH_INTERVAL?"
     ]
+
+
+def test_the_readme_lists_every_setting_with_its_flag_variable_and_key() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `--")]
+    for setting in SETTINGS:
+        row = next((r for r in rows if f"| `{setting.flag}" in r), None)
+        assert row is not None, setting.flag
+        assert f"`{setting.env}`" in row and f"`{setting.name}`" in row, row

@@ -32,6 +32,11 @@ class ListSink:
         self.annotations: list[tuple[str, Annotation]] = []
         self.is_open = True
         self.kept = 0
+        self.lost: dict[str, int] = {}
+
+    @property
+    def posted(self) -> int:
+        return sum(map(len, self.batches))
 
     async def start(self) -> None:
         return None

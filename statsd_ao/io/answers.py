@@ -18,7 +18,7 @@ from dataclasses import replace
 import orjson
 
 from statsd_ao.core.batching import encode
-from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.core.logs import RateLimitedLog, fields
 from statsd_ao.core.outbox import Outbox, Parcel
 from statsd_ao.core.retry import (
     ANSWERED,
@@ -175,6 +175,12 @@ class Answers:
             reason,
             f": {quoted}" if quoted else "",
             self.lost[reason.value],
+            extra=fields(
+                lost=count,
+                reason=reason.value,
+                errors=list(errors[:QUOTED_ERRORS]),
+                lost_so_far=self.lost[reason.value],
+            ),
         )
 
     def _report_failure(self, parcel: Parcel, answer: Answer, verdict: Verdict) -> None:

@@ -9,15 +9,23 @@ annotations in the configured stream.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from statsd_ao.core.annotations import to_annotation
 from statsd_ao.core.batching import chunked
 from statsd_ao.core.events import Event
+from statsd_ao.core.logs import RateLimitedLog, fields
 from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.io.sink import Poster
 from statsd_ao.pipeline import SeriesItems
+
+log = logging.getLogger(__name__)
+
+# Conversion drops (values the API cannot take) are logged at most this often; the counters
+# (statsd_ao.measurements.lost) carry every one.
+DROP_LOG_INTERVAL = 60.0
 
 
 class AppOpticsSink:
@@ -43,6 +51,8 @@ class AppOpticsSink:
         self._host = host
         self._clock = clock
         self._pending: list[Measurement] = []
+        self._dropped_seen = 0
+        self._drop_log = RateLimitedLog(log, DROP_LOG_INTERVAL)
 
     @property
     def is_open(self) -> bool:
@@ -61,6 +71,7 @@ class AppOpticsSink:
 
     def end_interval(self) -> None:
         self._submit(whole_posts_only=False)
+        self._report_drops()
 
     def event(self, event: Event) -> None:
         self.poster.annotate(self._stream, to_annotation(event, self._host, int(self._clock())))
@@ -71,6 +82,34 @@ class AppOpticsSink:
     @property
     def kept(self) -> int:
         return self.poster.kept
+
+    @property
+    def delivered(self) -> int:
+        return self.poster.posted
+
+    @property
+    def lost(self) -> Mapping[str, int]:
+        """The poster's losses and the converter's drops, by reason."""
+        merged = dict(self.converter.dropped)
+        for reason, count in self.poster.lost.items():
+            merged[reason] = merged.get(reason, 0) + count
+        return merged
+
+    def _report_drops(self) -> None:
+        """Say so when the interval had values the API cannot take (never posted)."""
+        total = sum(self.converter.dropped.values())
+        if total == self._dropped_seen:
+            return
+        new, self._dropped_seen = total - self._dropped_seen, total
+        self._drop_log.warning(
+            "dropped",
+            "%s: dropped %d measurements the API cannot take (NaN, infinite, or 1e126 or more "
+            "in magnitude); %s so far",
+            self.name,
+            new,
+            dict(self.converter.dropped),
+            extra=fields(sink=self.name, dropped=new, by_reason=dict(self.converter.dropped)),
+        )
 
     async def close(self) -> None:
         await self.poster.close()

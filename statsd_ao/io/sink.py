@@ -24,7 +24,7 @@ import logging
 import random as _random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Protocol
 from urllib.parse import quote
 
@@ -33,7 +33,7 @@ import orjson
 
 from statsd_ao.core.annotations import Annotation
 from statsd_ao.core.batching import encode
-from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.core.logs import RateLimitedLog, fields
 from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.outbox import MAX_PENDING, Outbox, Parcel
 from statsd_ao.core.retry import (
@@ -73,6 +73,16 @@ class Poster(Protocol):
     @property
     def kept(self) -> int: ...
 
+    @property
+    def posted(self) -> int:
+        """Measurements delivered (a dry run: printed)."""
+        ...
+
+    @property
+    def lost(self) -> Mapping[str, int]:
+        """Measurements given up, by reason."""
+        ...
+
     async def start(self) -> None: ...
 
     def submit(self, batch: Batch) -> None:
@@ -95,6 +105,11 @@ class DryRunSink:
         self._stream = stream if stream is not None else sys.stdout.buffer
         self.measurements = 0
         self.kept = 0  # nothing is ever kept for a next run
+        self.lost: dict[str, int] = {}  # nothing is ever lost after conversion
+
+    @property
+    def posted(self) -> int:
+        return self.measurements
 
     @property
     def is_open(self) -> bool:
@@ -486,12 +501,17 @@ class HttpSink:
         if left:
             self._answers.lose(Loss.SHUTDOWN, left)
         log.info(
-            "delivery: %d measurements posted, lost %s, %d retries, %d splits, %d unconfirmed",
+            "delivery: %d measurements posted, %d retries, %d splits, %d unconfirmed",
             self.posted,
-            dict(self.lost) or "none",
             self.retries,
             self.splits,
             self.unconfirmed,
+            extra=fields(
+                posted=self.posted,
+                retries=self.retries,
+                splits=self.splits,
+                unconfirmed=self.unconfirmed,
+            ),
         )
         self._changed()
         return left
