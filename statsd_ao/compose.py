@@ -249,7 +249,12 @@ def _datagram_listeners(
     targets = [config.udp if with_udp else None, config.unix]
     return [
         DatagramListener(
-            target, aggregator.ingest, config.rcvbuf, receive=receive, pause=config.read_pause
+            target,
+            aggregator.ingest,
+            config.rcvbuf,
+            receive=receive,
+            pause=config.read_pause,
+            unix_mode=config.unix_mode,
         )
         for target in targets
         if target is not None

@@ -24,6 +24,7 @@ from statsd_ao.core.outbox import MAX_PENDING
 from statsd_ao.core.retry import MAX_AGE, MAX_ATTEMPTS
 from statsd_ao.core.sanitize import MAX_TAGS, fit_tag
 from statsd_ao.io.address import Address, parse_address
+from statsd_ao.io.listeners import UNIX_MODE
 from statsd_ao.io.pacing import DEFAULT_PAUSE
 from statsd_ao.io.spoolfile import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
 from statsd_ao.settings import SECONDS, SETTINGS, Setting
@@ -61,6 +62,7 @@ class Config:
     udp: Address | None = field(default_factory=lambda: parse_address(DEFAULT_UDP))
     tcp: Address | None = None
     unix: str | None = None
+    unix_mode: int = UNIX_MODE
     tcp_max_line: int = DEFAULT_TCP_MAX_LINE
     tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
     container_tag: str | None = None
@@ -135,6 +137,8 @@ class Config:
             return "on" if self.posts_self_metrics else "off"
         if setting.name == "dry_run":
             return str(not self.posting)
+        if setting.name == "unix_mode":
+            return f"{value:04o}"
         return _text(value) + ("s" if setting.name in SECONDS else "")
 
 

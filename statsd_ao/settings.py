@@ -49,6 +49,14 @@ def parse_token(text: str) -> str | None:
     return text.strip() or None
 
 
+def parse_mode(text: str) -> int:
+    """File permissions in octal: ``0660``, ``666``, ``0o600``."""
+    digits = text.strip().lower().removeprefix("0o")
+    if not re.fullmatch(r"[0-7]{3,4}", digits):
+        raise ValueError(f"expected permissions in octal such as 0660, got {text!r}")
+    return int(digits, 8)
+
+
 def parse_tags(items: list[str]) -> dict[str, str]:
     """``KEY=VALUE`` items (each may itself be a comma-separated list)."""
     tags: dict[str, str] = {}
@@ -232,6 +240,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("udp", "--udp", "STATSD_AO_UDP", parse_listen, "UDP listen HOST:PORT, or off"),
     Setting("tcp", "--tcp", "STATSD_AO_TCP", parse_listen, "TCP listen HOST:PORT (default off)"),
     Setting("unix", "--unix", "STATSD_AO_UNIX", parse_optional, "Unix datagram socket PATH"),
+    Setting(
+        "unix_mode",
+        "--unix-mode",
+        "STATSD_AO_UNIX_MODE",
+        parse_mode,
+        "permissions of the --unix socket, octal (default 0660: owner and group may send)",
+    ),
     Setting(
         "tcp_max_line",
         "--tcp-max-line",

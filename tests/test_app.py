@@ -7,11 +7,16 @@ run too, over loopback UDP with the dry run's output in a buffer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import logging
 import os
 import signal
 import socket
+import stat
+import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -338,3 +343,37 @@ def test_values_out_of_range_are_logged_and_in_the_exit_summary(
     assert set(printed(out)) == {"ok"}
     assert "stdout: dropped 2 measurements the API cannot take" in caplog.text
     assert "stdout: 1 delivered, lost {'value out of range': 2}" in caplog.text
+
+
+def send_as_nobody(path: str) -> int:
+    """errno of a datagram sent to ``path`` by a process running as user nobody (0: sent)."""
+    code = (
+        "import os, socket, sys\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "try:\n    s.sendto(b'other.uid:1|c', sys.argv[1])\n"
+        "except OSError as e:\n    sys.exit(e.errno)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, path], timeout=30, check=False).returncode
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root to setuid")
+@pytest.mark.parametrize(("mode", "reaches"), [("0660", False), ("0666", True)])
+def test_the_unix_socket_mode_decides_who_may_send(mode: str, reaches: bool) -> None:
+    # Not under tmp_path: pytest's folders are 0700, where user nobody reaches no path at all.
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o755)
+        path = os.path.join(folder, "statsd.sock")
+        sent_by_nobody(path, mode, reaches)
+
+
+def sent_by_nobody(path: str, mode: str, reaches: bool) -> None:
+    """Run the proxy on ``path`` with ``mode``; a process of another uid sends to it."""
+
+    async def body(app: App, port: int) -> None:
+        assert stat.S_IMODE(os.stat(path).st_mode) == int(mode, 8)
+        status = await asyncio.to_thread(send_as_nobody, path)
+        assert status == (0 if reaches else errno.EACCES)
+
+    out = run_composed({"unix": path, "unix_mode": mode}, None, body)
+    assert ("other.uid" in printed(out)) is reaches

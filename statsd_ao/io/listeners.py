@@ -49,10 +49,13 @@ class DatagramListener:
         reuse_port: bool = False,
         receive: Receive | None = None,
         pause: float = DEFAULT_PAUSE,
+        unix_mode: int = UNIX_MODE,
     ) -> None:
         """``receive``, when given, reads and ingests in C (``recvmmsg``) in place of a
         Python ``recv`` and ``ingest`` per datagram.  ``pause``: seconds a UDP listener
-        leaves a nearly empty socket alone (see `Pacer`; 0: never)."""
+        leaves a nearly empty socket alone (see `Pacer`; 0: never).  ``unix_mode``: the
+        permissions of a Unix socket's file (who may send to it)."""
+        self._unix_mode = unix_mode
         self._receive = receive
         self._pause = pause
         self.pacer = Pacer(0.0, 0)  # until open() knows the buffer granted
@@ -130,7 +133,7 @@ class DatagramListener:
                 sock.bind((target.host, target.port))
             else:
                 sock.bind(target)
-                os.chmod(target, UNIX_MODE)
+                os.chmod(target, self._unix_mode)
         except OSError:
             sock.close()
             raise
