@@ -80,17 +80,19 @@ class App:
         self._gc = gc
         self._ready_message = ready_message
         self._final_points = 0
+        self._hurry = asyncio.Event()  # a second signal: stop delivering at once
         self.lost = 0  # data points no sink could deliver or keep at shutdown
 
     async def run(self, shutdown_trigger: ShutdownTrigger | None = None) -> int:
-        """Run until the trigger returns (default: SIGTERM or SIGINT); the exit status."""
+        """Run until the trigger returns (default: SIGTERM or SIGINT; a second one cuts the
+        delivery at shutdown short); the exit status."""
         stop = asyncio.Event()
         async with AsyncExitStack() as stack:
+            trigger = shutdown_trigger or self._signals(stack, stop)
             try:
                 await self._open(stack)
             except StartFailed:
                 return 1
-            trigger = shutdown_trigger or self._signals(stack, stop)
             watcher = asyncio.ensure_future(trigger())
             watcher.add_done_callback(lambda _: stop.set())
             stack.callback(watcher.cancel)
@@ -98,7 +100,9 @@ class App:
             self.state.started.set()
             await self.flusher.run(stop)
             log.info(
-                "shutting down: final flush, then up to %gs to deliver", self._shutdown_timeout
+                "shutting down: final flush, then up to %gs to deliver (a second signal stops "
+                "at once)",
+                self._shutdown_timeout,
             )
         self._summary()
         return 0
@@ -131,9 +135,19 @@ class App:
         stack.push_async_callback(sink.close)
 
     def _signals(self, stack: AsyncExitStack, stop: asyncio.Event) -> ShutdownTrigger:
+        """SIGTERM / SIGINT stop the proxy; a second one while it delivers at shutdown stops
+        the delivery (what is left is kept in the spool or counted as lost).  The handlers
+        stay until everything is closed: installed first, removed last."""
         loop = asyncio.get_running_loop()
+
+        def signalled() -> None:
+            if stop.is_set():
+                log.warning("second signal: ending the delivery now")
+                self._hurry.set()
+            stop.set()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, signalled)
             stack.callback(loop.remove_signal_handler, signum)
         return stop.wait
 
@@ -151,12 +165,30 @@ class App:
             except Exception:  # a bug: still deliver what is pending and exit in time
                 log.exception("the final flush failed")
         self.state.delivering = False
-        timeout = self._shutdown_timeout
-        left = await asyncio.gather(*(sink.drain(timeout) for sink in self.sinks))
+        left = await self._drain_all()
         for sink, lost in zip(self.sinks, left, strict=True):
             if lost:
                 log.error("shutdown: %d measurements could not be delivered (%s)", lost, sink.name)
         self.lost = sum(left)
+
+    async def _drain_all(self) -> list[int]:
+        """Every sink's drain, side by side, until all are done or a second signal comes.
+        A drain cut short reports nothing here: its sink's `close` keeps or counts the rest."""
+        drains = [asyncio.ensure_future(s.drain(self._shutdown_timeout)) for s in self.sinks]
+        hurry = asyncio.ensure_future(self._hurried())
+        running = set(drains)
+        while running and not hurry.done():
+            await asyncio.wait({*running, hurry}, return_when=asyncio.FIRST_COMPLETED)
+            running = {drain for drain in running if not drain.done()}
+        hurry.cancel()
+        for drain in drains:
+            drain.cancel()
+        results = await asyncio.gather(*drains, return_exceptions=True)
+        return [left if isinstance(left, int) else 0 for left in results]
+
+    async def _hurried(self) -> int:
+        await self._hurry.wait()
+        return 0
 
     def _summary(self) -> None:
         for sink in self.sinks:

@@ -392,10 +392,20 @@ class HttpSink:
             self._idle.set()
 
     def _hopeless(self) -> bool:
-        """Draining, nothing in flight, and the gate stays shut until the deadline."""
+        """Draining, nothing in flight, and nothing more to gain by waiting: the gate stays
+        shut until the deadline, or the API is failing and every queued post is safe in the
+        spool already (the next run delivers it: shutdown need not wait out the timeout)."""
         if not self._draining or self._flying:
             return False
-        return self._gate.denied or self._gate.open_at >= self._deadline
+        if self._gate.denied or self._gate.open_at >= self._deadline:
+            return True
+        return self._gate.probing and self._all_spooled()
+
+    def _all_spooled(self) -> bool:
+        spool = self._spool
+        if spool is None:
+            return False
+        return all(p.ticket is not None and spool.durable(p.ticket) for p in self._outbox.queue)
 
     # -- one post -----------------------------------------------------------------------
 
