@@ -13,13 +13,13 @@ import uvloop
 
 from statsd_ao import __version__
 from statsd_ao.compose import RulesFile, run
-from statsd_ao.config import ConfigError, build, unknown_environment
+from statsd_ao.config import Config, ConfigError, build, unknown_environment
 from statsd_ao.core.logs import configure
 from statsd_ao.core.mapping import MappingError
 from statsd_ao.etsy import migration
 from statsd_ao.etsy.config import EtsyConfigError
 from statsd_ao.rulesfile import read_rules
-from statsd_ao.settings import SETTINGS
+from statsd_ao.settings import GROUPS, HELP_LAYOUT, SETTINGS, Setting
 
 EXIT_CONFIG = 2
 
@@ -43,15 +43,34 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the configuration, print it (token redacted) and exit",
     )
+    groups = {name: p.add_argument_group(f"{name} settings") for name in GROUPS}
+    defaults = Config()
     for setting in SETTINGS:
-        help_text = f"{setting.help} [env {setting.env}]"
+        group, metavar = HELP_LAYOUT[setting.name]
+        help_text = f"{setting.help} [env {setting.env}; default {_default(defaults, setting)}]"
+        target = groups[group]
         if setting.name == "dry_run":
-            p.add_argument(setting.flag, dest=setting.name, action="store_true", help=help_text)
+            target.add_argument(
+                setting.flag, dest=setting.name, action="store_true", help=help_text
+            )
         elif setting.repeat:
-            p.add_argument(setting.flag, dest=setting.name, action="append", help=help_text)
+            target.add_argument(
+                setting.flag, dest=setting.name, action="append", metavar=metavar, help=help_text
+            )
         else:
-            p.add_argument(setting.flag, dest=setting.name, help=help_text)
+            target.add_argument(setting.flag, dest=setting.name, metavar=metavar, help=help_text)
     return p
+
+
+def _default(defaults: Config, setting: Setting) -> str:
+    """A setting's default as --help shows it (computed ones in words)."""
+    if setting.name == "tags":
+        return "host=<this machine's name>"
+    if setting.name == "self_metrics":
+        return "on when posting, off in a dry run"
+    if setting.name == "token":
+        return "none (a dry run)"
+    return defaults.shown(setting)
 
 
 def _read_mapping(path: str | None) -> RulesFile | str | None:

@@ -125,9 +125,10 @@ class Config:
     def describe(self) -> str:
         """One line for the start-up log and --check-config: every setting of the table, in
         its order, as it is in effect (secrets redacted)."""
-        return " ".join(f"{s.name}={self._shown(s)}" for s in SETTINGS)
+        return " ".join(f"{s.name}={self.shown(s)}" for s in SETTINGS)
 
-    def _shown(self, setting: Setting) -> str:
+    def shown(self, setting: Setting) -> str:
+        """One setting's value as the start line shows it."""
         value = getattr(self, setting.name)
         if setting.secret:
             return "<set>" if value else "<none>"

@@ -9,7 +9,7 @@ import pytest
 from statsd_ao import cli
 from statsd_ao.config import ConfigError, build, unknown_environment
 from statsd_ao.io.address import Address, parse_address
-from statsd_ao.settings import SETTINGS, parse_bytes
+from statsd_ao.settings import GROUPS, HELP_LAYOUT, SETTINGS, parse_bytes
 
 
 def test_defaults() -> None:
@@ -218,3 +218,18 @@ def test_the_readme_lists_every_setting_with_its_flag_variable_and_key() -> None
         row = next((r for r in rows if f"| `{setting.flag}" in r), None)
         assert row is not None, setting.flag
         assert f"`{setting.env}`" in row and f"`{setting.name}`" in row, row
+
+
+def test_help_groups_every_setting_with_a_placeholder_and_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert set(HELP_LAYOUT) == {setting.name for setting in SETTINGS}
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    sections = [line for line in text.splitlines() if line.endswith(" settings:")]
+    assert sections == [f"{group} settings:" for group in GROUPS]
+    assert "--udp HOST:PORT|off" in text and "--host-tag true|false" in text
+    assert "--self-metrics true|false" in text  # booleans written one way
+    assert "default 0.0.0.0:8125]" in " ".join(text.split())
+    assert "default 10s]" in " ".join(text.split())  # --flush-interval
