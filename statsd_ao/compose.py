@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import IO
 
+from statsd_ao import __version__
 from statsd_ao.app import App, RunState
 from statsd_ao.config import Config
 from statsd_ao.core import hotpath
@@ -43,7 +44,7 @@ from statsd_ao.io.spool import Spool
 from statsd_ao.io.tcp import TcpListener
 from statsd_ao.pipeline import PartSource, Sink, Source
 from statsd_ao.remapping import Remapping
-from statsd_ao.selfreport import KernelDropWatch, standard_metrics
+from statsd_ao.selfreport import KernelDropWatch, register_process, standard_metrics
 from statsd_ao.wiring import AggregatorSpec
 from statsd_ao.workers import WorkerPool, WorkerSpec
 
@@ -157,6 +158,8 @@ def build(
         flush_duration=flush_timings.distribution,
         post_latency=post_timings.distribution if poster is not None else None,
     )
+
+    register_process(metrics, __version__, hotpath.NATIVE is not None)
 
     def health() -> HealthState:
         health_state = assess(

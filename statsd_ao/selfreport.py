@@ -9,13 +9,18 @@ listening port.
 from __future__ import annotations
 
 import logging
+import os
+import resource
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from statsd_ao.core.logs import RateLimitedLog, fields
-from statsd_ao.core.sanitize import DROPPED_BY_RULE
+from statsd_ao.core.measurements import DROPPED_VALUE
+from statsd_ao.core.retry import Loss
+from statsd_ao.core.sanitize import DELIBERATE, DROPPED_BY_RULE
 from statsd_ao.core.selfmetrics import Distribution, SelfMetrics
 
 log = logging.getLogger("statsd_ao")
@@ -257,6 +262,7 @@ def standard_metrics(
             "lines left out as configured (metric filters, mapping drop rules), by reason",
             lambda: flusher.left_out,
             label="reason",
+            known=sorted(DELIBERATE),
         )
         metrics.register_counter("flushes", "flushes done", lambda: flusher.flushes)
     if series_active is not None:
@@ -278,16 +284,80 @@ def standard_metrics(
             "measurements that will never reach the API, by reason",
             lambda: _merge(sink.lost if sink else {}, converter.dropped if converter else {}),
             label="reason",
+            known=[*(loss.value for loss in Loss), DROPPED_VALUE],
         )
     if flush_duration is not None:
-        metrics.register_summary(
+        metrics.register_histogram(
             "flush.duration_seconds", "time to swap, convert and queue one flush", flush_duration
         )
     if post_latency is not None:
-        metrics.register_summary(
+        metrics.register_histogram(
             "post.latency_seconds", "time from sending a post to its answer", post_latency
         )
     return metrics
+
+
+def register_process(metrics: SelfMetrics, version: str, native: bool) -> None:
+    """The process's own figures (CPU, memory, descriptors, start time) and what was built:
+    the version, and whether the C hot path runs."""
+    metrics.register_counter("process.cpu_seconds", "CPU time used, user and system", cpu_seconds)
+    metrics.register_gauge("process.resident_memory_bytes", "resident memory", resident_bytes)
+    metrics.register_gauge("process.open_fds", "open file descriptors", open_fds)
+    metrics.register_gauge(
+        "process.max_fds", "the limit of open file descriptors (RLIMIT_NOFILE)", max_fds
+    )
+    started = start_time()
+    metrics.register_gauge(
+        "process.start_time_seconds", "when the process started, Unix seconds", lambda: started
+    )
+    metrics.register_gauge(
+        "build_info", "always 1; the version is the label", lambda: {version: 1}, label="version"
+    )
+    metrics.register_gauge(
+        "hot_path",
+        "1 for the loop that runs: c (the C hot path) or python (the pure-Python fallback)",
+        lambda: {"c": int(native), "python": int(not native)},
+        label="loop",
+    )
+
+
+def cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def resident_bytes() -> int | None:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def open_fds() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+def max_fds() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def start_time() -> float:
+    """Unix seconds at which this process started (from /proc; now, where it is absent)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        ticks = int(fields[19])  # starttime: the 22nd field, counted after the command name
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, IndexError, ValueError, StopIteration):
+        return time.time()
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _register_listener(metrics: SelfMetrics, listener: ListenerCounts) -> None:
@@ -432,6 +502,7 @@ def _register_spool(metrics: SelfMetrics, spool: SpoolCounts) -> None:
         "damaged spool files or records found at start and skipped, by kind",
         lambda: spool.damaged,
         label="kind",
+        known=("corrupt", "torn_write"),
     )
     metrics.register_counter(
         "spool.replayed",
@@ -454,6 +525,7 @@ def _register_mapping(
         "mapping file reloads (SIGHUP), by outcome",
         lambda: mapping.reloads,
         label="outcome",
+        known=("ok", "failed"),
     )
     if flusher is not None:
         metrics.register_counter(

@@ -21,7 +21,13 @@ from statsd_ao.core.selfmetrics import Distribution, Kind, SelfMetrics, Timings
 from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher
 from statsd_ao.io.sink import HttpSink
-from statsd_ao.selfreport import UdpSocketStats, standard_metrics, udp_drops, udp_socket_stats
+from statsd_ao.selfreport import (
+    UdpSocketStats,
+    register_process,
+    standard_metrics,
+    udp_drops,
+    udp_socket_stats,
+)
 from statsd_ao.wiring import AggregatorSpec
 from tests.fakeapi import FakeAppOptics, judge_measurements
 from tests.proxy import Proxy
@@ -165,12 +171,66 @@ def test_summaries_post_interval_count_and_sum_and_recent_quantiles() -> None:
     ]
 
 
+def test_timings_count_every_observation_in_cumulative_buckets() -> None:
+    timings = Timings(window=2, buckets=(1.0, 0.1, 10.0))
+    for seconds in (0.05, 0.1, 0.5, 3.0, 60.0):
+        timings.observe(seconds)
+    assert timings.distribution().buckets == ((0.1, 2), (1.0, 3), (10.0, 4))  # le, cumulative
+
+
+def test_a_histogram_renders_buckets_to_prometheus_and_a_summary_to_appoptics() -> None:
+    timings = Timings(buckets=(0.5, 2.0))
+    for seconds in (0.25, 1.0, 4.0):
+        timings.observe(seconds)
+    metrics = SelfMetrics({"host": "h"})
+    metrics.register_histogram("flush.duration_seconds", "flush time", timings.distribution)
+    assert metrics.prometheus().splitlines()[1:] == [
+        "# TYPE statsd_ao_flush_duration_seconds histogram",
+        'statsd_ao_flush_duration_seconds_bucket{le="0.5"} 1',
+        'statsd_ao_flush_duration_seconds_bucket{le="2"} 2',
+        'statsd_ao_flush_duration_seconds_bucket{le="+Inf"} 3',
+        "statsd_ao_flush_duration_seconds_sum 5.25",
+        "statsd_ao_flush_duration_seconds_count 3",
+    ]
+    summary = metrics.measurements(10, 10)[0]
+    assert (summary.get("count"), summary.get("sum")) == (3, 5.25)
+
+
+def test_known_label_values_are_shown_at_zero_before_their_first_event() -> None:
+    metrics = SelfMetrics({"host": "h"})
+    lost: dict[str, int] = {}
+    metrics.register_counter(
+        "measurements.lost", "lost", lambda: lost, label="reason", known=("shutdown", "too_old")
+    )
+    assert 'statsd_ao_measurements_lost_total{reason="shutdown"} 0' in metrics.prometheus()
+    lost["rejected"] = 2
+    text = metrics.prometheus()
+    assert 'reason="too_old"} 0' in text and 'reason="rejected"} 2' in text
+
+
+def test_the_process_reports_itself_and_what_was_built() -> None:
+    metrics = SelfMetrics({"host": "h"})
+    register_process(metrics, "9.9.9", native=True)
+    text = metrics.prometheus()
+    assert 'statsd_ao_build_info{version="9.9.9"} 1' in text
+    assert 'statsd_ao_hot_path{loop="c"} 1' in text and 'loop="python"} 0' in text
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("statsd_ao_process_")
+    }
+    assert values["statsd_ao_process_resident_memory_bytes"] > 1 << 20
+    assert 3 <= values["statsd_ao_process_open_fds"] <= values["statsd_ao_process_max_fds"]
+    assert values["statsd_ao_process_cpu_seconds_total"] > 0
+    assert time.time() - 86400 * 7 < values["statsd_ao_process_start_time_seconds"] <= time.time()
+
+
 def test_timings_quantiles_cover_only_the_recent_window() -> None:
-    timings = Timings(quantiles=(0.5, 1.0), window=3)
+    timings = Timings(quantiles=(0.5, 1.0), window=3, buckets=())
     for seconds in (9.0, 1.0, 2.0, 3.0):
         timings.observe(seconds)
     assert timings.distribution() == Distribution(4, 15.0, {0.5: 2.0, 1.0: 3.0})
-    assert Timings().distribution() == Distribution(0, 0.0, {})
+    assert Timings(buckets=()).distribution() == Distribution(0, 0.0, {})
     with pytest.raises(ValueError):
         Timings(quantiles=(0.0,))
     with pytest.raises(ValueError):
