@@ -129,7 +129,7 @@ class Requests:
     def number(self, shape: Shape, name: str, tags: TagTuple, value: float, unit: str = "") -> None:
         """Add one Sum or Gauge point."""
         host, attributes = self._attributes(self._number_attributes, NumberDataPoint, tags)
-        self._make_room((host, name, unit, shape), attributes, _NUMBER_POINT + len(attributes))
+        self._make_room((host, name, unit, shape), tags, _NUMBER_POINT + len(attributes))
         points = self._points(host, name, unit, shape)
         point = points.add(
             start_time_unix_nano=self._start, time_unix_nano=self._end, as_double=value
@@ -152,7 +152,7 @@ class Requests:
         ``max``; ``counts`` has one more entry than ``bounds``, or both are empty."""
         host, attributes = self._attributes(self._histogram_attributes, HistogramDataPoint, tags)
         size = _HISTOGRAM_POINT + len(attributes) + 8 * (len(bounds) + len(counts))
-        self._make_room((host, name, unit, Shape.HISTOGRAM), attributes, size)
+        self._make_room((host, name, unit, Shape.HISTOGRAM), tags, size)
         points = self._points(host, name, unit, Shape.HISTOGRAM)
         point = points.add(
             start_time_unix_nano=self._start,
@@ -185,14 +185,14 @@ class Requests:
         self._request = ExportMetricsServiceRequest()
         self._scopes: dict[str | None, ScopeMetrics] = {}
         self._metrics: dict[MetricKey, Any] = {}
-        self._series: set[tuple[str | None, str, bytes]] = set()
+        self._series: set[tuple[str, TagTuple]] = set()
         self._count = 0
         self._bytes = 0
 
-    def _make_room(self, metric: MetricKey, attributes: bytes, size: int) -> None:
-        """Seal first if the point would break a bound or repeat a series; then count it."""
-        host, name = metric[0], metric[1]
-        series = (host, name, attributes)
+    def _make_room(self, metric: MetricKey, tags: TagTuple, size: int) -> None:
+        """Seal first if the point would break a bound or repeat a series (its name and
+        tags, host included); then count it."""
+        series = (metric[1], tags)
         if self._count and (
             self._count >= self._max_points
             or series in self._series
@@ -218,10 +218,10 @@ class Requests:
         points = self._metrics.get(key)
         if points is not None:
             return points
+        self._bytes += self._new_parts(key)
         scope = self._scopes.get(host)
         if scope is None:
             scope = self._new_scope(host)
-        self._bytes += self._new_parts(key)
         metric = scope.metrics.add(name=name, unit=unit)
         if shape is Shape.GAUGE:
             points = metric.gauge.data_points

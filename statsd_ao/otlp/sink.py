@@ -157,6 +157,27 @@ class OtlpSink:
         return self.http.lost
 
     @property
+    def outcomes(self) -> dict[str, int]:
+        return self.http.outcomes
+
+    @property
+    def retries(self) -> int:
+        return self.http.retries
+
+    @property
+    def splits(self) -> int:
+        return self.http.splits
+
+    @property
+    def unconfirmed(self) -> int:
+        return self.http.unconfirmed
+
+    @property
+    def kept(self) -> int:
+        """Data points left in the spool at exit, for the next run."""
+        return self.http.kept
+
+    @property
     def pending(self) -> int:
         """Data points queued, in flight, or in the open request."""
         return self.http.pending + self.requests.open_points
