@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -376,7 +377,11 @@ class FakeOtlp:
         answer: web.Response | None = None
         label: str | None = None
         try:
-            body = await request.read()
+            try:
+                body = await request.read()
+            except RequestPayloadError as error:  # says gzip, and is not
+                answer = web.Response(status=400, body=_status_body(f"bad body: {error}"))
+                return answer
             answer, label = await self._apply_faults(request)
             if label in {None, "delay", "partial"}:
                 answer, points = self._handle(request, body, label)
