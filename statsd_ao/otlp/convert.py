@@ -29,6 +29,7 @@ from statsd_ao.core.accumulators import Accumulator, Counter, Gauge, Summary
 from statsd_ao.core.aggregator import SeriesKey
 from statsd_ao.core.measurements import (
     MAX_COUNT,
+    MAX_MAGNITUDE,
     Measurement,
     Stats,
     nearest_rank,
@@ -89,7 +90,7 @@ class Converter:
                 continue
             if isinstance(acc, Counter):
                 value, shape = acc.total, self._counter
-                if value < 0 and shape is Shape.SUM:
+                if value < 0 and shape == Shape.SUM:
                     shape = Shape.UPDOWN_SUM
                     self.negative_counters += 1
             elif isinstance(acc, Gauge):
@@ -152,11 +153,12 @@ class Converter:
 
     def _keep(self, value: float) -> bool:
         """True for a value to send (counted in `wide` past the AppOptics range)."""
+        if -MAX_MAGNITUDE < value < MAX_MAGNITUDE:  # the common case, in one comparison
+            return True
         if value - value:  # NaN or an infinity
             self._drop()
             return False
-        if not postable(value):
-            self.wide += 1
+        self.wide += 1
         return True
 
     def _drop(self) -> None:
