@@ -48,11 +48,13 @@ import uvloop
 
 from bench.workload import make_series, pack
 from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.annotations import Annotation
 from statsd_ao.core.batching import encode
 from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.core.sanitize import Naming
 from statsd_ao.flusher import CONVERT_CHUNK, Flusher, _free_some
 from statsd_ao.gcpolicy import GcPolicy
+from statsd_ao.io.appoptics import AppOpticsSink
 from statsd_ao.otlp.convert import Converter as OtlpConverter
 from statsd_ao.otlp.requests import Requests
 
@@ -61,7 +63,19 @@ INTERVAL = 10
 WORKERS = 4  # statsd_ao.config.DEFAULT_CONCURRENCY
 
 
-class QueuedSink:
+class BenchPoster:
+    """What a `statsd_ao.io.sink.Poster` has besides posting, which the bench never uses."""
+
+    is_open = True
+    kept = 0
+    posted = 0
+    lost: dict[str, int] = {}  # noqa: RUF012 (never written)
+
+    def annotate(self, stream: str, annotation: Annotation) -> None:
+        return None
+
+
+class QueuedSink(BenchPoster):
     """Enqueue on submit; workers encode one batch at a time and yield after each."""
 
     def __init__(self, workers: int = WORKERS) -> None:
@@ -100,7 +114,7 @@ class QueuedSink:
             await asyncio.sleep(0)  # the real sink awaits its POST here
 
 
-class InlineSink:
+class InlineSink(BenchPoster):
     """Encode inside submit (the dry-run sink's way): the flush pays for encoding in line."""
 
     def __init__(self) -> None:
@@ -216,11 +230,11 @@ async def one_flush(
     policy: GcPolicy | None = None,
 ) -> tuple[float, StallMeter, int, int]:
     """(seconds, stalls, series, measurements) of one flush, encoded to the last batch."""
-    flusher = Flusher(
-        aggregator, Converter(percentiles), sink, interval=INTERVAL, batch_size=BATCH_SIZE
+    appoptics = AppOpticsSink(
+        Converter(percentiles), sink, batch_size=BATCH_SIZE, annotation_stream="bench", host="h"
     )
-    if policy is not None:  # as the app runs it
-        flusher.pause = policy.pause
+    pause = policy.pause if policy is not None else contextlib.nullcontext  # as the app runs
+    flusher = Flusher(aggregator, [appoptics], interval=INTERVAL, pause=pause)
     await sink.start()
     meter = StallMeter(asyncio.get_running_loop())
     meter.start()

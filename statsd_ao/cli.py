@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,12 +12,13 @@ from pathlib import Path
 import uvloop
 
 from statsd_ao import __version__
-from statsd_ao.app import run
-from statsd_ao.config import ConfigError, build
+from statsd_ao.compose import RulesFile, run
+from statsd_ao.config import ConfigError, build, unknown_environment
 from statsd_ao.core.logs import configure
 from statsd_ao.core.mapping import MappingError
 from statsd_ao.etsy import migration
-from statsd_ao.remapping import read_rules
+from statsd_ao.etsy.config import EtsyConfigError
+from statsd_ao.rulesfile import read_rules
 from statsd_ao.settings import SETTINGS
 
 EXIT_CONFIG = 2
@@ -36,7 +38,6 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="an etsy statsd config.js (with its appoptics or librato section) to honour",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--check-config",
         action="store_true",
@@ -53,16 +54,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_mapping(path: str | None) -> int | str:
-    """The number of rules in the mapping file, or why it cannot be used (every problem)."""
+def _read_mapping(path: str | None) -> RulesFile | str | None:
+    """The mapping file, read and checked once at start (None: no file), or why it cannot
+    be used (every problem)."""
     if path is None:
-        return 0
+        return None
     try:
-        return len(read_rules(path)[0])
+        rules, text = read_rules(path)
     except MappingError as error:
         return f"{len(error.problems)} problem(s) in the rules file:\n{error}"
     except (OSError, UnicodeDecodeError) as error:
         return f"cannot read {path}: {error}"
+    return path, rules, text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,26 +77,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.statsd_config is not None:
             base, unsupported = migration.load(args.statsd_config)
         config = build(flags, config_file=args.config, base=base)
-    except ConfigError as error:
+    except (ConfigError, EtsyConfigError) as error:
         print(f"statsd-ao: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    rules = _check_mapping(config.mapping)
-    if isinstance(rules, str):
-        print(f"statsd-ao: error: --mapping: {rules}", file=sys.stderr)
+    rules_file = _read_mapping(config.mapping)
+    if isinstance(rules_file, str):
+        print(f"statsd-ao: error: --mapping: {rules_file}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
         print(f"configuration OK: {config.describe()}")
-        if config.mapping:
-            print(f"mapping OK: {rules} rules in {config.mapping}")
+        if rules_file is not None:
+            print(f"mapping OK: {len(rules_file[1])} rules in {rules_file[0]}")
         if unsupported:
             print(f"not supported from {args.statsd_config}: {'; '.join(unsupported)}")
         return 0
-    configure(args.log_level, config.log_format == "json")
+    configure(config.log_level, config.log_format == "json")
+    for warning in unknown_environment(os.environ):
+        logging.getLogger("statsd_ao").warning("%s", warning)
     if unsupported:
         logging.getLogger("statsd_ao").warning(
             "%s: options not supported, ignored: %s", args.statsd_config, "; ".join(unsupported)
         )
-    return uvloop.run(run(config))
+    return uvloop.run(run(config, rules_file))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,14 @@ def parse_token(text: str) -> str | None:
     return text.strip() or None
 
 
+def parse_mode(text: str) -> int:
+    """File permissions in octal: ``0660``, ``666``, ``0o600``."""
+    digits = text.strip().lower().removeprefix("0o")
+    if not re.fullmatch(r"[0-7]{3,4}", digits):
+        raise ValueError(f"expected permissions in octal such as 0660, got {text!r}")
+    return int(digits, 8)
+
+
 def parse_tags(items: list[str]) -> dict[str, str]:
     """``KEY=VALUE`` items (each may itself be a comma-separated list)."""
     tags: dict[str, str] = {}
@@ -174,6 +182,16 @@ def _log_format(text: str) -> str:
     return value
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return value
+
+
 def _boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -194,16 +212,41 @@ class Setting:
     help: str
     repeat: bool = False  # the flag may be given several times (a list)
     joiner: str = ","  # how a list (repeated flags, a TOML array) becomes the parsed text
+    secret: bool = False  # never printed: shown as <set> or <none>, errors without the value
 
+
+# Settings in seconds: shown with an ``s`` in the start line and --check-config.
+SECONDS = frozenset(
+    {
+        "flush_interval",
+        "request_timeout",
+        "shutdown_timeout",
+        "read_pause",
+        "max_age",
+        "tcp_idle_timeout",
+    }
+)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("api_url", "--api-url", "STATSD_AO_API_URL", parse_api_url, "AppOptics API base URL"),
     Setting(
-        "token", "--token", "APPOPTICS_TOKEN", parse_token, "AppOptics API token (else: dry run)"
+        "token",
+        "--token",
+        "APPOPTICS_TOKEN",
+        parse_token,
+        "AppOptics API token (else: dry run)",
+        secret=True,
     ),
     Setting("udp", "--udp", "STATSD_AO_UDP", parse_listen, "UDP listen HOST:PORT, or off"),
     Setting("tcp", "--tcp", "STATSD_AO_TCP", parse_listen, "TCP listen HOST:PORT (default off)"),
     Setting("unix", "--unix", "STATSD_AO_UNIX", parse_optional, "Unix datagram socket PATH"),
+    Setting(
+        "unix_mode",
+        "--unix-mode",
+        "STATSD_AO_UNIX_MODE",
+        parse_mode,
+        "permissions of the --unix socket, octal (default 0660: owner and group may send)",
+    ),
     Setting(
         "tcp_max_line",
         "--tcp-max-line",
@@ -275,6 +318,13 @@ SETTINGS: tuple[Setting, ...] = (
         "post statsd_ao.* self-metrics (on/off; default on, off in a dry run)",
     ),
     Setting("log_format", "--log-format", "STATSD_AO_LOG_FORMAT", _log_format, "text or json logs"),
+    Setting(
+        "log_level",
+        "--log-level",
+        "STATSD_AO_LOG_LEVEL",
+        _log_level,
+        "DEBUG, INFO, WARNING or ERROR (default INFO)",
+    ),
     Setting(
         "annotation_stream",
         "--annotation-stream",

@@ -18,12 +18,14 @@ from statsd_ao.core.cardinality import CardinalityGuard
 from statsd_ao.core.measurements import Converter
 from statsd_ao.core.sanitize import Naming
 from statsd_ao.core.selfmetrics import Distribution, Kind, SelfMetrics, Timings
+from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher
 from statsd_ao.io.sink import HttpSink
 from statsd_ao.selfreport import UdpSocketStats, standard_metrics, udp_drops, udp_socket_stats
+from statsd_ao.wiring import AggregatorSpec
 from tests.fakeapi import FakeAppOptics, judge_measurements
 from tests.proxy import Proxy
-from tests.test_flusher import ListSink
+from tests.test_flusher import ListSink, appoptics
 
 E2E_TOKEN = "selfmetrics-token"
 
@@ -358,6 +360,10 @@ class FakeSink:
     lost: dict[str, int] = field(default_factory=dict)
     retries: int = 0
     pending: int = 0
+    splits: int = 0
+    unconfirmed: int = 0
+    annotations_posted: int = 0
+    annotations_lost: int = 0
 
 
 @dataclass
@@ -365,12 +371,14 @@ class FakeListener:
     datagrams: int = 0
     bytes: int = 0
     pauses: int = 0
+    errors: int = 0
 
 
 @dataclass
 class FakeFlusher:
     lines: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    left_out: dict[str, int] = field(default_factory=dict)
     flushes: int = 0
 
 
@@ -387,7 +395,7 @@ def test_standard_metrics_are_accepted_by_a_strict_api(tmp_path: Path) -> None:
     metrics = standard_metrics(
         {"host": "node-1", "pod": "app-7f9c"},
         listener=FakeListener(datagrams=10, bytes=2000, pauses=7),
-        udp_port=8125,
+        udp_port=lambda: 8125,
         flusher=FakeFlusher(lines=30, rejected={"bad value": 2}, flushes=3),
         aggregator=FakeAggregator({"api.latency": 40, "x": 2}, FakeGuard(500, {"api.latency": 4})),
         converter=FakeConverter({"value out of range": 1, "queue full": 1}),
@@ -420,7 +428,7 @@ def test_standard_metrics_read_the_real_components() -> None:
     guard = CardinalityGuard(limit=2)
     aggregator = Aggregator(Naming({"host": "h"}), guard=guard)
     converter = Converter()
-    flusher = Flusher(aggregator, converter, ListSink(), interval=10, batch_size=500)
+    flusher = Flusher(aggregator, [appoptics(ListSink(), converter)], interval=10)
     sink = HttpSink("http://127.0.0.1:1", "token", concurrency=1, timeout=1.0)
     metrics = standard_metrics(
         {"host": "h"},
@@ -453,3 +461,23 @@ def test_series_active_reports_the_flush_it_is_posted_with() -> None:
         assert got["statsd_ao.series.active"]["value"] == 4  # the one flush posted 4 series
 
     asyncio.run(scenario())
+
+
+def test_lines_left_out_on_purpose_are_not_counted_as_bad() -> None:
+    """Filters and drop rules are configuration: alerts on bad lines must not fire on them."""
+    aggregator = AggregatorSpec(global_tags={"host": "h"}, exclude=("^debug\\.",)).build(None)
+    flusher = Flusher(aggregator, [appoptics(ListSink())], interval=10)
+    state = ProxyAdminState(aggregator, flusher, {"host": "h"})
+    aggregator.ingest(b"debug.noise:1|c\ndebug.more:2|c\nok:1|c\nno type here")
+    assert state.stats()["messages.bad_lines_seen"] == 1  # before the flush...
+    report = asyncio.run(flusher.flush(0))
+    assert state.stats()["messages.bad_lines_seen"] == 1  # ...and after it
+    assert report.rejected == 1
+    metrics = standard_metrics({"host": "h"}, flusher=flusher)
+    assert flusher.rejected == {"missing type": 1}
+    assert flusher.left_out == {"left out by metric filter": 2}
+    text = metrics.prometheus()
+    assert 'statsd_ao_lines_left_out_total{reason="left out by metric filter"} 2' in text
+    assert "left out" not in "".join(
+        line for line in text.splitlines() if line.startswith("statsd_ao_lines_bad_total")
+    )

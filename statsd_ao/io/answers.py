@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from statsd_ao.core.dialect import Dialect
-from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.core.logs import RateLimitedLog, fields
 from statsd_ao.core.outbox import Outbox, Parcel
 from statsd_ao.core.retry import (
     ANSWERED,
@@ -181,6 +181,12 @@ class Answers:
             reason,
             f": {quoted}" if quoted else "",
             self.lost[reason.value],
+            extra=fields(
+                lost=count,
+                reason=reason.value,
+                errors=list(errors[:QUOTED_ERRORS]),
+                lost_so_far=self.lost[reason.value],
+            ),
         )
 
     def _report_failure(self, parcel: Parcel, answer: Answer, verdict: Verdict) -> None:

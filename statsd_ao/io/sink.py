@@ -23,7 +23,7 @@ import logging
 import random as _random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Protocol
 from urllib.parse import quote
 
@@ -33,7 +33,7 @@ import orjson
 from statsd_ao.core.annotations import Annotation
 from statsd_ao.core.batching import encode
 from statsd_ao.core.dialect import AppOptics, Dialect
-from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.core.logs import RateLimitedLog, fields
 from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.outbox import MAX_PENDING, Outbox, Parcel
 from statsd_ao.core.retry import (
@@ -63,16 +63,37 @@ RESEND_UNCONFIRMED = True
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
-class Sink(Protocol):
-    """Takes batches of at most batch-size measurements."""
+class Poster(Protocol):
+    """Takes posts of at most batch-size measurements (`statsd_ao.io.appoptics.AppOpticsSink`
+    hands them over): the API (`HttpSink`) or stdout (`DryRunSink`)."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    @property
+    def kept(self) -> int: ...
+
+    @property
+    def posted(self) -> int:
+        """Measurements delivered (a dry run: printed)."""
+        ...
+
+    @property
+    def lost(self) -> Mapping[str, int]:
+        """Measurements given up, by reason."""
+        ...
 
     async def start(self) -> None: ...
 
     def submit(self, batch: Batch) -> None:
         """Queue a batch for delivery; never blocks."""
 
+    def annotate(self, stream: str, annotation: Annotation) -> None:
+        """Deliver one annotation (never blocks)."""
+
     async def drain(self, timeout: float) -> int:
-        """Deliver what is queued within ``timeout`` seconds; return measurements left over."""
+        """Deliver what is queued within ``timeout`` seconds; return measurements lost."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -83,6 +104,12 @@ class DryRunSink:
     def __init__(self, stream: IO[bytes] | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
         self.measurements = 0
+        self.kept = 0  # nothing is ever kept for a next run
+        self.lost: dict[str, int] = {}  # nothing is ever lost after conversion
+
+    @property
+    def posted(self) -> int:
+        return self.measurements
 
     @property
     def is_open(self) -> bool:
@@ -142,8 +169,12 @@ class HttpSink:
         random: Callable[[], float] = _random.random,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        on_latency: Callable[[float], None] | None = None,
         dialect: Dialect | None = None,
     ) -> None:
+        """``on_latency`` gets the seconds from sending each measurement post to its answer
+        (the app's self-metrics); ``dialect``: the API's particulars (`AppOptics` on
+        ``api_url`` with ``token`` when None)."""
         self._dialect = dialect if dialect is not None else AppOptics(api_url, token)
         self._url = self._dialect.url
         self._concurrency = concurrency
@@ -185,8 +216,7 @@ class HttpSink:
         self.kept = 0  # measurements left in the spool at exit, for the next run
         self.annotations_posted = 0
         self.annotations_lost = 0
-        # Seconds from sending a measurement post to its answer (the app's self-metrics).
-        self.on_latency: Callable[[float], None] | None = None
+        self._on_latency = on_latency
 
     # The delivery counters (self-metrics, tests) are the answers' (statsd_ao.io.answers).
     @property
@@ -212,6 +242,12 @@ class HttpSink:
     @property
     def unconfirmed(self) -> int:
         return self._answers.unconfirmed
+
+    @property
+    def failing_for(self) -> float | None:
+        """Seconds since the API last answered a post usefully, while it fails; else None."""
+        since = self._gate.failing_since
+        return None if since is None else self._clock() - since
 
     @property
     def pending(self) -> int:
@@ -380,8 +416,8 @@ class HttpSink:
         try:
             posted_at = time.monotonic()
             answer = await self._post(parcel.body)
-            if self.on_latency is not None:
-                self.on_latency(time.monotonic() - posted_at)
+            if self._on_latency is not None:
+                self._on_latency(time.monotonic() - posted_at)
             self._outbox.settle(parcel)
             self._flying_parcels.pop(id(parcel), None)
             settled = True
@@ -477,12 +513,17 @@ class HttpSink:
         if left:
             self._answers.lose(Loss.SHUTDOWN, left)
         log.info(
-            "delivery: %d measurements posted, lost %s, %d retries, %d splits, %d unconfirmed",
+            "delivery: %d measurements posted, %d retries, %d splits, %d unconfirmed",
             self.posted,
-            dict(self.lost) or "none",
             self.retries,
             self.splits,
             self.unconfirmed,
+            extra=fields(
+                posted=self.posted,
+                retries=self.retries,
+                splits=self.splits,
+                unconfirmed=self.unconfirmed,
+            ),
         )
         self._changed()
         return left

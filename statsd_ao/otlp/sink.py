@@ -25,8 +25,6 @@ from typing import IO
 
 from google.protobuf import json_format
 
-from statsd_ao.core.accumulators import Accumulator
-from statsd_ao.core.aggregator import SeriesKey
 from statsd_ao.core.events import Event
 from statsd_ao.core.logs import RateLimitedLog
 from statsd_ao.core.measurements import Measurement
@@ -44,10 +42,10 @@ from statsd_ao.io.spool import Spool
 from statsd_ao.otlp.convert import Converter
 from statsd_ao.otlp.dialect import Otlp, decode
 from statsd_ao.otlp.requests import DEFAULT_MAX_BYTES, DEFAULT_MAX_POINTS, Requests
+from statsd_ao.pipeline import SeriesItems
 
 log = logging.getLogger(__name__)
 
-SeriesItems = list[tuple[SeriesKey, Accumulator]]
 
 # The resource's service.name when none is configured: the semantic conventions' fallback
 # is "unknown_service"; naming the proxy says where the points came from.
@@ -153,8 +151,17 @@ class OtlpSink:
         return self.http.posted
 
     @property
+    def delivered(self) -> int:
+        """Data points the receiver confirmed."""
+        return self.http.posted
+
+    @property
     def lost(self) -> dict[str, int]:
-        return self.http.lost
+        """Data points never to be delivered, by reason: delivery's and conversion's."""
+        merged = dict(self.converter.dropped)
+        for reason, count in self.http.lost.items():
+            merged[reason] = merged.get(reason, 0) + count
+        return merged
 
     @property
     def outcomes(self) -> dict[str, int]:
@@ -260,6 +267,19 @@ class OtlpDryRunSink:
     @property
     def is_open(self) -> bool:
         return True
+
+    @property
+    def kept(self) -> int:
+        return 0
+
+    @property
+    def delivered(self) -> int:
+        """Data points printed."""
+        return self.points
+
+    @property
+    def lost(self) -> dict[str, int]:
+        return dict(self.converter.dropped)
 
     async def start(self) -> None:
         return None

@@ -25,6 +25,7 @@ from statsd_ao.io.spool import Spool
 from statsd_ao.io.spoolfile import MIN_MAX_BYTES
 from statsd_ao.otlp import OtlpDryRunSink, OtlpSink
 from statsd_ao.otlp.convert import NANOS
+from statsd_ao.pipeline import Sink
 from tests.fakeotlp import FakeOtlp, Fault
 
 TOKEN = "otlp-token"
@@ -232,6 +233,17 @@ def test_a_spooled_gzipped_request_goes_out_gzipped_after_gzip_is_switched_off(
             assert otlp.requests[-1].headers["content-encoding"] == "gzip"
 
     run(scenario())
+
+
+def test_both_forms_are_pipeline_sinks() -> None:
+    sinks: list[Sink] = [OtlpSink("http://127.0.0.1:9/v1/metrics"), OtlpDryRunSink(io.BytesIO())]
+    assert [s.name for s in sinks] == ["otlp", "stdout"]
+
+
+def test_conversion_drops_are_counted_among_the_losses() -> None:
+    sink = OtlpSink("http://127.0.0.1:9/v1/metrics")
+    sink.series(items(b"big:1.7e308|c", b"big:1.7e308|c"), STAMP, 10)
+    assert sink.lost == {"value not finite": 1} and sink.delivered == 0
 
 
 def test_events_are_counted_and_dropped() -> None:
