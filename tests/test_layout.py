@@ -2,7 +2,8 @@
 
 ``statsd_ao/core`` is sans-IO: it imports only itself and the standard library's non-IO
 parts (never asyncio, socket, aiohttp, ...).  ``statsd_ao/io`` (the adapters) imports the
-core and itself.  Neither imports ``statsd_ao/etsy`` or the shell (the modules at the top).
+core and itself; ``statsd_ao/otlp`` (the OTLP sink) the core, the adapters and itself.
+None imports ``statsd_ao/etsy`` or the shell (the modules at the top).
 Every import counts, including those inside functions and under ``TYPE_CHECKING``.
 """
 
@@ -29,6 +30,7 @@ IO_MODULES = frozenset(
 ALLOWED = {
     "statsd_ao.core": ("statsd_ao.core",),
     "statsd_ao.io": ("statsd_ao.core", "statsd_ao.io", "statsd_ao.pipeline"),
+    "statsd_ao.otlp": ("statsd_ao.core", "statsd_ao.io", "statsd_ao.otlp", "statsd_ao.pipeline"),
     "statsd_ao.etsy": ("statsd_ao.core", "statsd_ao.io", "statsd_ao.etsy"),
 }  # fmt: skip
 

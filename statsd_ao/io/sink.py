@@ -17,7 +17,6 @@ Every measurement handed to `submit` ends up in exactly one of: `posted`, a reas
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import logging
@@ -33,6 +32,7 @@ import orjson
 
 from statsd_ao.core.annotations import Annotation
 from statsd_ao.core.batching import encode
+from statsd_ao.core.dialect import AppOptics, Dialect
 from statsd_ao.core.logs import RateLimitedLog, fields
 from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.outbox import MAX_PENDING, Outbox, Parcel
@@ -139,13 +139,12 @@ ANNOTATION_ATTEMPTS = 4
 ANNOTATION_BACKOFF = 1.0
 
 
-def basic_auth(token: str) -> str:
-    """The Authorization header: the token is the user name, the password is empty."""
-    return "Basic " + base64.b64encode(f"{token}:".encode()).decode("ascii")
-
-
 class HttpSink:
     """Posts batches to ``<api_url>/v1/measurements``; retries, splits, buffers, counts.
+
+    What is particular to the API is its `Dialect` (``dialect``; by default `AppOptics` on
+    ``api_url`` with ``token``): the OTLP sink (`statsd_ao.otlp.sink`) delivers through an
+    `HttpSink` in the OTLP dialect, handing it encoded requests with `submit_body`.
 
     ``max_pending`` bounds the measurements held (queued and in flight); ``max_age`` (seconds
     since `submit`) and ``max_attempts`` bound each batch (see `statsd_ao.core.retry`).
@@ -171,11 +170,13 @@ class HttpSink:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         on_latency: Callable[[float], None] | None = None,
+        dialect: Dialect | None = None,
     ) -> None:
         """``on_latency`` gets the seconds from sending each measurement post to its answer
-        (the app's self-metrics)."""
-        self._url = api_url.rstrip("/") + "/v1/measurements"
-        self._token = token
+        (the app's self-metrics); ``dialect``: the API's particulars (`AppOptics` on
+        ``api_url`` with ``token`` when None)."""
+        self._dialect = dialect if dialect is not None else AppOptics(api_url, token)
+        self._url = self._dialect.url
         self._concurrency = concurrency
         self._timeout = timeout
         self._policy = Policy(backoff, max_attempts, max_age)
@@ -205,6 +206,7 @@ class HttpSink:
             self._policy,
             self._gate,
             spool,
+            self._dialect,
             resend_unconfirmed=resend_unconfirmed,
             denied_cap=denied_backoff.cap,
             random=random,
@@ -263,7 +265,7 @@ class HttpSink:
         if self._spool is not None:
             self._replay(await self._spool.open())
         self._session = aiohttp.ClientSession(
-            headers={"Authorization": basic_auth(self._token), "Content-Type": "application/json"},
+            headers=dict(self._dialect.headers),
             timeout=aiohttp.ClientTimeout(total=self._timeout),
         )
         self._dispatcher = asyncio.create_task(self._dispatch())
@@ -275,13 +277,21 @@ class HttpSink:
         if self._closed:
             self._answers.lose(Loss.SHUTDOWN, len(batch))
             return
+        self.submit_body(encode(batch), len(batch))
+
+    def submit_body(self, body: bytes, count: int) -> None:
+        """Queue one post already encoded in the dialect, of ``count`` data points; never
+        blocks."""
+        if self._closed:
+            self._answers.lose(Loss.SHUTDOWN, count)
+            return
         now = self._clock()
-        body, expires = encode(batch), now + self._policy.max_age
+        expires = now + self._policy.max_age
         ticket = None
         if self._spool is not None:
-            ticket = self._spool.add(body, len(batch), self._wall() + self._policy.max_age)
+            ticket = self._spool.add(body, count, self._wall() + self._policy.max_age)
         self._answers.queue(
-            Parcel(body, len(batch), expires, next(self._seq), not_before=now, ticket=ticket)
+            Parcel(body, count, expires, next(self._seq), not_before=now, ticket=ticket)
         )
         self._changed()
 
@@ -436,7 +446,9 @@ class HttpSink:
         """Post one body; every network failure becomes an `Answer`, never an exception."""
         assert self._session is not None
         try:
-            async with self._session.post(url or self._url, data=body) as response:
+            extra = None if url is not None else self._dialect.body_headers(body)
+            post = self._session.post(url or self._url, data=body, headers=extra)
+            async with post as response:
                 headers = {name.lower(): value for name, value in response.headers.items()}
                 try:
                     raw = await response.read()
