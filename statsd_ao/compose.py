@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from statsd_ao import __version__
 from statsd_ao.app import App, RunState
@@ -34,7 +37,7 @@ from statsd_ao.core.merge import Merger
 from statsd_ao.core.selfmetrics import SelfMetrics, Timings
 from statsd_ao.etsy.admin import AdminCommands, AdminEndpoint
 from statsd_ao.etsy.admin_state import ProxyAdminState
-from statsd_ao.flusher import Flusher, FlushReport
+from statsd_ao.flusher import CONVERT_CHUNK, Flusher, FlushReport
 from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.io.appoptics import AppOpticsSink
 from statsd_ao.io.health import HealthState, HttpEndpoint, assess, cardinality_status
@@ -42,14 +45,23 @@ from statsd_ao.io.listeners import DatagramListener
 from statsd_ao.io.sink import DryRunSink, HttpSink
 from statsd_ao.io.spool import Spool
 from statsd_ao.io.tcp import TcpListener
+from statsd_ao.otlp import OtlpDryRunSink, OtlpSink
 from statsd_ao.pipeline import PartSource, Sink, Source
 from statsd_ao.remapping import Remapping
-from statsd_ao.selfreport import KernelDropWatch, register_process, standard_metrics
+from statsd_ao.selfreport import (
+    KernelDropWatch,
+    SinkReport,
+    register_process,
+    standard_metrics,
+)
 from statsd_ao.wiring import AggregatorSpec
 from statsd_ao.workers import WorkerPool, WorkerSpec
 
 log = logging.getLogger("statsd_ao")
 
+# Series per flush chunk when an OTLP sink converts them: its conversion is Python, so 250
+# series keep each step within ~20 ms (bench/flush_bench.py --only-sinks --chunk 250).
+OTLP_CHUNK = 250
 # /status looks at this many tracked tag sets at most (~50 ms of work).
 STATUS_SCAN = 100_000
 
@@ -88,8 +100,7 @@ def build(
     tcp = _tcp_listener(config, aggregator)
     sources: list[Source] = [*([pool] if pool else []), *datagrams, *([tcp] if tcp else [])]
     flush_timings, post_timings = Timings(), Timings()
-    appoptics = _appoptics_sink(config, stdout, clock, post_timings.observe)
-    sinks: list[Sink] = [appoptics]
+    sinks = _sinks(config, stdout, clock, post_timings.observe)
     policy = GcPolicy() if gc else None
     idle = IdleKeeper(config.send_idle) if config.send_idle else None
     state = RunState()
@@ -131,6 +142,7 @@ def build(
         pause=policy.pause if policy is not None else contextlib.nullcontext,
         on_flush=flushed,
         clock=clock,
+        chunk=OTLP_CHUNK if config.otlp_on else CONVERT_CHUNK,
     )
     admin_state = ProxyAdminState(
         aggregator,
@@ -140,7 +152,8 @@ def build(
         idle=idle,
     )
     remapping = _remapping(rules_file, aggregator, pool)
-    poster = appoptics.poster if isinstance(appoptics.poster, HttpSink) else None
+    posters = [s.poster for s in sinks if isinstance(s, AppOpticsSink)]
+    poster = next((p for p in posters if isinstance(p, HttpSink)), None)
     metrics: SelfMetrics = standard_metrics(
         config.global_tags,
         listener=udp,
@@ -148,9 +161,7 @@ def build(
         tcp=tcp.stats if tcp is not None else None,
         flusher=flusher,
         aggregator=aggregator,
-        converter=appoptics.converter,
-        sink=poster,
-        spool=poster.spool if poster is not None else None,
+        sinks=[_report(sink) for sink in sinks],
         mapping=remapping,
         naming=aggregator.naming,
         gc=policy,
@@ -188,7 +199,7 @@ def build(
     if config.admin is not None:
         commands = AdminCommands(admin_state, started_at=time.time())
         endpoints.append(AdminEndpoint(config.admin.host, config.admin.port, commands))
-    where = "stdout" if not config.posting else config.api_url
+    where = " and ".join(_destination(config, sink) for sink in sinks)
     return App(
         flusher=flusher,
         sources=sources,
@@ -221,10 +232,39 @@ def _say_what_runs(config: Config) -> None:
     if not config.posting:
         if config.spool_dir:
             log.info("dry run: --spool-dir %s is not used", config.spool_dir)
-        why = "--dry-run" if config.dry_run else "no token (set APPOPTICS_TOKEN or --token)"
+        why = (
+            "--dry-run"
+            if config.dry_run
+            else "no backend: set --swo-region and STATSD_AO_OTLP_TOKEN, --otlp-url, or "
+            "APPOPTICS_TOKEN"
+        )
         log.warning("dry run (%s): each flush's measurements are printed to stdout", why)
-    elif config.api_url.startswith("http://"):
+    else:
+        _warn_plain_http(config)
+
+
+def _destination(config: Config, sink: Sink) -> str:
+    if sink.name == "stdout":
+        return "stdout"
+    return config.api_url if sink.name == "appoptics" else config.otlp_url or "?"
+
+
+def _warn_plain_http(config: Config) -> None:
+    """A secret sent over plain http can be read on the way (loopback excepted for OTLP:
+    a collector beside the proxy)."""
+    if config.appoptics_on and config.api_url.startswith("http://"):
         log.warning("the API URL is plain http: the token is sent unencrypted")
+    url = config.otlp_url or ""
+    secret = config.otlp_token or config.otlp_headers
+    if secret and url.startswith("http://") and not _loopback(urlsplit(url).hostname or ""):
+        log.warning("the OTLP URL is plain http: its token and headers are sent unencrypted")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _worker_pool(
@@ -275,6 +315,42 @@ def _tcp_listener(config: Config, aggregator: Aggregator) -> TcpListener | None:
     )
 
 
+def _sinks(
+    config: Config,
+    stdout: IO[bytes] | None,
+    clock: Callable[[], float],
+    on_latency: Callable[[float], None],
+) -> list[Sink]:
+    """AppOptics, OTLP, or both (dual-write); each prints instead in a dry run, and with no
+    backend configured at all the dry run prints AppOptics measurements."""
+    sinks: list[Sink] = []
+    if config.appoptics_on or not config.otlp_on:
+        sinks.append(_appoptics_sink(config, stdout, clock, on_latency))
+    if config.otlp_on:
+        sinks.append(_otlp_sink(config, stdout))
+    return sinks
+
+
+def _report(sink: Sink) -> SinkReport:
+    """What a sink reports in the self-metrics."""
+    if isinstance(sink, AppOpticsSink) and isinstance(sink.poster, HttpSink):
+        http = sink.poster
+        return SinkReport(sink.name, lambda: sink.lost, http, http.spool, annotations=http)
+    if isinstance(sink, OtlpSink):
+        return SinkReport(sink.name, lambda: sink.lost, sink, sink.http.spool)
+    return SinkReport(sink.name, lambda: sink.lost)
+
+
+def _spool(config: Config, sink: str) -> Spool | None:
+    """The sink's own subdirectory of --spool-dir.  (An earlier version spooled AppOptics
+    posts in the root itself: the AppOptics sink adopts them.)"""
+    if not config.spool_dir:
+        return None
+    root = Path(config.spool_dir)
+    adopt = root if sink == "appoptics" else None
+    return Spool(root / sink, config.spool_max_bytes, adopt_from=adopt)
+
+
 def _appoptics_sink(
     config: Config,
     stdout: IO[bytes] | None,
@@ -286,10 +362,11 @@ def _appoptics_sink(
         style=config.percentile_style,
         always_suffix_percentile=config.always_suffix_percentile,
     )
+    posting = config.appoptics_on and not config.dry_run
     return AppOpticsSink(
         converter,
-        _poster(config, stdout, on_latency),
-        name="appoptics" if config.posting else "stdout",
+        _poster(config, stdout, on_latency) if posting else DryRunSink(stdout),
+        name="appoptics" if posting else "stdout",
         batch_size=config.batch_size,
         annotation_stream=config.annotation_stream,
         host=config.global_tags.get("host", "statsd-ao"),
@@ -299,9 +376,7 @@ def _appoptics_sink(
 
 def _poster(
     config: Config, stdout: IO[bytes] | None, on_latency: Callable[[float], None]
-) -> HttpSink | DryRunSink:
-    if not config.posting:
-        return DryRunSink(stdout)
+) -> HttpSink:
     assert config.token is not None
     return HttpSink(
         config.api_url,
@@ -312,8 +387,31 @@ def _poster(
         max_age=config.max_age,
         max_attempts=config.max_attempts,
         resend_unconfirmed=config.resend_unconfirmed,
-        spool=Spool(config.spool_dir, config.spool_max_bytes) if config.spool_dir else None,
+        spool=_spool(config, "appoptics"),
         on_latency=on_latency,
+    )
+
+
+def _otlp_sink(config: Config, stdout: IO[bytes] | None) -> OtlpSink | OtlpDryRunSink:
+    if config.dry_run:
+        return OtlpDryRunSink(
+            stdout, service_name=config.otlp_service_name, percentiles=config.percentiles
+        )
+    assert config.otlp_url is not None
+    return OtlpSink(
+        config.otlp_url,
+        config.otlp_token or "",
+        headers=config.otlp_headers,
+        gzip=config.otlp_gzip,
+        concurrency=config.concurrency,
+        timeout=config.request_timeout,
+        max_pending=config.max_pending,
+        max_age=config.max_age,
+        max_attempts=config.max_attempts,
+        resend_unconfirmed=config.resend_unconfirmed,
+        spool=_spool(config, "otlp"),
+        service_name=config.otlp_service_name,
+        percentiles=config.percentiles,
     )
 
 

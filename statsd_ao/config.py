@@ -27,6 +27,8 @@ from statsd_ao.io.address import Address, parse_address
 from statsd_ao.io.listeners import UNIX_MODE
 from statsd_ao.io.pacing import DEFAULT_PAUSE
 from statsd_ao.io.spoolfile import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
+from statsd_ao.otlp import swo_url
+from statsd_ao.otlp.sink import DEFAULT_SERVICE_NAME
 from statsd_ao.settings import SECONDS, SETTINGS, Setting
 
 DEFAULT_API_URL = "https://api.appoptics.com"
@@ -59,6 +61,12 @@ class ConfigError(ValueError):
 class Config:
     api_url: str = DEFAULT_API_URL
     token: str | None = field(default=None, repr=False)
+    otlp_url: str | None = None
+    swo_region: str | None = None
+    otlp_token: str | None = field(default=None, repr=False)
+    otlp_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    otlp_service_name: str = DEFAULT_SERVICE_NAME
+    otlp_gzip: bool = True
     udp: Address | None = field(default_factory=lambda: parse_address(DEFAULT_UDP))
     tcp: Address | None = None
     unix: str | None = None
@@ -107,9 +115,19 @@ class Config:
     cardinality_total_limit: int = DEFAULT_TOTAL_LIMIT
 
     @property
+    def appoptics_on(self) -> bool:
+        """The AppOptics sink is configured (a token)."""
+        return self.token is not None
+
+    @property
+    def otlp_on(self) -> bool:
+        """The OTLP sink is configured (--otlp-url or --swo-region)."""
+        return self.otlp_url is not None
+
+    @property
     def posting(self) -> bool:
-        """True when measurements go to the API (a token, and no --dry-run)."""
-        return self.token is not None and not self.dry_run
+        """True when data goes to a backend (a sink configured, and no --dry-run)."""
+        return (self.appoptics_on or self.otlp_on) and not self.dry_run
 
     @property
     def posts_self_metrics(self) -> bool:
@@ -174,6 +192,7 @@ def build(
             values[setting.name] = _convert(setting, raw)
         except ValueError as error:
             raise ConfigError(f"{source}: {_safe(setting, error)}") from None
+    values.update(_otlp_url(values))
     config = Config(**values)
     if len(config.global_tags) > MAX_TAGS:
         raise ConfigError(f"--tag: at most {MAX_TAGS} global tags (host included)")
@@ -201,6 +220,16 @@ def unknown_environment(environ: Mapping[str, str]) -> list[str]:
             hint = f"; did you mean {near[0]}?" if near else ""
             warnings.append(f"environment variable {name} is not a statsd-ao setting{hint}")
     return warnings
+
+
+def _otlp_url(values: Mapping[str, Any]) -> dict[str, str]:
+    """--swo-region names the URL, so it cannot be given beside --otlp-url."""
+    region = values.get("swo_region")
+    if region is None:
+        return {}
+    if values.get("otlp_url") is not None:
+        raise ConfigError("--swo-region, --otlp-url: give one (the region sets the URL)")
+    return {"otlp_url": swo_url(region)}
 
 
 def _pick(

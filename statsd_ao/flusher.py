@@ -82,9 +82,12 @@ class Flusher:
         pause: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         on_flush: Callable[[FlushReport], None] | None = None,
         clock: Callable[[], float] = time.time,
+        chunk: int = CONVERT_CHUNK,
     ) -> None:
+        """``chunk``: series handed to the sinks between two yields to the loop."""
         self._aggregator = aggregator
         self._sinks = tuple(sinks)
+        self._chunk = chunk
         self._interval = interval
         self._take = take
         self._idle = idle
@@ -147,7 +150,7 @@ class Flusher:
         series = made = 0
         for group_stamp, table in [(stamp, snapshot.series), *sorted(snapshot.past.items())]:
             while table:
-                chunk = [table.popitem() for _ in range(min(CONVERT_CHUNK, len(table)))]
+                chunk = [table.popitem() for _ in range(min(self._chunk, len(table)))]
                 series += len(chunk)
                 if self._idle is not None and group_stamp == stamp:
                     self._idle.remember(chunk)

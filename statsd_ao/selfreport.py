@@ -173,18 +173,13 @@ class GcCounts(Protocol):
     def full_collections(self) -> int: ...
 
 
-class DropCounts(Protocol):
-    @property
-    def dropped(self) -> Mapping[str, int]: ...
+class DeliveryCounts(Protocol):
+    """An HTTP sink's delivery counters (data points: measurements, OTLP points)."""
 
-
-class SinkCounts(Protocol):
     @property
     def posted(self) -> int: ...
     @property
     def outcomes(self) -> Mapping[str, int]: ...
-    @property
-    def lost(self) -> Mapping[str, int]: ...
     @property
     def retries(self) -> int: ...
     @property
@@ -192,11 +187,27 @@ class SinkCounts(Protocol):
     @property
     def unconfirmed(self) -> int: ...
     @property
+    def pending(self) -> int: ...
+
+
+class AnnotationCounts(Protocol):
+    @property
     def annotations_posted(self) -> int: ...
     @property
     def annotations_lost(self) -> int: ...
-    @property
-    def pending(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkReport:
+    """What one sink reports, each labelled ``sink=<name>``: ``lost`` reads every loss by
+    reason (conversion included); ``delivery``, ``spool`` and ``annotations`` where it has
+    them (a dry run has none)."""
+
+    name: str
+    lost: Callable[[], Mapping[str, int]]
+    delivery: DeliveryCounts | None = None
+    spool: SpoolCounts | None = None
+    annotations: AnnotationCounts | None = None
 
 
 class SpoolCounts(Protocol):
@@ -229,9 +240,7 @@ def standard_metrics(
     tcp: TcpCounts | None = None,
     flusher: FlusherCounts | None = None,
     aggregator: AggregatorCounts | None = None,
-    converter: DropCounts | None = None,
-    sink: SinkCounts | None = None,
-    spool: SpoolCounts | None = None,
+    sinks: Sequence[SinkReport] = (),
     mapping: MappingCounts | None = None,
     naming: NamingCounts | None = None,
     gc: GcCounts | None = None,
@@ -242,8 +251,8 @@ def standard_metrics(
 ) -> SelfMetrics:
     """The documented ``statsd_ao.*`` set, for the sources given (None: not registered).
 
-    ``measurements.lost`` adds the sink's losses to the converter's dropped values, so
-    every measurement that never reached the API is counted there once, by reason.
+    Each sink's figures carry its name as the ``sink`` label; its ``measurements.lost``
+    counts every data point it will never deliver once, by reason (conversion included).
     """
     metrics = SelfMetrics(tags)
     if listener is not None:
@@ -272,20 +281,8 @@ def standard_metrics(
         _register_tcp(metrics, tcp)
     if aggregator is not None:
         _register_guard(metrics, aggregator)
-    if sink is not None:
+    for sink in sinks:
         _register_sink(metrics, sink)
-    if spool is not None:
-        _register_spool(metrics, spool)
-    if mapping is not None:
-        _register_mapping(metrics, mapping, flusher)
-    if sink is not None or converter is not None:
-        metrics.register_counter(
-            "measurements.lost",
-            "measurements that will never reach the API, by reason",
-            lambda: _merge(sink.lost if sink else {}, converter.dropped if converter else {}),
-            label="reason",
-            known=[*(loss.value for loss in Loss), DROPPED_VALUE],
-        )
     if flush_duration is not None:
         metrics.register_histogram(
             "flush.duration_seconds", "time to swap, convert and queue one flush", flush_duration
@@ -451,51 +448,93 @@ def _register_guard(metrics: SelfMetrics, aggregator: AggregatorCounts) -> None:
     )
 
 
-def _register_sink(metrics: SelfMetrics, sink: SinkCounts) -> None:
+def _register_sink(metrics: SelfMetrics, sink: SinkReport) -> None:
+    label = {"sink": sink.name}
     metrics.register_counter(
-        "measurements.posted", "measurements the API confirmed it stored", lambda: sink.posted
+        "measurements.lost",
+        "data points that will never reach the backend, by reason",
+        sink.lost,
+        label="reason",
+        known=[*(loss.value for loss in Loss), DROPPED_VALUE],
+        constant=label,
+    )
+    if sink.delivery is not None:
+        _register_delivery(metrics, sink.delivery, label)
+    if sink.annotations is not None:
+        notes = sink.annotations
+        metrics.register_counter(
+            "annotations.posted",
+            "annotations the API accepted",
+            lambda: notes.annotations_posted,
+            constant=label,
+        )
+        metrics.register_counter(
+            "annotations.lost",
+            "annotations given up (refused, or failed 4 times)",
+            lambda: notes.annotations_lost,
+            constant=label,
+        )
+    if sink.spool is not None:
+        _register_spool(metrics, sink.spool, label)
+
+
+def _register_delivery(
+    metrics: SelfMetrics, sink: DeliveryCounts, label: Mapping[str, str]
+) -> None:
+    metrics.register_counter(
+        "measurements.posted",
+        "data points the backend confirmed it stored",
+        lambda: sink.posted,
+        constant=label,
     )
     metrics.register_counter(
         "posts",
         "posts by outcome: HTTP status, or the error that ended the attempt",
         lambda: sink.outcomes,
         label="outcome",
+        constant=label,
     )
     metrics.register_counter(
-        "posts.retried", "posts queued again after a failure", lambda: sink.retries
+        "posts.retried",
+        "posts queued again after a failure",
+        lambda: sink.retries,
+        constant=label,
     )
     metrics.register_counter(
         "posts.split",
-        "posts split in two after a 400 that named no measurement, to isolate a bad one",
+        "posts split in two after a 400 that named no data point, to isolate a bad one",
         lambda: sink.splits,
+        constant=label,
     )
     metrics.register_counter(
         "measurements.unconfirmed",
-        "measurements re-sent after a post that got no answer (possibly stored twice)",
+        "data points re-sent after a post that got no answer (possibly stored twice)",
         lambda: sink.unconfirmed,
-    )
-    metrics.register_counter(
-        "annotations.posted", "annotations the API accepted", lambda: sink.annotations_posted
-    )
-    metrics.register_counter(
-        "annotations.lost",
-        "annotations given up (refused, or failed 4 times)",
-        lambda: sink.annotations_lost,
+        constant=label,
     )
     metrics.register_gauge(
-        "measurements.pending", "measurements queued or in flight", lambda: sink.pending
+        "measurements.pending",
+        "data points queued or in flight",
+        lambda: sink.pending,
+        constant=label,
     )
 
 
-def _register_spool(metrics: SelfMetrics, spool: SpoolCounts) -> None:
-    metrics.register_gauge("spool.bytes", "bytes of posts kept in --spool-dir", lambda: spool.bytes)
+def _register_spool(metrics: SelfMetrics, spool: SpoolCounts, label: Mapping[str, str]) -> None:
     metrics.register_gauge(
-        "spool.segments", "segment files kept in --spool-dir", lambda: spool.segments
+        "spool.bytes", "bytes of posts kept in --spool-dir", lambda: spool.bytes, constant=label
+    )
+    metrics.register_gauge(
+        "spool.segments",
+        "segment files kept in --spool-dir",
+        lambda: spool.segments,
+        constant=label,
     )
     metrics.register_counter(
         "spool.write_errors",
         "spool writes that failed (disk full, I/O error): those posts were in memory only",
         lambda: spool.write_errors,
+        constant=label,
     )
     metrics.register_counter(
         "spool.damaged",
@@ -503,11 +542,13 @@ def _register_spool(metrics: SelfMetrics, spool: SpoolCounts) -> None:
         lambda: spool.damaged,
         label="kind",
         known=("corrupt", "torn_write"),
+        constant=label,
     )
     metrics.register_counter(
         "spool.replayed",
         "measurements a previous run left in --spool-dir, queued for delivery at start",
         lambda: spool.replayed,
+        constant=label,
     )
 
 
@@ -542,11 +583,3 @@ def _kernel(port: int | None, read: Callable[[int], int | None]) -> int | None:
 
 def _field(stats: UdpSocketStats | None) -> int | None:
     return None if stats is None else stats.receive_queue
-
-
-def _merge(*counts: Mapping[str, int]) -> dict[str, float]:
-    merged: dict[str, float] = {}
-    for mapping in counts:
-        for key, value in mapping.items():
-            merged[str(key)] = merged.get(str(key), 0.0) + value
-    return merged

@@ -20,6 +20,7 @@ from statsd_ao.io.address import Address, parse_address
 from statsd_ao.io.pacing import MAX_PAUSE as MAX_READ_PAUSE
 from statsd_ao.io.pacing import TICK as READ_PAUSE_TICK
 from statsd_ao.io.spoolfile import MIN_MAX_BYTES
+from statsd_ao.otlp.dialect import SWO_REGIONS
 
 
 def parse_listen(text: str) -> Address | None:
@@ -41,6 +42,41 @@ def parse_api_url(text: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"expected https://HOST (or http:// for a test server), got {text!r}")
     return text.strip().rstrip("/")
+
+
+def parse_otlp_url(text: str) -> str | None:
+    """The full OTLP/HTTP metrics URL (``https://host[:port]/v1/metrics``); off / empty: none."""
+    stripped = text.strip()
+    if stripped.lower() in ("", "off", "none"):
+        return None
+    parsed = urlsplit(stripped)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"expected https://HOST[:PORT]/v1/metrics, got {text!r}")
+    return stripped
+
+
+def parse_swo_region(text: str) -> str | None:
+    stripped = text.strip().lower()
+    if stripped in ("", "off", "none"):
+        return None
+    if stripped not in SWO_REGIONS:
+        raise ValueError(f"expected one of {', '.join(SWO_REGIONS)}, got {text!r}")
+    return stripped
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """``NAME=VALUE`` items, one per line (flags repeat; the environment separates by \\n).
+    Names are HTTP tokens; values must not break a header line."""
+    headers: dict[str, str] = {}
+    for item in filter(None, (line.strip() for line in text.split("\n"))):
+        name, equals, value = item.partition("=")
+        name = name.strip()
+        if not equals or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ValueError("expected NAME=VALUE with an HTTP header name (value not shown)")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"header {name}: the value holds a line break")
+        headers[name] = value.strip()
+    return headers
 
 
 def parse_token(text: str) -> str | None:
@@ -182,6 +218,13 @@ def _log_format(text: str) -> str:
     return value
 
 
+def _nonempty(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -229,6 +272,52 @@ SECONDS = frozenset(
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("api_url", "--api-url", "STATSD_AO_API_URL", parse_api_url, "AppOptics API base URL"),
+    Setting(
+        "otlp_url",
+        "--otlp-url",
+        "STATSD_AO_OTLP_URL",
+        parse_otlp_url,
+        "OTLP/HTTP metrics URL: deliver to SolarWinds Observability or any OTLP backend",
+    ),
+    Setting(
+        "swo_region",
+        "--swo-region",
+        "STATSD_AO_SWO_REGION",
+        parse_swo_region,
+        "SolarWinds Observability data centre: sets --otlp-url to its OTLP endpoint",
+    ),
+    Setting(
+        "otlp_token",
+        "--otlp-token",
+        "STATSD_AO_OTLP_TOKEN",
+        parse_token,
+        "sent as Authorization: Bearer (SWO: an ingestion API token)",
+        secret=True,
+    ),
+    Setting(
+        "otlp_headers",
+        "--otlp-header",
+        "STATSD_AO_OTLP_HEADERS",
+        parse_headers,
+        "an HTTP header for every OTLP request (repeatable; values are not shown)",
+        repeat=True,
+        joiner="\n",
+        secret=True,
+    ),
+    Setting(
+        "otlp_service_name",
+        "--otlp-service-name",
+        "STATSD_AO_OTLP_SERVICE_NAME",
+        _nonempty,
+        "the service.name resource attribute of every OTLP point",
+    ),
+    Setting(
+        "otlp_gzip",
+        "--otlp-gzip",
+        "STATSD_AO_OTLP_GZIP",
+        _boolean,
+        "gzip each OTLP request",
+    ),
     Setting(
         "token",
         "--token",
@@ -506,6 +595,12 @@ HELP_LAYOUT: dict[str, tuple[str, str]] = {
     "cardinality_limit": ("aggregation", "TAG_SETS"),
     "cardinality_total_limit": ("aggregation", "TAG_SETS"),
     "api_url": ("delivery", "URL"),
+    "otlp_url": ("delivery", "URL"),
+    "swo_region": ("delivery", "|".join(SWO_REGIONS)),
+    "otlp_token": ("delivery", "TOKEN"),
+    "otlp_headers": ("delivery", "NAME=VALUE"),
+    "otlp_service_name": ("delivery", "NAME"),
+    "otlp_gzip": ("delivery", BOOLEAN),
     "token": ("delivery", "TOKEN"),
     "dry_run": ("delivery", ""),
     "batch_size": ("delivery", "MEASUREMENTS"),

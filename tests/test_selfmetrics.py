@@ -22,6 +22,7 @@ from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher
 from statsd_ao.io.sink import HttpSink
 from statsd_ao.selfreport import (
+    SinkReport,
     UdpSocketStats,
     register_process,
     standard_metrics,
@@ -442,24 +443,23 @@ class FakeFlusher:
     flushes: int = 0
 
 
-@dataclass
-class FakeConverter:
-    dropped: dict[str, int] = field(default_factory=dict)
-
-
 def test_standard_metrics_are_accepted_by_a_strict_api(tmp_path: Path) -> None:
     tables = write_tables(tmp_path, row("00000000:1FBD", "00000040", 11))
-    sink = FakeSink(
-        posted=900, outcomes={"202": 3, "503": 1}, lost={"queue full": 5}, retries=1, pending=50
-    )
+    sink = FakeSink(posted=900, outcomes={"202": 3, "503": 1}, retries=1, pending=50)
     metrics = standard_metrics(
         {"host": "node-1", "pod": "app-7f9c"},
         listener=FakeListener(datagrams=10, bytes=2000, pauses=7),
         udp_port=lambda: 8125,
         flusher=FakeFlusher(lines=30, rejected={"bad value": 2}, flushes=3),
         aggregator=FakeAggregator({"api.latency": 40, "x": 2}, FakeGuard(500, {"api.latency": 4})),
-        converter=FakeConverter({"value out of range": 1, "queue full": 1}),
-        sink=sink,
+        sinks=[
+            SinkReport(
+                "appoptics",
+                lambda: {"queue full": 6, "value out of range": 1},
+                delivery=sink,
+                annotations=sink,
+            )
+        ],
         series_active=lambda: 123,
         flush_duration=lambda: Distribution(3, 0.3, {0.5: 0.1}),
         post_latency=lambda: Distribution(4, 2.0, {0.99: 1.5}),
@@ -478,6 +478,7 @@ def test_standard_metrics_are_accepted_by_a_strict_api(tmp_path: Path) -> None:
     assert values["statsd_ao.measurements.lost", "value out of range"].get("value") == 1
     assert values["statsd_ao.posts", "503"].get("value") == 1
     assert values["statsd_ao.flush.duration_seconds", None].get("count") == 3
+    assert values["statsd_ao.posts", "503"]["tags"]["sink"] == "appoptics"
     text = metrics.prometheus()
     for info in metrics.catalogue():
         assert f"# TYPE {info.prometheus} {info.kind}\n" in text
@@ -494,8 +495,7 @@ def test_standard_metrics_read_the_real_components() -> None:
         {"host": "h"},
         flusher=flusher,
         aggregator=aggregator,
-        converter=converter,
-        sink=sink,
+        sinks=[SinkReport("appoptics", lambda: sink.lost, sink, annotations=sink)],
     )
     aggregator.ingest(b"a:1|c|#k:1\na:1|c|#k:2\na:1|c|#k:3\nbad")
     asyncio.run(flusher.flush(1000))

@@ -92,10 +92,10 @@ def test_kill_9_during_an_outage_then_restart_loses_and_duplicates_nothing(
             async with spool_proxy(api, spool, "--flush-interval", "1") as proxy:
                 proxy.send(counters("before", 50))  # delivered and acknowledged
                 await api.wait_for(lambda a: sent("before", 50) <= {m["name"] for m in a.accepted})
-                await until(lambda: not spooled(spool))
+                await until(lambda: not spooled(spool / "appoptics"))
                 api.down = True
                 proxy.send(counters("during", 300))
-                await until(lambda: set(spooled(spool)) >= sent("during", 300))
+                await until(lambda: set(spooled(spool / "appoptics")) >= sent("during", 300))
                 await proxy.kill()  # SIGKILL: no final flush, no drain, no close
             restarted_at = time.time()
             api.down = False
@@ -108,7 +108,7 @@ def test_kill_9_during_an_outage_then_restart_loses_and_duplicates_nothing(
             replayed = [m for m in api.accepted if m["name"].startswith("during")]
             assert all(m["time"] is not None and m["time"] < restarted_at for m in replayed)
             assert not api.rejected
-        assert not list(spool.glob("*.seg"))
+        assert not list((spool / "appoptics").glob("*.seg"))
 
     run(scenario)
 
@@ -129,7 +129,7 @@ def test_sigterm_during_an_outage_exits_in_time_and_the_next_run_delivers(
             assert took < SHUTDOWN + 1.0, f"exit took {took:.1f}s"
             assert "2500 measurements kept in" in proxy.log
             assert "could not be delivered" not in proxy.log
-            assert set(spooled(spool)) == sent("kept", 2500)
+            assert set(spooled(spool / "appoptics")) == sent("kept", 2500)
             api.down = False
             async with spool_proxy(api, spool, "--flush-interval", DAY) as again:
                 await api.wait_for(lambda a: len(a.accepted) >= 2500)
@@ -173,8 +173,10 @@ def _value(api: FakeAppOptics, name: str) -> float:
 def test_damaged_files_are_skipped_and_counted_and_the_good_posts_delivered(
     tmp_path: Path,
 ) -> None:
-    spool = tmp_path / "spool"
-    spool.mkdir(mode=0o700)
+    root = tmp_path / "spool"
+    spool = root / "appoptics"  # the AppOptics sink's own subdirectory
+    spool.mkdir(mode=0o700, parents=True)
+    os.chmod(root, 0o700)
     stamp = int(time.time()) // 10 * 10
     good = [
         {"name": f"old.s{i}", "tags": {"host": "h"}, "time": stamp, "period": 10, "value": i + 1}
@@ -193,7 +195,7 @@ def test_damaged_files_are_skipped_and_counted_and_the_good_posts_delivered(
 
     async def scenario() -> None:
         async with FakeAppOptics(token=TOKEN) as api:
-            async with spool_proxy(api, spool, "--flush-interval", DAY) as proxy:
+            async with spool_proxy(api, root, "--flush-interval", DAY) as proxy:
                 await api.wait_for(lambda a: len(a.accepted) >= 3)
                 assert await proxy.stop() == 0, proxy.log
             assert "skipped 2 damaged records or files" in proxy.log
@@ -272,6 +274,31 @@ def test_sigterm_during_an_outage_returns_once_everything_is_in_the_spool(
                 took = time.monotonic() - signalled
             assert took < 15.0, f"exit took {took:.1f}s of a 60 s timeout\n{p.log}"
             assert "500 measurements kept in" in p.log
-            assert set(spooled(spool)) == sent("safe", 500)
+            assert set(spooled(spool / "appoptics")) == sent("safe", 500)
+
+    run(scenario)
+
+
+def test_posts_an_earlier_version_left_in_the_spool_root_are_delivered(tmp_path: Path) -> None:
+    """Before each sink had a subdirectory, AppOptics posts were kept in --spool-dir itself:
+    the AppOptics sink adopts them, and delivers them once."""
+    root = tmp_path / "spool"
+    root.mkdir(mode=0o700)
+    stamp = int(time.time()) // 10 * 10
+    kept = [
+        {"name": f"legacy.s{i}", "tags": {"host": "h"}, "time": stamp, "period": 10, "value": i + 1}
+        for i in range(5)
+    ]
+    body = orjson.dumps({"measurements": kept})
+    spoolfile.write_segment(root, 1, [Record(body, 5, time.time() + 3600)])
+
+    async def scenario() -> None:
+        async with FakeAppOptics(token=TOKEN) as api:
+            async with spool_proxy(api, root, "--flush-interval", DAY) as proxy:
+                await api.wait_for(lambda a: len(a.accepted) >= 5)
+                assert await proxy.stop() == 0, proxy.log
+            assert "moved 1 segments an earlier version left" in proxy.log
+            assert exactly_once(api.accepted).keys() == {f"legacy.s{i}" for i in range(5)}
+        assert not list(root.glob("*.seg")) and not list((root / "appoptics").glob("*.seg"))
 
     run(scenario)

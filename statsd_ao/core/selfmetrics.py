@@ -58,6 +58,8 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 _LABEL = re.compile(r"[a-z_][a-z0-9_]*")
 
 Reading = float | Mapping[str, float] | None
+# A counter's baseline: its name, constant labels and label value (or "count" / "sum").
+_Key = tuple[str, tuple[tuple[str, str], ...], str | None]
 
 
 class Kind(StrEnum):
@@ -124,6 +126,9 @@ class MetricInfo:
     kind: Kind
     help: str
     label: str | None  # the tag / label key of a reader that returns a mapping
+    # Labels (tags) of every point, e.g. (("sink", "otlp"),): one name can then be registered
+    # once per part (each sink's posts), as one Prometheus family.
+    constant: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +167,7 @@ class SelfMetrics:
             raise ValueError("at least one valid tag is required (e.g. host=...)")
         self._prefix = prefix
         self._metrics: list[_Registered] = []
-        self._baseline: dict[tuple[str, str | None], float] = {}
+        self._baseline: dict[_Key, float] = {}
 
     def register_counter(
         self,
@@ -172,29 +177,44 @@ class SelfMetrics:
         *,
         label: str | None = None,
         known: Sequence[str] = (),
+        constant: Mapping[str, str] | None = None,
     ) -> None:
         """A cumulative count (never decreasing, except when its source starts over).
-        ``known``: label values shown (at 0) from the start, before their first event."""
-        self._register(name, Kind.COUNTER, help, _with_known(read, known), label)
+        ``known``: label values shown (at 0) from the start, before their first event;
+        ``constant``: labels of every point (`MetricInfo.constant`)."""
+        self._register(
+            name, Kind.COUNTER, help, _with_known(read, known), label=label, constant=constant
+        )
 
     def register_gauge(
-        self, name: str, help: str, read: Callable[[], Reading], *, label: str | None = None
+        self,
+        name: str,
+        help: str,
+        read: Callable[[], Reading],
+        *,
+        label: str | None = None,
+        constant: Mapping[str, str] | None = None,
     ) -> None:
         """A level that goes up and down."""
-        self._register(name, Kind.GAUGE, help, read, label)
+        self._register(name, Kind.GAUGE, help, read, label=label, constant=constant)
 
     def register_summary(
         self, name: str, help: str, read: Callable[[], Distribution | None]
     ) -> None:
         """Durations in seconds (name them ``..._seconds``), e.g. `Timings.distribution`."""
-        self._register(name, Kind.SUMMARY, help, read, None)
+        self._register(name, Kind.SUMMARY, help, read)
 
     def register_histogram(
-        self, name: str, help: str, read: Callable[[], Distribution | None]
+        self,
+        name: str,
+        help: str,
+        read: Callable[[], Distribution | None],
+        *,
+        constant: Mapping[str, str] | None = None,
     ) -> None:
         """Durations in seconds with bucket counts: a Prometheus histogram; to AppOptics,
         count and sum per interval and recent quantiles, as a summary."""
-        self._register(name, Kind.HISTOGRAM, help, read, None)
+        self._register(name, Kind.HISTOGRAM, help, read, constant=constant)
 
     def catalogue(self) -> tuple[MetricInfo, ...]:
         """Every registered metric, in registration order (for documentation and tests)."""
@@ -227,7 +247,7 @@ class SelfMetrics:
             for label_value, number in family.points:
                 change = number
                 if info.kind is Kind.COUNTER:
-                    change = self._delta((info.name, label_value), number)
+                    change = self._delta((info.name, info.constant, label_value), number)
                 key = None if label_value is None else _tag_value(info.label, label_value)
                 values[key] = values.get(key, 0.0) + change
             for key, value in sorted(values.items(), key=lambda item: item[0] or ""):
@@ -238,9 +258,9 @@ class SelfMetrics:
     def _summary(
         self, out: list[Measurement], info: MetricInfo, dist: Distribution, time: int, period: int
     ) -> None:
-        count = round(self._delta((info.name, "count"), dist.count))
-        total = self._delta((info.name, "sum"), dist.sum)
-        tags = self._tags_for(None, None)
+        count = round(self._delta((info.name, info.constant, "count"), dist.count))
+        total = self._delta((info.name, info.constant, "sum"), dist.sum)
+        tags = self._tags_for(info, None, None)
         if count > 0 and postable(total):
             out.append(
                 Measurement(
@@ -252,7 +272,9 @@ class SelfMetrics:
                 name = info.name + percentile_suffix(q * 100)
                 out.append(Measurement(name=name, tags=tags, time=time, period=period, value=value))
 
-    def _delta(self, key: tuple[str, str | None], number: float) -> float:
+    def _delta(
+        self, key: tuple[str, tuple[tuple[str, str], ...], str | None], number: float
+    ) -> float:
         previous = self._baseline.get(key, 0.0)
         self._baseline[key] = number
         return number - previous if number >= previous else number
@@ -262,7 +284,7 @@ class SelfMetrics:
     ) -> Measurement:
         m = Measurement(
             name=info.name,
-            tags=self._tags_for(info.label, label_value),
+            tags=self._tags_for(info, info.label, label_value),
             time=time,
             period=period,
             value=value,
@@ -271,20 +293,35 @@ class SelfMetrics:
             m["attributes"] = COUNTER_ATTRIBUTES
         return m
 
-    def _tags_for(self, label: str | None, value: str | None) -> dict[str, str]:
-        """The global tags plus ``label=value`` (already sanitized), at most MAX_TAGS."""
-        if label is None or value is None:
+    def _tags_for(self, info: MetricInfo, label: str | None, value: str | None) -> dict[str, str]:
+        """The global tags plus the constant labels and ``label=value`` (already sanitized),
+        at most MAX_TAGS."""
+        own = [
+            *info.constant,
+            *([(label, value)] if label is not None and value is not None else []),
+        ]
+        if not own:
             return dict(self._tags)
-        others = [(k, v) for k, v in self._tags.items() if k != label][: MAX_TAGS - 1]
-        return dict([*others, (label, value)])
+        keys = {k for k, _ in own}
+        others = [(k, v) for k, v in self._tags.items() if k not in keys]
+        return dict([*others[: MAX_TAGS - len(own)], *own])
 
     def _register(
-        self, name: str, kind: Kind, help: str, read: Callable[[], object], label: str | None
+        self,
+        name: str,
+        kind: Kind,
+        help: str,
+        read: Callable[[], object],
+        *,
+        label: str | None = None,
+        constant: Mapping[str, str] | None = None,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"metric name {name!r} must match {_NAME.pattern}")
-        if label is not None and not _LABEL.fullmatch(label):
-            raise ValueError(f"label {label!r} must match {_LABEL.pattern}")
+        fixed = tuple(sorted((constant or {}).items()))
+        for key in [*([label] if label is not None else []), *(k for k, _ in fixed)]:
+            if not _LABEL.fullmatch(key) or (key == label and key in dict(fixed)):
+                raise ValueError(f"label {key!r} must match {_LABEL.pattern}, once")
         flat = f"{self._prefix}_{name.replace('.', '_')}"
         info = MetricInfo(
             name=f"{self._prefix}.{name}",
@@ -292,10 +329,14 @@ class SelfMetrics:
             kind=kind,
             help=help,
             label=label,
+            constant=fixed,
         )
         for other in self._metrics:
-            if info.name == other.info.name or info.prometheus == other.info.prometheus:
+            same = info.name == other.info.name or info.prometheus == other.info.prometheus
+            if same and (info.constant == other.info.constant or not fixed):
                 raise ValueError(f"metric {name!r} is already registered")
+            if same and (other.info.kind, other.info.label) != (kind, label):
+                raise ValueError(f"metric {name!r} is registered with another type or label")
         self._metrics.append(_Registered(info, read))
 
 
@@ -329,27 +370,47 @@ def _family(metric: _Registered) -> Family | None:
 
 
 def render_prometheus(snapshot: Snapshot) -> str:
-    """A snapshot in the Prometheus text format 0.0.4 (HELP and TYPE for each family)."""
-    lines: list[str] = []
+    """A snapshot in the Prometheus text format 0.0.4 (HELP and TYPE once per family; the
+    metrics registered once per part under one name are one family)."""
+    families: dict[str, list[Family]] = {}
     for family in snapshot.families:
-        info = family.info
-        lines.append(f"# HELP {info.prometheus} {_escape_help(info.help)}")
-        lines.append(f"# TYPE {info.prometheus} {info.kind}")
-        for label_value, number in family.points:
-            labels = "" if label_value is None else f'{{{info.label}="{_escape(label_value)}"}}'
-            lines.append(f"{info.prometheus}{labels} {_number(number)}")
-        dist = family.distribution
-        if dist is not None and info.kind is Kind.HISTOGRAM:
-            for bound, count in dist.buckets:
-                lines.append(f'{info.prometheus}_bucket{{le="{_number(bound)}"}} {count}')
-            lines.append(f'{info.prometheus}_bucket{{le="+Inf"}} {dist.count}')
-        elif dist is not None:
-            for q, value in sorted(dist.quantiles.items()):
-                lines.append(f'{info.prometheus}{{quantile="{_number(q)}"}} {_number(value)}')
-        if dist is not None:
-            lines.append(f"{info.prometheus}_sum {_number(dist.sum)}")
-            lines.append(f"{info.prometheus}_count {_number(dist.count)}")
+        families.setdefault(family.info.prometheus, []).append(family)
+    lines: list[str] = []
+    for name, group in families.items():
+        lines.append(f"# HELP {name} {_escape_help(group[0].info.help)}")
+        lines.append(f"# TYPE {name} {group[0].info.kind}")
+        for family in group:
+            lines.extend(_samples(family))
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def _samples(family: Family) -> list[str]:
+    info = family.info
+    name = info.prometheus
+    lines = [
+        f"{name}{_labels(info, info.label, value)} {_number(number)}"
+        for value, number in family.points
+    ]
+    dist = family.distribution
+    if dist is None:
+        return lines
+    if info.kind is Kind.HISTOGRAM:
+        for bound, count in dist.buckets:
+            lines.append(f"{name}_bucket{_labels(info, 'le', _number(bound))} {count}")
+        lines.append(f"{name}_bucket{_labels(info, 'le', '+Inf')} {dist.count}")
+    else:
+        for q, value in sorted(dist.quantiles.items()):
+            lines.append(f"{name}{_labels(info, 'quantile', _number(q))} {_number(value)}")
+    lines.append(f"{name}_sum{_labels(info, None, None)} {_number(dist.sum)}")
+    lines.append(f"{name}_count{_labels(info, None, None)} {_number(dist.count)}")
+    return lines
+
+
+def _labels(info: MetricInfo, key: str | None, value: str | None) -> str:
+    pairs = [*info.constant, *([(key, value)] if key is not None and value is not None else [])]
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
 
 
 def _tag_value(label: str | None, raw: str) -> str:

@@ -56,10 +56,19 @@ class _Segment:
 class Spool:
     """One spool directory, used by one proxy at a time (a lock file says which)."""
 
-    def __init__(self, directory: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        *,
+        adopt_from: str | Path | None = None,
+    ) -> None:
+        """``adopt_from``: a directory where an earlier version kept this spool's posts
+        (the spool root, before each sink had a subdirectory): `open` moves them here."""
         if max_bytes < MIN_MAX_BYTES:
             raise ValueError(f"the spool needs at least {MIN_MAX_BYTES} bytes")
         self.directory = Path(directory)
+        self._adopt_from = Path(adopt_from) if adopt_from is not None else None
         self.max_bytes = max_bytes
         self.on_drop: Callable[[int], int] | None = None  # segment -> measurements dropped
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
@@ -96,6 +105,18 @@ class Spool:
         `SpoolError` when the directory cannot be used."""
         loop = asyncio.get_running_loop()
         self._lock_fd = await loop.run_in_executor(self._executor, spoolfile.lock, self.directory)
+        if self._adopt_from is not None:
+            source = self._adopt_from
+            moved = await loop.run_in_executor(
+                self._executor, spoolfile.adopt, source, self.directory
+            )
+            if moved:
+                log.info(
+                    "spool: moved %d segments an earlier version left in %s to %s",
+                    moved,
+                    source,
+                    self.directory,
+                )
         found = await loop.run_in_executor(self._executor, self._scan)
         self.corrupt, self.torn_writes = found.corrupt, found.torn_writes
         stored: list[tuple[Ticket, Record]] = []

@@ -116,6 +116,29 @@ def lock(directory: Path) -> int:
     return fd
 
 
+def adopt(source: Path, target: Path) -> int:
+    """Move the segments (and their acknowledgements) that an earlier version left directly
+    in ``source``, the spool root, into ``target``, a sink's own subdirectory that the caller
+    holds locked.  Under ``source``'s lock, so never from under a running older proxy
+    (`SpoolError` then).  Only into a ``target`` with no segment of its own (their numbers
+    would collide).  Returns the segments moved."""
+    legacy = sorted(p for p in source.glob("*.seg") if _NAME.fullmatch(p.name))
+    if not legacy or any(target.glob("*.seg")):
+        return 0
+    fd = lock(source)
+    try:
+        for segment in legacy:
+            acks = segment.with_suffix(".ack")
+            os.rename(segment, target / segment.name)
+            if acks.exists():
+                os.rename(acks, target / acks.name)
+        sync_directory(target)
+        sync_directory(source)
+    finally:
+        os.close(fd)
+    return len(legacy)
+
+
 def _check_writable(directory: Path) -> None:
     probe = directory / f".probe-{os.getpid()}"
     try:
