@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from statsd_ao.core.annotations import stream_name, to_annotation
-from statsd_ao.core.events import Event, parse_event
+from statsd_ao.core.annotations import stream_name, stream_of, to_annotation
+from statsd_ao.core.events import Event, Link, parse_event
 from statsd_ao.io.sink import HttpSink
 from tests.fakeapi import FakeAppOptics, Fault
 
@@ -20,6 +20,31 @@ def test_full_event() -> None:
         "start_time": 1700000000,
         "source": "web1",
         "description": "v42 shipped [alert: success; priority: low; tags: env:prod, canary:true]",
+    }
+
+
+def test_an_annotation_posted_to_the_intake_keeps_its_stream_end_and_links() -> None:
+    event = Event(
+        "deploy",
+        "v2",
+        timestamp=1700000000,
+        host="ci",
+        stream="app-deploys",
+        end_time=1700000300,
+        links=(Link("github", "https://example.com/c/1", "commit"), Link("ci", "https://x")),
+    )
+    assert stream_of(event, "statsd") == "app-deploys"
+    assert stream_of(Event("dogstatsd", ""), "statsd") == "statsd"
+    assert to_annotation(event, "proxy-host", 1) == {
+        "title": "deploy",
+        "start_time": 1700000000,
+        "source": "ci",
+        "description": "v2",
+        "end_time": 1700000300,
+        "links": [
+            {"rel": "github", "href": "https://example.com/c/1", "label": "commit"},
+            {"rel": "ci", "href": "https://x"},
+        ],
     }
 
 
