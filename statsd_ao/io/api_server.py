@@ -11,7 +11,8 @@ Theory of operation.  One request goes: connection bound -> route -> rate limit 
 content type -> room for series -> body (bounded in bytes and time) -> JSON -> every
 measurement judged -> each accepted one taken in -> the API's answer.  A big request is
 judged and taken in a slice of `SLICE` measurements at a time, yielding to the event loop
-between slices, so the StatsD listeners keep reading however many requests arrive
+between slices, and only one such step runs at a time across all requests, so the StatsD
+listeners wait at most one step per loop pass however many requests arrive
 (bench/intake_bench.py measures both).  Each bound answers clearly:
 
 ========================  =========================================  ======================
@@ -40,7 +41,8 @@ import hmac
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,9 +76,11 @@ DEFAULT_BURST = 100
 DEFAULT_READ_TIMEOUT = 10.0
 # Seconds a kept-alive connection may wait before its next request starts arriving whole.
 KEEPALIVE_IDLE = 60.0
-# Measurements judged or taken in between two yields to the event loop: ~1-2 ms of work
-# (bench/intake_bench.py), so the UDP reader waits no longer than that per slice.
-SLICE = 100
+# Measurements judged or taken in between two yields to the event loop: ~0.4 ms of work
+# (bench/intake_bench.py).  One step runs per loop pass (`Steps`), so the UDP reader waits
+# no longer than one step, however many requests arrive; the longest step is the JSON
+# parse of a body at the body bound (~3 ms a MiB).
+SLICE = 50
 # Seconds spent reading (and dropping) the rest of a body after answering before it was read
 # whole (401, 413, 408...), so the client sees the answer rather than a reset; then the
 # connection closes.
@@ -130,6 +134,45 @@ class _Connection:
     timer: asyncio.TimerHandle | None
     over_limit: bool
     busy: bool = False
+
+
+class Steps:
+    """Runs the work of every request one step per event-loop pass, taking turns.
+
+    A request's work is an iterator whose each ``next`` is one step (a parse, a slice of
+    `SLICE` measurements).  If each request's task ran its own steps, every request with
+    a step ready would run it in the same loop pass (a lock does not help: a step never
+    waits inside it), so N requests would hold the UDP reader for N steps; here one task
+    runs one step, then yields, so the reader waits for one step at most
+    (bench/intake_bench.py)."""
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[Iterator[None], asyncio.Future[None]]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def run(self, work: Iterator[None]) -> None:
+        """Run ``work`` to its end in turns; raises what it raises."""
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((work, done))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work())
+        await done
+
+    async def _work(self) -> None:
+        queue = self._queue
+        while queue:
+            work, done = queue.popleft()
+            if done.cancelled():  # the client went away
+                continue
+            try:
+                next(work)
+            except StopIteration:
+                done.set_result(None)
+            except Exception as error:  # (ApiError, or a bug: the handler reports it)
+                done.set_exception(error)
+            else:
+                queue.append((work, done))
+            await asyncio.sleep(0)
 
 
 class _Server(web.Server):
@@ -187,6 +230,7 @@ class AppOpticsIntake:
         self._idle = asyncio.Event()  # set while none is
         self._idle.set()
         self._closing = False
+        self._steps = Steps()
         self.stats = IntakeStats()
 
     # The Source protocol ----------------------------------------------------------------
@@ -376,26 +420,29 @@ class AppOpticsIntake:
                 (("Retry-After", str(wait)),),
             )
         body = await self._body(request)
+        answer: list[api_rules.Answer] = []
+        await self._steps.run(self._take_in(body, request.remote, answer))
+        return answer[0]
+
+    def _take_in(
+        self, body: bytes, client: str | None, answer: list[api_rules.Answer]
+    ) -> Iterator[None]:
+        """A post's work as steps (each ``yield`` ends one): parse, judge every measurement
+        a slice at a time, then take the accepted ones in a slice at a time."""
         envelope = api_rules.envelope(body, self._max_measurements)
+        del body
+        yield
         judged: list[Sample | Refusal] = []
         total = len(envelope.measurements)
         for start in range(0, total, SLICE):
-            if start:
-                await asyncio.sleep(0)
             judged.extend(
-                api_rules.judge(envelope, i) for i in range(start, min(start + SLICE, total))
+                api_rules.judge(envelope, i) for i in range(start, start + SLICE) if i < total
             )
-        return await self._take_in(judged, request.remote)
-
-    async def _take_in(
-        self, judged: list[Sample | Refusal], client: str | None
-    ) -> api_rules.Answer:
+            yield
         refusals: list[Refusal] = []
         accepted = filtered = 0
         add = self._intake.add
-        for start in range(0, len(judged), SLICE):
-            if start:
-                await asyncio.sleep(0)
+        for start in range(0, total, SLICE):
             for item in judged[start : start + SLICE]:
                 outcome = item if isinstance(item, Refusal) else add(item)
                 if outcome is None:
@@ -404,6 +451,8 @@ class AppOpticsIntake:
                     filtered += 1
                 else:
                     refusals.append(outcome)
+            if start + SLICE < total:
+                yield
         for refusal in refusals:
             self.stats.failed[refusal.param] = self.stats.failed.get(refusal.param, 0) + 1
         if refusals:
@@ -417,7 +466,7 @@ class AppOpticsIntake:
                 first.param,
                 first.reason,
             )
-        return api_rules.answer(len(judged), accepted, filtered, refusals)
+        answer.append(api_rules.answer(total, accepted, filtered, refusals))
 
     async def _annotation(self, request: web.BaseRequest, stream: str) -> api_rules.Answer:
         body = await self._body(request)

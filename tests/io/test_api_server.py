@@ -31,7 +31,7 @@ from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.core.protocol import Kind
 from statsd_ao.core.sanitize import Naming
 from statsd_ao.io.address import Address
-from statsd_ao.io.api_server import AppOpticsIntake, parse_tokens
+from statsd_ao.io.api_server import SLICE, AppOpticsIntake, parse_tokens
 
 TOKEN = "75AFDB82"
 GLOBAL = (("host", "proxy"),)
@@ -589,7 +589,7 @@ def test_big_posts_are_taken_in_slices_between_which_the_loop_runs() -> None:
             await task
             got = series(await part_of(server))
         assert status == 202
-        assert ticks >= 2 * (1000 // 100)  # judged, then taken in, 100 at a time
+        assert ticks >= 2 * (1000 // SLICE)  # judged, then taken in, a slice at a time
         assert sum(len(acc.values) for acc in got.values()) == 1000
         assert math.fsum(sum(acc.values) for acc in got.values()) == sum(range(1000))
 
@@ -628,3 +628,39 @@ def test_tokens_setting() -> None:
         parse_tokens(" , ")
     with pytest.raises(ValueError, match="at least one token"):
         AppOpticsIntake(Address("127.0.0.1", 0), ApiIntake(Naming({"h": "x"}), interval=10), [])
+
+
+def test_concurrent_posts_take_turns_one_slice_per_loop_pass() -> None:
+    ms = b",".join(b'{"name": "m%d", "value": %d}' % (i % 50, i) for i in range(500))
+    body = b'{"tags": {"a": "b"}, "measurements": [' + ms + b"]}"
+    passes = [0]
+    per_pass: dict[int, int] = {}
+
+    class Counting(ApiIntake):
+        def add(self, sample: Any) -> Any:
+            per_pass[passes[0]] = per_pass.get(passes[0], 0) + 1
+            return super().add(sample)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        stop = False
+
+        def tick() -> None:  # runs once per loop pass
+            passes[0] += 1
+            if not stop:
+                loop.call_soon(tick)
+
+        core = Counting(Naming({"host": "proxy"}), interval=10)
+        server = AppOpticsIntake(Address("127.0.0.1", 0), core, [TOKEN])
+        await server.open()
+        try:
+            loop.call_soon(tick)
+            answers = await asyncio.gather(*(post_raw(server, body) for _ in range(4)))
+            stop = True
+        finally:
+            await server.close()
+        assert [a[0] for a in answers] == [202] * 4
+
+    asyncio.run(scenario())
+    assert sum(per_pass.values()) == 2000
+    assert max(per_pass.values()) <= SLICE  # never two requests' slices in one pass
