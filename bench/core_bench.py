@@ -15,7 +15,7 @@ import time
 
 from bench.workload import make_lines, make_series, pack
 from statsd_ao.core.aggregator import Aggregator
-from statsd_ao.core.batching import encode_batches
+from statsd_ao.core.batching import chunked, encode
 from statsd_ao.core.measurements import Converter
 from statsd_ao.core.sanitize import Naming
 from statsd_ao.gcpolicy import GcPolicy
@@ -54,7 +54,7 @@ def main() -> None:
     started = time.perf_counter()
     measurements = Converter([90, 99]).convert(snapshot.series.items(), 0, 10)
     converted = time.perf_counter()
-    bodies = encode_batches(measurements, 500)
+    bodies = [encode(post) for post in chunked(measurements, 500)]
     encoded = time.perf_counter()
     print(
         f"flush: {len(measurements)} measurements converted in "

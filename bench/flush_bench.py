@@ -12,6 +12,20 @@ until the sink has encoded every batch.  Two in-memory sinks:
   the network);
 - ``inline``: encodes inside ``submit`` (as the dry-run sink does), the worst case.
 
+Then the two sinks of the pipeline side by side on the same interval, each fed the way the
+flusher feeds a `statsd_ao.pipeline.Sink` (chunks of ``CONVERT_CHUNK`` series, a yield to
+the loop between chunks), inline, to the last encoded byte:
+
+- ``appoptics``: the AppOptics conversion (the C converter when built) and one
+  ``orjson.dumps`` per batch of ``BATCH_SIZE`` measurements (what the AppOptics sink posts);
+- ``otlp-cold``: `statsd_ao.otlp` conversion into requests of at most 2000 points, each
+  serialized and gzipped, on a new sink (no attribute set encoded yet: the first interval);
+- ``otlp-warm``: the same sink's next interval (the attribute sets are cached: every later
+  interval of the same series).
+
+For these the bytes per data point on the wire are printed too (AppOptics JSON, OTLP
+protobuf before and after gzip).
+
 The stall is measured by a callback that re-schedules itself with ``loop.call_soon``: the
 gap between two of its runs is how long everything else in between held the loop, i.e. how
 long a readable socket would have waited.  Printed: the flush's wall time until the last
@@ -22,28 +36,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import random
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import uvloop
 
 from bench.workload import make_series, pack
 from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.annotations import Annotation
 from statsd_ao.core.batching import encode
 from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.core.sanitize import Naming
-from statsd_ao.flusher import Flusher
+from statsd_ao.flusher import CONVERT_CHUNK, Flusher, _free_some
 from statsd_ao.gcpolicy import GcPolicy
+from statsd_ao.io.appoptics import AppOpticsSink
+from statsd_ao.otlp.convert import Converter as OtlpConverter
+from statsd_ao.otlp.requests import Requests
 
 BATCH_SIZE = 500  # statsd_ao.core.batching.DEFAULT_BATCH
 INTERVAL = 10
 WORKERS = 4  # statsd_ao.config.DEFAULT_CONCURRENCY
 
 
-class QueuedSink:
+class BenchPoster:
+    """What a `statsd_ao.io.sink.Poster` has besides posting, which the bench never uses."""
+
+    is_open = True
+    kept = 0
+    posted = 0
+    lost: dict[str, int] = {}  # noqa: RUF012 (never written)
+
+    def annotate(self, stream: str, annotation: Annotation) -> None:
+        return None
+
+
+class QueuedSink(BenchPoster):
     """Enqueue on submit; workers encode one batch at a time and yield after each."""
 
     def __init__(self, workers: int = WORKERS) -> None:
@@ -82,7 +114,7 @@ class QueuedSink:
             await asyncio.sleep(0)  # the real sink awaits its POST here
 
 
-class InlineSink:
+class InlineSink(BenchPoster):
     """Encode inside submit (the dry-run sink's way): the flush pays for encoding in line."""
 
     def __init__(self) -> None:
@@ -198,11 +230,11 @@ async def one_flush(
     policy: GcPolicy | None = None,
 ) -> tuple[float, StallMeter, int, int]:
     """(seconds, stalls, series, measurements) of one flush, encoded to the last batch."""
-    flusher = Flusher(
-        aggregator, Converter(percentiles), sink, interval=INTERVAL, batch_size=BATCH_SIZE
+    appoptics = AppOpticsSink(
+        Converter(percentiles), sink, batch_size=BATCH_SIZE, annotation_stream="bench", host="h"
     )
-    if policy is not None:  # as the app runs it
-        flusher.pause = policy.pause
+    pause = policy.pause if policy is not None else contextlib.nullcontext  # as the app runs
+    flusher = Flusher(aggregator, [appoptics], interval=INTERVAL, pause=pause)
     await sink.start()
     meter = StallMeter(asyncio.get_running_loop())
     meter.start()
@@ -219,12 +251,146 @@ async def one_flush(
     return elapsed, meter, report.series, report.measurements
 
 
+class Wire:
+    """What a sink path put on the wire: bodies, their bytes, and bytes before gzip."""
+
+    def __init__(self) -> None:
+        self.bodies = self.bytes = self.raw_bytes = self.points = 0
+
+    def add(self, body: bytes, points: int, raw: int) -> None:
+        self.bodies += 1
+        self.bytes += len(body)
+        self.raw_bytes += raw
+        self.points += points
+
+
+class AppOpticsPath:
+    """The AppOptics sink's work for a chunk: convert, then one orjson body per batch."""
+
+    def __init__(self, percentiles: Sequence[float]) -> None:
+        self._converter = Converter(percentiles)
+        self._pending: list[Measurement] = []
+        self.wire = Wire()
+
+    def series(self, chunk: list[Any], stamp: int) -> None:
+        self._pending.extend(self._converter.convert(chunk, stamp, INTERVAL))
+        whole = len(self._pending) - len(self._pending) % BATCH_SIZE
+        self._post(whole)
+
+    def end_interval(self) -> None:
+        self._post(len(self._pending))
+
+    def _post(self, count: int) -> None:
+        for start in range(0, count, BATCH_SIZE):
+            batch = self._pending[start : min(start + BATCH_SIZE, count)]
+            body = encode(batch)
+            self.wire.add(body, len(batch), len(body))
+        del self._pending[:count]
+
+
+class OtlpPath:
+    """The OTLP sink's work for a chunk: convert into requests, serialize and gzip each."""
+
+    def __init__(self, percentiles: Sequence[float]) -> None:
+        self.wire = Wire()
+        self._requests = Requests(self._emit, resource={"service.name": "bench"})
+        self._converter = OtlpConverter(self._requests, percentiles)
+        self._raw_seen = 0
+
+    def series(self, chunk: list[Any], stamp: int) -> None:
+        self._converter.series(chunk, stamp, INTERVAL)
+
+    def end_interval(self) -> None:
+        self._requests.seal()
+
+    def _emit(self, body: bytes, points: int) -> None:
+        raw = self._requests.raw_bytes - self._raw_seen
+        self._raw_seen = self._requests.raw_bytes
+        self.wire.add(body, points, raw)
+
+
+async def path_flush(
+    aggregator: Aggregator, path: AppOpticsPath | OtlpPath, policy: GcPolicy | None, size: int
+) -> tuple[float, StallMeter, int]:
+    """(seconds, stalls, series) of one interval through ``path``, chunk by chunk."""
+    meter = StallMeter(asyncio.get_running_loop())
+    meter.start()
+    await asyncio.sleep(0.01)
+    pause = policy.pause() if policy is not None else contextlib.nullcontext()
+    started = time.perf_counter()
+    with pause:
+        snapshot = aggregator.swap()
+        table, stamp, series = snapshot.series, int(time.time()) // INTERVAL * INTERVAL, 0
+        while table:
+            chunk = [table.popitem() for _ in range(min(size, len(table)))]
+            series += len(chunk)
+            path.series(chunk, stamp)
+            del chunk
+            _free_some(snapshot.feeds)  # as the flusher does: line shapes go a chunk at a time
+            await asyncio.sleep(0)
+        snapshot.feeds.clear()
+        path.end_interval()
+    elapsed = time.perf_counter() - started
+    await asyncio.sleep(0.01)
+    meter.stop()
+    return elapsed, meter, series
+
+
+def compare_sinks(
+    args: argparse.Namespace, percentiles: list[float], policy: GcPolicy | None
+) -> None:
+    print()
+    print(f"the two sinks on one interval, fed {args.chunk} series at a time as the flusher does")
+    print(
+        f"{'path':<10} {'round':>5} {'series':>8} {'points':>8} {'flush ms':>9} {'stall':>7} "
+        f"{'no GC':>7} {'bodies':>7} {'B/pt raw':>9} {'B/pt wire':>10}  load avg"
+    )
+    for round_no in range(1, args.rounds + 1):
+        otlp = OtlpPath(percentiles)
+        runs: list[tuple[str, AppOpticsPath | OtlpPath]] = [
+            ("appoptics", AppOpticsPath(percentiles)),
+            ("otlp-cold", otlp),
+            ("otlp-warm", otlp),
+        ]
+        for name, path in runs:
+            aggregator, _ = fill(args.series, args.values)
+            if policy is None:
+                gc.collect()
+            before = Wire()
+            before.__dict__.update(path.wire.__dict__)
+            flush = path_flush(aggregator, path, policy, args.chunk)
+            elapsed, meter, series = uvloop.run(flush)
+            wire = path.wire
+            points = wire.points - before.points
+            raw = (wire.raw_bytes - before.raw_bytes) / points
+            sent = (wire.bytes - before.bytes) / points
+            stall, _, no_gc = meter.longest()
+            one, five, fifteen = os.getloadavg()
+            print(
+                f"{name:<10} {round_no:>5} {series:>8,} {points:>8,} {elapsed * 1e3:>9.0f} "
+                f"{stall * 1e3:>7.1f} {no_gc * 1e3:>7.1f} {wire.bodies - before.bodies:>7} "
+                f"{raw:>9.1f} {sent:>10.1f}  {one:.2f} {five:.2f} {fifteen:.2f}",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--series", type=int, default=100_000)
     parser.add_argument("--values", type=int, default=10, help="per timer/histogram/set")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--percentiles", default="90", help="comma-separated, e.g. 90,99")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=CONVERT_CHUNK,
+        help="series per chunk in the sink comparison (the flusher's CONVERT_CHUNK)",
+    )
+    parser.add_argument(
+        "--only-sinks",
+        action="store_true",
+        help="skip the flusher rounds; only compare the AppOptics and OTLP sinks",
+    )
     parser.add_argument(
         "--gc-policy",
         action="store_true",
@@ -250,7 +416,7 @@ def main() -> None:
         f"{'sink':<7} {'round':>5} {'series':>8} {'measurements':>12} {'flush ms':>9} "
         f"{'stall':>7} {'in GC':>7} {'no GC':>7} {'gc (gen)':>10} {'turns':>6}  load avg"
     )
-    for name in ("queued", "inline"):
+    for name in () if args.only_sinks else ("queued", "inline"):
         for round_no in range(1, args.rounds + 1):
             aggregator, _ = fill(args.series, args.values)
             if policy is None:
@@ -269,6 +435,7 @@ def main() -> None:
                 f"{len(meter.gaps):>6}  {one:.2f} {five:.2f} {fifteen:.2f}",
                 flush=True,
             )
+    compare_sinks(args, percentiles, policy)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     text = rules_text(args.rules)
     started = time.perf_counter()
-    rules = parse_rules(text, yaml=False)
+    rules = parse_rules(text)
     print(f"load and check {len(rules)} rules: {(time.perf_counter() - started) * 1e3:.1f} ms")
     measure(rules, "indexed")
     measure(rules.unindexed(), "linear")

@@ -151,7 +151,7 @@ def child(spec: str) -> None:
     for datagram in datagrams:
         aggregator.ingest(datagram)
     gc.collect()
-    print(json.dumps({"rss": rss() - before, "series": aggregator.series_count}))
+    print(json.dumps({"rss": rss() - before, "series": len(aggregator.current)}))
     del keep
 
 

@@ -53,6 +53,7 @@ from statsd_ao.core.batching import DEFAULT_BATCH, MAX_BATCH, chunked, encode
 from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.flusher import Flusher
 from statsd_ao.gcpolicy import GcPolicy
+from statsd_ao.io.appoptics import AppOpticsSink
 from statsd_ao.io.sink import HttpSink
 from statsd_ao.io.spool import Spool, Ticket
 from statsd_ao.io.spoolfile import Record
@@ -206,8 +207,10 @@ async def one_flush(
         spool=spool,
     )
     await sink.start()
-    flusher = Flusher(aggregator, Converter(percentiles), sink, interval=INTERVAL, batch_size=batch)
-    flusher.pause = POLICY.pause
+    appoptics = AppOpticsSink(
+        Converter(percentiles), sink, batch_size=batch, annotation_stream="bench", host="h"
+    )
+    flusher = Flusher(aggregator, [appoptics], interval=INTERVAL, pause=POLICY.pause)
     ticker = Ticker()
     ticking = asyncio.create_task(ticker.run())
     await asyncio.sleep(0.05)  # idle ticks before the flush

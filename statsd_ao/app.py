@@ -1,421 +1,230 @@
-"""Process lifecycle: startup -> main loop -> ordered shutdown.
+"""Process lifecycle: startup -> main loop -> ordered shutdown, of parts built elsewhere.
 
-The only module that reads the Config; every component gets plain arguments.  Signal
-handlers only set an event.  Shutdown order: stop intake (after reading what the kernel
-already queued) -> final flush of the unfinished interval -> deliver what is pending within
-the shutdown timeout -> close the sink -> close the HTTP endpoint (so /ready says "not
-ready" while draining).  A container stop therefore keeps the last interval.
+`statsd_ao.compose` builds every part from the Config; `App` only opens, runs and closes
+them.  Each part is opened onto one `contextlib.AsyncExitStack`, so a failed start closes
+exactly what was opened, in reverse, and shutdown is the same unwinding:
+
+    open:  endpoints (HTTP, admin) -> sinks -> [deliver] -> sources
+    close: sources (after reading what the kernel already queued) -> final flush of the
+           unfinished interval -> every sink drains within the shutdown timeout, side by
+           side -> sinks close -> endpoints close (so /ready says "not ready" while draining)
+
+A container stop therefore keeps the last interval.  The run ends when the shutdown trigger
+returns: by default SIGTERM or SIGINT (signal handlers only set an event); tests pass their
+own trigger and run the whole app in-process (as hypercorn's ``serve(shutdown_trigger=)``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
 import logging
 import signal
 import time
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 
-from statsd_ao.config import Config
-from statsd_ao.core import hotpath
-from statsd_ao.core.aggregator import Snapshot
-from statsd_ao.core.annotations import to_annotation
-from statsd_ao.core.cardinality import WINDOW, CardinalityGuard
-from statsd_ao.core.events import Event
-from statsd_ao.core.idle import IdleKeeper
-from statsd_ao.core.logs import RateLimitedLog
-from statsd_ao.core.mapping import MappingError, MappingRules
-from statsd_ao.core.measurements import Converter, Measurement
-from statsd_ao.core.merge import Merger
-from statsd_ao.core.selfmetrics import SelfMetrics, Timings
-from statsd_ao.etsy.admin import AdminCommands, serve_admin
-from statsd_ao.etsy.admin_state import ProxyAdminState
-from statsd_ao.flusher import Flusher, FlushReport
+from statsd_ao.core.logs import fields
+from statsd_ao.flusher import Flusher
 from statsd_ao.gcpolicy import GcPolicy
-from statsd_ao.io.address import Address
-from statsd_ao.io.health import HealthState, HttpServer, assess, cardinality_status, start_http
-from statsd_ao.io.listeners import DatagramListener, Receive
-from statsd_ao.io.sink import DryRunSink, HttpSink
-from statsd_ao.io.spool import Spool, SpoolError
-from statsd_ao.io.tcp import TcpListener
-from statsd_ao.remapping import Remapping
-from statsd_ao.selfreport import standard_metrics, udp_drops
-from statsd_ao.wiring import make_aggregator
-from statsd_ao.workers import WorkerPool
+from statsd_ao.io.spool import SpoolError
+from statsd_ao.pipeline import Sink, Source
 
 log = logging.getLogger("statsd_ao")
 
-# /status looks at this many tracked tag sets at most (~50 ms of work).
-STATUS_SCAN = 100_000
-# Kernel receive-buffer drops are logged at most this often (they are also a self-metric).
-KERNEL_DROP_LOG_INTERVAL = 60.0
+ShutdownTrigger = Callable[[], Awaitable[object]]
 
 
-def make_sink(config: Config) -> DryRunSink | HttpSink:
-    if not config.posting:
-        return DryRunSink()
-    assert config.token is not None
-    return HttpSink(
-        config.api_url,
-        config.token,
-        concurrency=config.concurrency,
-        timeout=config.request_timeout,
-        max_pending=config.max_pending,
-        max_age=config.max_age,
-        max_attempts=config.max_attempts,
-        resend_unconfirmed=config.resend_unconfirmed,
-        spool=Spool(config.spool_dir, config.spool_max_bytes) if config.spool_dir else None,
-    )
+@dataclass(slots=True)
+class RunState:
+    """What the health endpoint reads of the lifecycle (the app writes it)."""
+
+    listening: bool = False  # every source is open
+    delivering: bool = False  # the sinks are started and not draining
+    last_flush_at: float = field(default_factory=time.monotonic)
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # set once all is open
 
 
-async def run(config: Config) -> int:
-    """Run the proxy until SIGTERM or SIGINT; the process exit status."""
-    try:
-        remapping = Remapping.load(config.mapping) if config.mapping else None
-    except (MappingError, OSError, UnicodeDecodeError) as error:
-        log.error("mapping: cannot use %s: %s", config.mapping, error)
-        return 1
-    return await App(config, remapping).run()
+class StartFailed(Exception):
+    """A part could not be opened (already logged)."""
 
 
 class App:
-    """The proxy's components, wired from one Config, and their lifecycle."""
+    """The proxy's parts and their lifecycle.
 
-    def __init__(self, config: Config, remapping: Remapping | None = None) -> None:
-        self.config = config
-        self.remapping = remapping
-        # Tag sets free their slot an hour plus an interval after they were last seen, so the
-        # hour the API counts by measurement time (interval starts) is respected.
-        window = WINDOW + config.flush_interval
-        self.guard = CardinalityGuard(
-            config.cardinality_limit, config.cardinality_total_limit, window=window
-        )
-        rules = remapping.rules if remapping is not None else None
-        self.aggregator = make_aggregator(config, self.guard, rules)
-        self.converter = Converter(
-            config.percentiles,
-            style=config.percentile_style,
-            always_suffix_percentile=config.always_suffix_percentile,
-        )
-        self.sink = make_sink(config)
-        self.flusher = Flusher(
-            self.aggregator,
-            self.converter,
-            self.sink,
-            interval=config.flush_interval,
-            batch_size=config.batch_size,
-        )
-        # With --workers, UDP is read by worker processes; TCP and Unix sockets stay here.
-        self.pool = WorkerPool(config, config.workers) if config.workers > 1 else None
-        udp = config.udp if self.pool is None else None
-        self.datagrams = [
-            DatagramListener(
-                target,
-                self.aggregator.ingest,
-                config.rcvbuf,
-                receive=self._receive(),
-                pause=config.read_pause,
+    ``endpoints`` (the HTTP endpoint, the etsy admin interface) have the `Source` shape but
+    feed nothing; ``reload`` runs on SIGHUP; ``gc`` is started once everything is open.
+    """
+
+    def __init__(
+        self,
+        *,
+        flusher: Flusher,
+        sources: Sequence[Source],
+        sinks: Sequence[Sink],
+        endpoints: Sequence[Source] = (),
+        state: RunState | None = None,
+        shutdown_timeout: float,
+        reload: Callable[[], None] | None = None,
+        gc: GcPolicy | None = None,
+        ready_message: str = "ready",
+    ) -> None:
+        self.flusher = flusher
+        self.sources = tuple(sources)
+        self.sinks = tuple(sinks)
+        self.endpoints = tuple(endpoints)
+        self.state = state if state is not None else RunState()
+        self._shutdown_timeout = shutdown_timeout
+        self._reload = reload
+        self._gc = gc
+        self._ready_message = ready_message
+        self._final_points = 0
+        self._hurry = asyncio.Event()  # a second signal: stop delivering at once
+        self.lost = 0  # data points no sink could deliver or keep at shutdown
+
+    async def run(self, shutdown_trigger: ShutdownTrigger | None = None) -> int:
+        """Run until the trigger returns (default: SIGTERM or SIGINT; a second one cuts the
+        delivery at shutdown short); the exit status."""
+        stop = asyncio.Event()
+        async with AsyncExitStack() as stack:
+            trigger = shutdown_trigger or self._signals(stack, stop)
+            try:
+                await self._open(stack)
+            except StartFailed:
+                return 1
+            watcher = asyncio.ensure_future(trigger())
+            watcher.add_done_callback(lambda _: stop.set())
+            stack.callback(watcher.cancel)
+            log.info("%s", self._ready_message)
+            self.state.started.set()
+            await self.flusher.run(stop)
+            log.info(
+                "shutting down: final flush, then up to %gs to deliver (a second signal stops "
+                "at once)",
+                self._shutdown_timeout,
             )
-            for target in (udp, config.unix)
-            if target is not None
-        ]
-        self.merger: Merger | None = None
-        if self.pool is not None:
-            self.merger = Merger(
-                self.guard, self.aggregator.overflow_tags, self.aggregator.folded_samples
-            )
-            self.flusher.take = self._take_all
-        self.tcp = (
-            TcpListener(
-                config.tcp,
-                self.aggregator.ingest,
-                max_line=config.tcp_max_line,
-                idle_timeout=config.tcp_idle_timeout,
-            )
-            if config.tcp
-            else None
-        )
-        if config.send_idle:
-            self.flusher.idle = IdleKeeper(config.send_idle)
-        self.gc = GcPolicy()
-        self.flusher.pause = self.gc.pause
-        self.admin_state = ProxyAdminState(
-            self.aggregator,
-            self.flusher,
-            config.global_tags,
-            "down" if config.health_status == "down" else "up",
-        )
-        self.admin: asyncio.Server | None = None
-        self.stop = asyncio.Event()
-        self.flush_timings = Timings()
-        self.post_timings = Timings()
-        if isinstance(self.sink, HttpSink):
-            self.sink.on_latency = self.post_timings.observe
-        self.last_flush_at = time.monotonic()
-        self.listening = False
-        self.sink_open = False
-        self.metrics: SelfMetrics | None = None
-        self.kernel_drops = 0
-        self.udp_port: int | None = None  # the bound port, known once listening
-        self.drop_log = RateLimitedLog(log, KERNEL_DROP_LOG_INTERVAL)
-        self.http: HttpServer | None = None
-        self.reloading: set[asyncio.Task[bool]] = set()
-        if remapping is not None:
-            remapping.on_rules = self._remapped
+        self._summary()
+        return 0
 
-    def _receive(self) -> Receive | None:
-        """The C loop's batch reader for the datagram listeners, when it is loaded."""
-        return self.aggregator.receive if self.aggregator.receives else None
+    # -- opening -------------------------------------------------------------------------
 
-    async def run(self) -> int:
-        if not await self.start():
-            return 1
-        await self.flusher.run(self.stop)
-        return await self.shutdown()
+    async def _open(self, stack: AsyncExitStack) -> None:
+        for endpoint in self.endpoints:
+            await _open_part(stack, endpoint, "cannot listen on")
+        for sink in self.sinks:
+            await self._start_sink(stack, sink)
+        stack.push_async_callback(self._deliver)
+        for source in self.sources:
+            await _open_part(stack, source, "cannot listen on")
+        self.state.listening = self.state.delivering = True
+        stack.callback(self._stopped_listening)
+        if self._gc is not None:
+            self._gc.start()
+        if self._reload is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload)
+            stack.callback(asyncio.get_running_loop().remove_signal_handler, signal.SIGHUP)
 
-    async def start(self) -> bool:
-        """Open everything; False (logged, closed again) when a listener cannot bind."""
-        config = self.config
-        log.info("statsd-ao starting: %s", config.describe())
-        log.info("hot path: %s", hotpath.describe())
-        if not config.posting:
-            if config.spool_dir:
-                log.info("dry run: --spool-dir %s is not used", config.spool_dir)
-            why = "--dry-run" if config.dry_run else "no token (set APPOPTICS_TOKEN or --token)"
-            log.warning("dry run (%s): each flush's measurements are printed to stdout", why)
-        elif config.api_url.startswith("http://"):
-            log.warning("the API URL is plain http: the token is sent unencrypted")
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
+    async def _start_sink(self, stack: AsyncExitStack, sink: Sink) -> None:
         try:
-            await self.sink.start()
-        except SpoolError as error:
+            await sink.start()
+        except (SpoolError, OSError) as error:
             log.error("%s", error)
-            await self.sink.close()
-            return False
-        self.sink_open = True
-        if not await self._open_intake(loop):
-            await self._close_intake()
-            await self.sink.close()
-            return False
-        self.listening = True
-        self._observe()
-        if not await self._start_endpoints():
-            await self._close_intake()
-            await self._close_endpoints()
-            await self.sink.close()
-            return False
-        self.gc.start()
-        where = "stdout" if not config.posting else config.api_url
-        log.info("ready: flushing every %ds to %s", config.flush_interval, where)
-        return True
+            await sink.close()
+            raise StartFailed from error
+        stack.push_async_callback(sink.close)
 
-    async def shutdown(self) -> int:
-        config = self.config
-        log.info("shutting down: final flush, then up to %gs to deliver", config.shutdown_timeout)
-        await self._close_intake()
-        self.listening = False
-        if self.pool is not None:
-            self.pool.stopping = True  # the final flush collects the workers' last intervals
-        try:
-            measurements = (await self.flusher.flush_final()).measurements
-        except Exception:  # a bug: still deliver what is pending and exit in time
-            log.exception("the final flush failed")
-            measurements = 0
-        self.sink_open = False
-        left = await self.sink.drain(config.shutdown_timeout)
-        await self.sink.close()
-        await self._close_endpoints()
-        if self.pool is not None:
-            await self.pool.close()
-        if left:
-            log.error("shutdown: %d measurements could not be delivered", left)
-        kept = self.sink.kept if isinstance(self.sink, HttpSink) else 0
+    def _signals(self, stack: AsyncExitStack, stop: asyncio.Event) -> ShutdownTrigger:
+        """SIGTERM / SIGINT stop the proxy; a second one while it delivers at shutdown stops
+        the delivery (what is left is kept in the spool or counted as lost).  The handlers
+        stay until everything is closed: installed first, removed last."""
+        loop = asyncio.get_running_loop()
+
+        def signalled() -> None:
+            if stop.is_set():
+                log.warning("second signal: ending the delivery now")
+                self._hurry.set()
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, signalled)
+            stack.callback(loop.remove_signal_handler, signum)
+        return stop.wait
+
+    def _stopped_listening(self) -> None:
+        self.state.listening = False
+
+    # -- closing -------------------------------------------------------------------------
+
+    async def _deliver(self) -> None:
+        """After the sources closed: the final flush, then every sink drains side by side
+        (one that is down never holds another back) within the shutdown timeout."""
+        if self.state.delivering:  # (not when a source failed to open)
+            try:
+                self._final_points = (await self.flusher.flush_final()).measurements
+            except Exception:  # a bug: still deliver what is pending and exit in time
+                log.exception("the final flush failed")
+        self.state.delivering = False
+        left = await self._drain_all()
+        for sink, lost in zip(self.sinks, left, strict=True):
+            if lost:
+                log.error("shutdown: %d measurements could not be delivered (%s)", lost, sink.name)
+        self.lost = sum(left)
+
+    async def _drain_all(self) -> list[int]:
+        """Every sink's drain, side by side, until all are done or a second signal comes.
+        A drain cut short reports nothing here: its sink's `close` keeps or counts the rest."""
+        drains = [asyncio.ensure_future(s.drain(self._shutdown_timeout)) for s in self.sinks]
+        hurry = asyncio.ensure_future(self._hurried())
+        running = set(drains)
+        while running and not hurry.done():
+            await asyncio.wait({*running, hurry}, return_when=asyncio.FIRST_COMPLETED)
+            running = {drain for drain in running if not drain.done()}
+        hurry.cancel()
+        for drain in drains:
+            drain.cancel()
+        results = await asyncio.gather(*drains, return_exceptions=True)
+        return [left if isinstance(left, int) else 0 for left in results]
+
+    async def _hurried(self) -> int:
+        await self._hurry.wait()
+        return 0
+
+    def _summary(self) -> None:
+        for sink in self.sinks:
+            lost = dict(sink.lost)
+            log.info(
+                "%s: %d delivered, lost %s, %d kept in the spool for the next run",
+                sink.name,
+                sink.delivered,
+                lost or "none",
+                sink.kept,
+                extra=fields(sink=sink.name, delivered=sink.delivered, lost=lost, kept=sink.kept),
+            )
+        kept = sum(sink.kept for sink in self.sinks)
         log.info(
             "stopped: %d lines received, final flush of %d measurements, %d undelivered, "
             "%d kept in the spool for the next run",
             self.flusher.lines,
-            measurements,
-            left,
+            self._final_points,
+            self.lost,
             kept,
-        )
-        return 0
-
-    async def _open_intake(self, loop: asyncio.AbstractEventLoop) -> bool:
-        listener: DatagramListener | TcpListener | None = None
-        if self.pool is not None and self.config.udp is not None:
-            try:
-                bound = await self.pool.start(self.config.udp)
-            except (OSError, TimeoutError) as error:
-                log.error("cannot start the udp workers on %s: %s", self.config.udp, error)
-                return False
-            self.udp_port = bound.port
-            log.info("listening on udp %s (%d worker processes)", bound, self.config.workers)
-        try:
-            for listener in self.datagrams:
-                listener.open(loop)
-            if self.tcp is not None:
-                listener = self.tcp
-                await self.tcp.open()
-        except OSError as error:
-            where = listener.describe() if listener is not None else "?"
-            log.error("cannot listen on %s: %s", where, error.strerror or error)
-            return False
-        return True
-
-    async def _close_intake(self) -> None:
-        """Stop every listener, taking in what was already received."""
-        for listener in self.datagrams:
-            listener.close()
-        if self.tcp is not None:
-            await self.tcp.close()
-
-    async def _start_endpoints(self) -> bool:
-        """The HTTP endpoint and the etsy management interface, where configured."""
-        if self.config.http is not None and not await self._start_http(self.config.http):
-            return False
-        admin = self.config.admin
-        if admin is None:
-            return True
-        commands = AdminCommands(self.admin_state, started_at=time.time())
-        try:
-            self.admin = await serve_admin(admin.host, admin.port, commands)
-        except OSError as error:
-            log.error("cannot listen on admin %s: %s", admin, error.strerror or error)
-            return False
-        port = self.admin.sockets[0].getsockname()[1]
-        log.info("listening on admin tcp %s:%d (etsy management interface)", admin.host, port)
-        return True
-
-    async def _close_endpoints(self) -> None:
-        if self.http is not None:
-            await self.http.close()
-        if self.admin is not None:
-            self.admin.close()
-            await self.admin.wait_closed()
-
-    async def _start_http(self, address: Address) -> bool:
-        try:
-            self.http = await start_http(
-                address.host,
-                address.port,
-                health=self._health,
-                metrics_text=self._metrics_text,
-                status=self._status,
-            )
-        except OSError as error:
-            log.error("cannot listen on http %s: %s", address, error.strerror or error)
-            return False
-        log.info(
-            "http endpoint on %s:%d (/health /ready /metrics /status)", address.host, self.http.port
-        )
-        return True
-
-    def _observe(self) -> None:
-        """Self-metrics and flush hooks, once the listeners are bound."""
-        udp = next((d for d in self.datagrams if d.is_udp), None)
-        if udp is not None:
-            self.udp_port = udp.bound.port
-        self.metrics = standard_metrics(
-            self.config.global_tags,
-            listener=udp,
-            udp_port=self.udp_port,
-            tcp=self.tcp.stats if self.tcp is not None else None,
-            flusher=self.flusher,
-            aggregator=self.aggregator,
-            converter=self.converter,
-            sink=self.sink if isinstance(self.sink, HttpSink) else None,
-            spool=self.sink.spool if isinstance(self.sink, HttpSink) else None,
-            mapping=self.remapping,
-            series_active=lambda: self.flusher.series_flushed,
-            flush_duration=self.flush_timings.distribution,
-            post_latency=self.post_timings.distribution if self.config.posting else None,
-        )
-        self.flusher.on_flush = self._flushed
-        self.flusher.on_event = self._annotate
-        if self.config.posts_self_metrics:
-            self.flusher.extra = self._self_measurements
-
-    def _reload(self) -> None:
-        """SIGHUP: read the mapping rules again (a bad file keeps the rules in use)."""
-        if self.remapping is None:
-            log.info("SIGHUP: nothing to reload (no --mapping file)")
-            return
-        task = asyncio.create_task(self.remapping.reload())
-        self.reloading.add(task)
-        task.add_done_callback(self.reloading.discard)
-
-    def _remapped(self, rules: MappingRules, text: str) -> None:
-        self.aggregator.remap(rules)
-        if self.pool is not None and self.remapping is not None:
-            self.pool.remap(text, self.remapping.path)
-
-    async def _take_all(self) -> Snapshot:
-        """(--workers) every worker's interval and this process's, merged into one."""
-        assert self.pool is not None and self.merger is not None
-        parts = await self.pool.take()
-        parts.append(self.aggregator.swap())
-        return self.merger.merge(parts)
-
-    def _flushed(self, report: FlushReport) -> None:
-        self.admin_state.observe()  # the time lines were last seen, for the admin `stats`
-        if not self.config.posting:  # the dry run's stdout holds only the post bodies
-            log.info(
-                "flush at %d: %d series, %d measurements printed",
-                report.stamp,
-                report.series,
-                report.measurements,
-            )
-        self.last_flush_at = time.monotonic()
-        self.flush_timings.observe(report.seconds)
-        self._check_kernel_drops()
-
-    def _check_kernel_drops(self) -> None:
-        """Say so when the kernel drops datagrams for our UDP port (the host, not the proxy)."""
-        if self.udp_port is None:
-            return
-        drops = udp_drops(self.udp_port)
-        if drops is None or drops <= self.kernel_drops:
-            return
-        new, self.kernel_drops = drops - self.kernel_drops, drops
-        self.drop_log.warning(
-            "kernel-drops",
-            "the kernel dropped %d datagrams for udp port %d since the last check (%d in all): "
-            "the receive buffer was full; see 'Troubleshooting packet drops' in the README",
-            new,
-            self.udp_port,
-            drops,
+            extra=fields(
+                lines=self.flusher.lines,
+                final_flush=self._final_points,
+                undelivered=self.lost,
+                kept=kept,
+            ),
         )
 
-    def _annotate(self, event: Event) -> None:
-        host = self.config.global_tags.get("host", "statsd-ao")
-        annotation = to_annotation(event, host, int(time.time()))
-        self.sink.annotate(self.config.annotation_stream, annotation)
 
-    def _self_measurements(self, stamp: int, period: int) -> list[Measurement]:
-        assert self.metrics is not None
-        return self.metrics.measurements(stamp, period)
-
-    def _health(self) -> HealthState:
-        state = assess(
-            listening=self.listening,
-            sink_open=self.sink_open and self.sink.is_open,
-            since_flush=time.monotonic() - self.last_flush_at,
-            flush_interval=self.config.flush_interval,
-        )
-        if self.admin_state.health() == "down":  # "health down" drains a load balancer
-            reasons = (*state.reasons, "health set down via the management interface")
-            return replace(state, ready=False, reasons=reasons)
-        return state
-
-    def _metrics_text(self) -> str:
-        return self.metrics.prometheus() if self.metrics is not None else ""
-
-    def _status(self) -> dict[str, object]:
-        # Bounded: a scan of a million tag sets would hold the loop for seconds.
-        status = cardinality_status(itertools.islice(self.guard.tag_sets(), STATUS_SCAN))
-        status["scanned_tag_sets"] = min(self.guard.tracked, STATUS_SCAN)
-        status["over_budget"] = [vars(o) for o in self.guard.offenders()]
-        return status
+async def _open_part(stack: AsyncExitStack, part: Source, failed: str) -> None:
+    """Open ``part`` and push its close; a failure is logged and ends the start."""
+    try:
+        await part.open()
+    except OSError as error:
+        log.error("%s %s: %s", failed, part.describe(), error.strerror or error)
+        with contextlib.suppress(Exception):
+            await part.close()
+        raise StartFailed from error
+    stack.push_async_callback(part.close)

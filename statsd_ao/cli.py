@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,13 +12,14 @@ from pathlib import Path
 import uvloop
 
 from statsd_ao import __version__
-from statsd_ao.app import run
-from statsd_ao.config import ConfigError, build
+from statsd_ao.compose import RulesFile, run
+from statsd_ao.config import Config, ConfigError, build, unknown_environment
 from statsd_ao.core.logs import configure
 from statsd_ao.core.mapping import MappingError
 from statsd_ao.etsy import migration
-from statsd_ao.remapping import read_rules
-from statsd_ao.settings import SETTINGS
+from statsd_ao.etsy.config import EtsyConfigError
+from statsd_ao.rulesfile import read_rules
+from statsd_ao.settings import GROUPS, HELP_LAYOUT, SETTINGS, Setting
 
 EXIT_CONFIG = 2
 
@@ -36,33 +38,53 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="an etsy statsd config.js (with its appoptics or librato section) to honour",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--check-config",
         action="store_true",
         help="validate the configuration, print it (token redacted) and exit",
     )
+    groups = {name: p.add_argument_group(f"{name} settings") for name in GROUPS}
+    defaults = Config()
     for setting in SETTINGS:
-        help_text = f"{setting.help} [env {setting.env}]"
+        group, metavar = HELP_LAYOUT[setting.name]
+        help_text = f"{setting.help} [env {setting.env}; default {_default(defaults, setting)}]"
+        target = groups[group]
         if setting.name == "dry_run":
-            p.add_argument(setting.flag, dest=setting.name, action="store_true", help=help_text)
+            target.add_argument(
+                setting.flag, dest=setting.name, action="store_true", help=help_text
+            )
         elif setting.repeat:
-            p.add_argument(setting.flag, dest=setting.name, action="append", help=help_text)
+            target.add_argument(
+                setting.flag, dest=setting.name, action="append", metavar=metavar, help=help_text
+            )
         else:
-            p.add_argument(setting.flag, dest=setting.name, help=help_text)
+            target.add_argument(setting.flag, dest=setting.name, metavar=metavar, help=help_text)
     return p
 
 
-def _check_mapping(path: str | None) -> int | str:
-    """The number of rules in the mapping file, or why it cannot be used (every problem)."""
+def _default(defaults: Config, setting: Setting) -> str:
+    """A setting's default as --help shows it (computed ones in words)."""
+    if setting.name == "tags":
+        return "host=<this machine's name>"
+    if setting.name == "self_metrics":
+        return "on when posting, off in a dry run"
+    if setting.name == "token":
+        return "none (a dry run)"
+    return defaults.shown(setting)
+
+
+def _read_mapping(path: str | None) -> RulesFile | str | None:
+    """The mapping file, read and checked once at start (None: no file), or why it cannot
+    be used (every problem)."""
     if path is None:
-        return 0
+        return None
     try:
-        return len(read_rules(path)[0])
+        rules, text = read_rules(path)
     except MappingError as error:
         return f"{len(error.problems)} problem(s) in the rules file:\n{error}"
     except (OSError, UnicodeDecodeError) as error:
         return f"cannot read {path}: {error}"
+    return path, rules, text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,26 +96,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.statsd_config is not None:
             base, unsupported = migration.load(args.statsd_config)
         config = build(flags, config_file=args.config, base=base)
-    except ConfigError as error:
+    except (ConfigError, EtsyConfigError) as error:
         print(f"statsd-ao: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    rules = _check_mapping(config.mapping)
-    if isinstance(rules, str):
-        print(f"statsd-ao: error: --mapping: {rules}", file=sys.stderr)
+    rules_file = _read_mapping(config.mapping)
+    if isinstance(rules_file, str):
+        print(f"statsd-ao: error: --mapping: {rules_file}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
         print(f"configuration OK: {config.describe()}")
-        if config.mapping:
-            print(f"mapping OK: {rules} rules in {config.mapping}")
+        if rules_file is not None:
+            print(f"mapping OK: {len(rules_file[1])} rules in {rules_file[0]}")
         if unsupported:
             print(f"not supported from {args.statsd_config}: {'; '.join(unsupported)}")
         return 0
-    configure(args.log_level, config.log_format == "json")
+    configure(config.log_level, config.log_format == "json")
+    for warning in unknown_environment(os.environ):
+        logging.getLogger("statsd_ao").warning("%s", warning)
     if unsupported:
         logging.getLogger("statsd_ao").warning(
             "%s: options not supported, ignored: %s", args.statsd_config, "; ".join(unsupported)
         )
-    return uvloop.run(run(config))
+    return uvloop.run(run(config, rules_file))
 
 
 if __name__ == "__main__":

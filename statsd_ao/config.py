@@ -8,6 +8,7 @@ naming the setting; the token never appears in an error or in `Config.describe`.
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 import tomllib
@@ -23,9 +24,10 @@ from statsd_ao.core.outbox import MAX_PENDING
 from statsd_ao.core.retry import MAX_AGE, MAX_ATTEMPTS
 from statsd_ao.core.sanitize import MAX_TAGS, fit_tag
 from statsd_ao.io.address import Address, parse_address
+from statsd_ao.io.listeners import UNIX_MODE
 from statsd_ao.io.pacing import DEFAULT_PAUSE
 from statsd_ao.io.spoolfile import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
-from statsd_ao.settings import SETTINGS, Setting
+from statsd_ao.settings import SECONDS, SETTINGS, Setting
 
 DEFAULT_API_URL = "https://api.appoptics.com"
 # The port every StatsD client sends to by default.
@@ -60,6 +62,7 @@ class Config:
     udp: Address | None = field(default_factory=lambda: parse_address(DEFAULT_UDP))
     tcp: Address | None = None
     unix: str | None = None
+    unix_mode: int = UNIX_MODE
     tcp_max_line: int = DEFAULT_TCP_MAX_LINE
     tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
     container_tag: str | None = None
@@ -75,6 +78,7 @@ class Config:
     # under a dozen lines per flush); True/False when set.
     self_metrics: bool | None = None
     log_format: str = "text"
+    log_level: str = "INFO"
     workers: int = 1
     # etsy statsd / statsd-appoptics-backend compatibility (see migration.py)
     percentile_style: str = "p"
@@ -119,32 +123,36 @@ class Config:
         return {**host, **self.tags}
 
     def describe(self) -> str:
-        """One line for the start-up log; the token is redacted."""
-        token = "<set>" if self.token else "<none>"
-        tags = ",".join(f"{k}={v}" for k, v in self.global_tags.items())
-        percentiles = ",".join(f"{p:g}" for p in self.percentiles)
-        return (
-            f"api_url={self.api_url} token={token} udp={self.udp or 'off'} "
-            f"tcp={self.tcp or 'off'} unix={self.unix or 'off'} "
-            f"container_tag={self.container_tag or 'off'} http={self.http or 'off'} "
-            f"annotation_stream={self.annotation_stream} "
-            f"percentile_style={self.percentile_style} "
-            f"send_idle={','.join(self.send_idle) or 'none'} "
-            f"admin={self.admin or 'off'} mapping={self.mapping or 'off'} "
-            f"self_metrics={'on' if self.posts_self_metrics else 'off'} "
-            f"log_format={self.log_format} "
-            f"flush_interval={self.flush_interval}s tags={tags} percentiles={percentiles} "
-            f"batch_size={self.batch_size} concurrency={self.concurrency} "
-            f"request_timeout={self.request_timeout:g}s "
-            f"shutdown_timeout={self.shutdown_timeout:g}s rcvbuf={self.rcvbuf} "
-            f"read_pause={self.read_pause:g}s "
-            f"max_pending={self.max_pending} max_age={self.max_age:g}s "
-            f"spool_dir={self.spool_dir or 'off'} spool_max_bytes={self.spool_max_bytes} "
-            f"max_attempts={self.max_attempts} resend_unconfirmed={self.resend_unconfirmed} "
-            f"cardinality_limit={self.cardinality_limit} "
-            f"cardinality_total_limit={self.cardinality_total_limit} "
-            f"dry_run={not self.posting}"
-        )
+        """One line for the start-up log and --check-config: every setting of the table, in
+        its order, as it is in effect (secrets redacted)."""
+        return " ".join(f"{s.name}={self.shown(s)}" for s in SETTINGS)
+
+    def shown(self, setting: Setting) -> str:
+        """One setting's value as the start line shows it."""
+        value = getattr(self, setting.name)
+        if setting.secret:
+            return "<set>" if value else "<none>"
+        if setting.name == "tags":  # with the host tag, as every measurement gets them
+            return ",".join(f"{k}={v}" for k, v in self.global_tags.items()) or "none"
+        if setting.name == "self_metrics":
+            return "on" if self.posts_self_metrics else "off"
+        if setting.name == "dry_run":
+            return str(not self.posting)
+        if setting.name == "unix_mode":
+            return f"{value:04o}"
+        return _text(value) + ("s" if setting.name in SECONDS else "")
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(map(_text, value)) or "none"
+    if isinstance(value, str):
+        return value or '""'
+    return str(value)
 
 
 def build(
@@ -178,6 +186,23 @@ def build(
     return config
 
 
+# Environment variables of the STATSD_AO_ family that are not settings.
+OTHER_VARIABLES = frozenset({"STATSD_AO_PURE_PYTHON"})
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``STATSD_AO_*`` variable that is no setting (a typo is otherwise
+    silently ignored), naming the nearest valid one."""
+    known = {s.env for s in SETTINGS} | OTHER_VARIABLES
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith("STATSD_AO_") and name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            warnings.append(f"environment variable {name} is not a statsd-ao setting{hint}")
+    return warnings
+
+
 def _pick(
     setting: Setting,
     flags: Mapping[str, str | list[str] | bool | None],
@@ -207,7 +232,7 @@ def _convert(setting: Setting, raw: Any) -> Any:
 
 
 def _safe(setting: Setting, error: ValueError) -> str:
-    return "invalid value (not shown)" if setting.name == "token" else str(error)
+    return "invalid value (not shown)" if setting.secret else str(error)
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Flush ticks on the wall-clock grid: swap -> convert -> batch -> sink.
+"""Flush ticks on the wall-clock grid: take the interval -> hand it to every sink.
 
 Ticks fall on multiples of the interval (a 10 s interval flushes at :00, :10, ...).  Each
 flush is stamped with the start of the interval it closes.  The schedule advances by whole
@@ -19,18 +19,17 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from statsd_ao.core.aggregator import Aggregator, Snapshot
-from statsd_ao.core.events import Event
 from statsd_ao.core.hotpath import Feeds
 from statsd_ao.core.idle import IdleKeeper
-from statsd_ao.core.logs import RateLimitedLog
-from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.logs import RateLimitedLog, fields
+from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.sanitize import DELIBERATE
-from statsd_ao.io.sink import Sink
+from statsd_ao.pipeline import SeriesItems, Sink
 
 log = logging.getLogger(__name__)
 
-# Series converted (and their full batches handed to the sink, which encodes them) between
-# two yields to the event loop: ~15 ms of work, so a flush of 100,000 series never keeps the
+# Series handed to the sinks (each converts them and queues its full requests) between two
+# yields to the event loop: ~15 ms of work, so a flush of 100,000 series never keeps the
 # socket unread for long (bench/flush_bench.py).
 CONVERT_CHUNK = 1000
 # Bytes of a rejected line quoted in the log.
@@ -48,8 +47,8 @@ def next_tick(now: float, interval: int) -> float:
 class FlushReport:
     stamp: int
     series: int
-    measurements: int
-    rejected: int
+    measurements: int  # data points made, summed over the sinks
+    rejected: int  # bad lines (not those left out on purpose)
     seconds: float
 
 
@@ -59,43 +58,48 @@ def _free_some(table: Feeds) -> None:
         table.popitem()
 
 
+Extras = Callable[[int, int], Sequence[Measurement]]
+
+
 class Flusher:
-    """Owns the schedule; each flush hands one interval's measurements to the sink."""
+    """Owns the schedule; each flush hands one interval to every sink.
+
+    ``take`` is where an interval comes from (default: the aggregator's swap; with part
+    sources, the merge of every part); ``idle`` keeps etsy's idle series, when asked for;
+    ``extras`` adds measurements to each flush (self-metrics); ``pause`` wraps each flush
+    (the garbage-collector policy); ``on_flush`` gets each flush's report.
+    """
 
     def __init__(
         self,
         aggregator: Aggregator,
-        converter: Converter,
-        sink: Sink,
+        sinks: Sequence[Sink],
         *,
         interval: int,
-        batch_size: int,
+        take: Callable[[], Awaitable[Snapshot]] | None = None,
+        idle: IdleKeeper | None = None,
+        extras: Extras | None = None,
+        pause: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        on_flush: Callable[[FlushReport], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._aggregator = aggregator
-        self._converter = converter
-        self._sink = sink
+        self._sinks = tuple(sinks)
         self._interval = interval
-        self._batch_size = batch_size
+        self._take = take
+        self._idle = idle
+        self._extras = extras
+        self._pause = pause
+        self._on_flush = on_flush
         self._clock = clock
         self._tick = next_tick(clock(), interval)
         self.flushes = 0
         self.lines = 0
-        self.rejected: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}  # bad lines, by reason
+        self.left_out: dict[str, int] = {}  # lines left out as configured (filters, drop rules)
         self._folds_seen = 0
         self._folds_reported_at = -FOLD_LOG_INTERVAL
         self._fold_log = RateLimitedLog(log, FOLD_LOG_INTERVAL)
-        # Hooks set by the app: measurements added to each flush (self-metrics), and a
-        # callback with each flush's report.
-        self.extra: Callable[[int, int], Sequence[Measurement]] | None = None
-        self.on_event: Callable[[Event], None] | None = None  # DogStatsD events
-        self.idle: IdleKeeper | None = None  # etsy's idle series, when asked for
-        # Wraps each flush: the app pauses the garbage collector there (gcpolicy.py).
-        self.pause: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
-        # Where an interval comes from: the aggregator's swap, or (--workers) the merge of
-        # every process's interval.
-        self.take: Callable[[], Awaitable[Snapshot]] | None = None
-        self.on_flush: Callable[[FlushReport], None] | None = None
         # Series in the flush being made or, between flushes, in the last one; None before
         # the first.
         self.series_flushed: int | None = None
@@ -130,84 +134,82 @@ class Flusher:
         return stamp
 
     async def flush(self, stamp: int) -> FlushReport:
-        with self.pause():
+        with self._pause():
             return await self._flush(stamp)
 
     async def _flush(self, stamp: int) -> FlushReport:
         """Stream the interval out: a chunk of series at a time is taken out of the snapshot,
-        converted, its full batches handed to the sink, and freed, between yields to the
-        loop, so no step (allocating, encoding, freeing) is ever large."""
+        handed to every sink (each converts it and queues its full requests), and freed,
+        between yields to the loop, so no step (allocating, encoding, freeing) is ever large."""
         started = time.perf_counter()
-        snapshot = await self.take() if self.take is not None else self._aggregator.swap()
+        snapshot = await self._take() if self._take is not None else self._aggregator.swap()
         self._account(snapshot)
-        pending: list[Measurement] = []
-        series = posted = 0
+        series = made = 0
         for group_stamp, table in [(stamp, snapshot.series), *sorted(snapshot.past.items())]:
             while table:
                 chunk = [table.popitem() for _ in range(min(CONVERT_CHUNK, len(table)))]
                 series += len(chunk)
-                if self.idle is not None and group_stamp == stamp:
-                    self.idle.remember(chunk)
-                pending.extend(self._converter.convert(chunk, group_stamp, self._interval))
+                if self._idle is not None and group_stamp == stamp:
+                    self._idle.remember(chunk)
+                made += self._hand_over(chunk, group_stamp)
                 del chunk  # the accumulators go now, not all at the end
                 _free_some(snapshot.feeds)
-                posted += self._submit(pending, whole_batches_only=True)
                 await asyncio.sleep(0)  # let the listener read between chunks
         snapshot.feeds.clear()  # what the chunks left (lines shapes of no series)
         self.series_flushed = series  # before the extras, whose self-metrics report it
-        pending.extend(self._closing_measurements(stamp))
-        posted += self._submit(pending, whole_batches_only=False)
-        if self.on_event is not None:
+        made += self._closing(stamp)
+        for sink in self._sinks:
+            sink.end_interval()
             for event in snapshot.events:
-                self.on_event(event)
+                sink.event(event)
         self._aggregator.maintain()
         self._report_folds()
         self.flushes += 1
-        report = FlushReport(
-            stamp, series, posted, sum(snapshot.rejected.values()), time.perf_counter() - started
-        )
+        bad = sum(n for reason, n in snapshot.rejected.items() if reason not in DELIBERATE)
+        report = FlushReport(stamp, series, made, bad, time.perf_counter() - started)
         log.debug("flush %s", report)
-        if self.on_flush is not None:
-            self.on_flush(report)
+        if self._on_flush is not None:
+            self._on_flush(report)
         return report
 
-    def _closing_measurements(self, stamp: int) -> list[Measurement]:
-        """Idle series (etsy's semantics, when asked for) and the app's extras."""
-        out: list[Measurement] = []
-        if self.idle is not None:
+    def _hand_over(self, chunk: SeriesItems, stamp: int) -> int:
+        return sum(sink.series(chunk, stamp, self._interval) for sink in self._sinks)
+
+    def _closing(self, stamp: int) -> int:
+        """Idle series (etsy's semantics, when asked for) and the extras; points made."""
+        made = 0
+        if self._idle is not None:
             # An idle series is posted only while the guard still counts its tag set, so
             # idle series never take a metric past its cardinality budget.
             guard = self._aggregator.guard
             keep = (lambda key: guard.tracks(key[1], key[2])) if guard is not None else None
-            idle = self.idle.stand_ins(keep)
-            out.extend(self._converter.convert(idle.items(), stamp, self._interval))
-        if self.extra is not None:
-            out.extend(self.extra(stamp, self._interval))
-        return out
-
-    def _submit(self, pending: list[Measurement], *, whole_batches_only: bool) -> int:
-        """Hand ``pending``'s batches to the sink (all, or only full ones); returns how many
-        measurements went."""
-        size = self._batch_size
-        count = len(pending) - len(pending) % size if whole_batches_only else len(pending)
-        for start in range(0, count, size):
-            self._sink.submit(pending[start : min(start + size, count)])
-        del pending[:count]
-        return count
+            made += self._hand_over(list(self._idle.stand_ins(keep).items()), stamp)
+        if self._extras is not None:
+            extras = self._extras(stamp, self._interval)
+            made += sum(sink.measurements(extras) for sink in self._sinks)
+        return made
 
     def _account(self, snapshot: Snapshot) -> None:
-        """Count lines and rejections; one log line per interval at most, with examples."""
+        """Count lines, bad ones and those left out on purpose apart; one log line per
+        interval at most, with examples, for the bad ones."""
         self.lines += snapshot.lines
+        bad: dict[str, int] = {}
         for reason, count in snapshot.rejected.items():
+            tally = self.left_out if reason in DELIBERATE else bad
+            tally[reason] = tally.get(reason, 0) + count
+        for reason, count in bad.items():
             self.rejected[reason] = self.rejected.get(reason, 0) + count
-        # Lines left out on purpose (filters, drop rules) are counted, not warned about.
-        bad = {r: n for r, n in snapshot.rejected.items() if r not in DELIBERATE}
         if bad:
             detail = "; ".join(
                 f"{reason}: {count} (e.g. {snapshot.examples[reason][:EXAMPLE_BYTES]!r})"
                 for reason, count in sorted(bad.items())
             )
-            log.warning("rejected %d lines in the last interval: %s", sum(bad.values()), detail)
+            log.warning(
+                "rejected %d lines in the last interval: %s",
+                sum(bad.values()),
+                detail,
+                extra=fields(rejected=bad),
+            )
 
     def _report_folds(self) -> None:
         """Name the metrics whose new tag sets were folded since the last flush."""
@@ -232,4 +234,11 @@ class Flusher:
                 offender.folded_tag_sets,
                 samples.get(offender.metric, 0),
                 offender.busiest_key,
+                extra=fields(
+                    metric=offender.metric,
+                    tag_sets=offender.admitted,
+                    folded_tag_sets=offender.folded_tag_sets,
+                    folded_samples=samples.get(offender.metric, 0),
+                    busiest_key=offender.busiest_key,
+                ),
             )

@@ -19,7 +19,7 @@ delivered, counted as lost under a reason, or kept in its spool subdirectory.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from statsd_ao.core.accumulators import Accumulator
@@ -33,7 +33,8 @@ SeriesItems = list[tuple[SeriesKey, Accumulator]]
 
 
 class Source(Protocol):
-    """Anything that takes input in: opened at start, closed at shutdown."""
+    """Anything that takes input in: opened at start, closed at shutdown.  (The HTTP
+    endpoint and the etsy admin interface have the same lifecycle and shape.)"""
 
     def describe(self) -> str:
         """Where it listens, for log lines (``udp 127.0.0.1:8125``)."""
@@ -90,7 +91,22 @@ class Sink(Protocol):
 
     async def drain(self, timeout: float) -> int:
         """Deliver what is queued within ``timeout`` seconds, then stop; returns the data
-        points left undelivered (kept in the spool or counted as lost)."""
+        points lost (neither delivered nor kept in the spool: counted under a reason)."""
+        ...
+
+    @property
+    def kept(self) -> int:
+        """Data points left in the spool at exit, for the next run."""
+        ...
+
+    @property
+    def delivered(self) -> int:
+        """Data points the backend confirmed."""
+        ...
+
+    @property
+    def lost(self) -> Mapping[str, int]:
+        """Data points that will never be delivered, by reason (conversion included)."""
         ...
 
     async def close(self) -> None:

@@ -12,41 +12,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
-from statsd_ao.core.mapping import MappingError, MappingRules, parse_rules
+from statsd_ao.core.mapping import MappingError, MappingRules
+from statsd_ao.rulesfile import read_rules
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Remapping", "read_rules"]
-
-
-def read_rules(path: str) -> tuple[MappingRules, str]:
-    """The checked rules of ``path`` and the text they came from.  Raises `MappingError`
-    (every problem, with its line) or OSError."""
-    text = Path(path).read_text(encoding="utf-8")
-    return parse_rules(text, yaml=is_yaml(path), source=path), text
-
-
-def is_yaml(path: str) -> bool:
-    return Path(path).suffix.lower() in (".yaml", ".yml")
+__all__ = ["Remapping"]
 
 
 class Remapping:
     """The rules file named by ``--mapping`` (``path``), loaded once at start."""
 
-    def __init__(self, path: str, rules: MappingRules, text: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        rules: MappingRules,
+        text: str,
+        on_rules: Callable[[MappingRules, str], None] | None = None,
+    ) -> None:
+        """``on_rules`` gets new rules, and the text they came from, once they are checked."""
         self.path = path
         self.rules = rules
         self.text = text
         self.reloads: dict[str, int] = {}  # outcome -> count
         self._matched_before = 0  # by rules replaced since start
-        self.on_rules: Callable[[MappingRules, str], None] | None = None  # rules, their text
-
-    @classmethod
-    def load(cls, path: str) -> Remapping:
-        rules, text = read_rules(path)
-        return cls(path, rules, text)
+        self._on_rules = on_rules
 
     @property
     def rule_count(self) -> int:
@@ -72,8 +63,8 @@ class Remapping:
             return False
         self._matched_before += self.rules.matched
         self.rules, self.text = rules, text
-        if self.on_rules is not None:
-            self.on_rules(rules, text)
+        if self._on_rules is not None:
+            self._on_rules(rules, text)
         self._count("ok")
         log.info("mapping: %d rules loaded from %s", len(rules), self.path)
         return True

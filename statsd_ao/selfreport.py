@@ -8,13 +8,22 @@ listening port.
 
 from __future__ import annotations
 
+import logging
+import os
+import resource
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from statsd_ao.core.sanitize import DROPPED_BY_RULE
+from statsd_ao.core.logs import RateLimitedLog, fields
+from statsd_ao.core.measurements import DROPPED_VALUE
+from statsd_ao.core.retry import Loss
+from statsd_ao.core.sanitize import DELIBERATE, DROPPED_BY_RULE
 from statsd_ao.core.selfmetrics import Distribution, SelfMetrics
+
+log = logging.getLogger("statsd_ao")
 
 # Linux's per-socket UDP tables (per network namespace, so a container sees its own).
 PROC_NET_UDP = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
@@ -67,6 +76,39 @@ def udp_drops(port: int, tables: Sequence[Path] = PROC_NET_UDP) -> int | None:
     return None if stats is None else stats.drops
 
 
+# Kernel receive-buffer drops are logged at most this often (they are also a self-metric).
+KERNEL_DROP_LOG_INTERVAL = 60.0
+
+
+class KernelDropWatch:
+    """Says so when the kernel drops datagrams for our UDP port (the host, not the proxy).
+    `check` runs after every flush."""
+
+    def __init__(
+        self, port: Callable[[], int | None], tables: Sequence[Path] = PROC_NET_UDP
+    ) -> None:
+        self._port = port
+        self._tables = tables
+        self._seen = 0
+        self._log = RateLimitedLog(log, KERNEL_DROP_LOG_INTERVAL)
+
+    def check(self) -> None:
+        port = self._port()
+        drops = None if port is None else udp_drops(port, self._tables)
+        if drops is None or drops <= self._seen:
+            return
+        new, self._seen = drops - self._seen, drops
+        self._log.warning(
+            "kernel-drops",
+            "the kernel dropped %d datagrams for udp port %d since the last check (%d in all): "
+            "the receive buffer was full; see 'Troubleshooting packet drops' in the README",
+            new,
+            port,
+            drops,
+            extra=fields(dropped=new, port=port, dropped_in_all=drops),
+        )
+
+
 # The components' counters, as structural Protocols: plain attributes satisfy them.
 
 
@@ -77,9 +119,15 @@ class ListenerCounts(Protocol):
     def bytes(self) -> int: ...
     @property
     def pauses(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
 
 
 class TcpCounts(Protocol):
+    @property
+    def connections(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
     @property
     def open(self) -> int: ...
     @property
@@ -95,6 +143,8 @@ class FlusherCounts(Protocol):
     def lines(self) -> int: ...
     @property
     def rejected(self) -> Mapping[str, int]: ...
+    @property
+    def left_out(self) -> Mapping[str, int]: ...
     @property
     def flushes(self) -> int: ...
 
@@ -113,6 +163,16 @@ class AggregatorCounts(Protocol):
     def guard(self) -> GuardCounts | None: ...
 
 
+class NamingCounts(Protocol):
+    @property
+    def tags_dropped(self) -> int: ...
+
+
+class GcCounts(Protocol):
+    @property
+    def full_collections(self) -> int: ...
+
+
 class DropCounts(Protocol):
     @property
     def dropped(self) -> Mapping[str, int]: ...
@@ -127,6 +187,14 @@ class SinkCounts(Protocol):
     def lost(self) -> Mapping[str, int]: ...
     @property
     def retries(self) -> int: ...
+    @property
+    def splits(self) -> int: ...
+    @property
+    def unconfirmed(self) -> int: ...
+    @property
+    def annotations_posted(self) -> int: ...
+    @property
+    def annotations_lost(self) -> int: ...
     @property
     def pending(self) -> int: ...
 
@@ -157,7 +225,7 @@ def standard_metrics(
     tags: Mapping[str, str],
     *,
     listener: ListenerCounts | None = None,
-    udp_port: int | None = None,
+    udp_port: Callable[[], int | None] | None = None,
     tcp: TcpCounts | None = None,
     flusher: FlusherCounts | None = None,
     aggregator: AggregatorCounts | None = None,
@@ -165,6 +233,8 @@ def standard_metrics(
     sink: SinkCounts | None = None,
     spool: SpoolCounts | None = None,
     mapping: MappingCounts | None = None,
+    naming: NamingCounts | None = None,
+    gc: GcCounts | None = None,
     series_active: Callable[[], float | None] | None = None,
     flush_duration: Callable[[], Distribution | None] | None = None,
     post_latency: Callable[[], Distribution | None] | None = None,
@@ -177,25 +247,9 @@ def standard_metrics(
     """
     metrics = SelfMetrics(tags)
     if listener is not None:
-        metrics.register_counter("udp.packets", "UDP datagrams read", lambda: listener.datagrams)
-        metrics.register_counter("udp.bytes", "UDP payload bytes read", lambda: listener.bytes)
-        metrics.register_counter(
-            "udp.read_pauses",
-            "reads that found the UDP socket nearly empty and left it for --read-pause",
-            lambda: listener.pauses,
-        )
+        _register_listener(metrics, listener)
     if udp_port is not None:
-        port = udp_port
-        metrics.register_counter(
-            "udp.kernel_drops",
-            "datagrams the kernel dropped, mostly because the receive buffer was full",
-            lambda: udp_drops(port, udp_tables),
-        )
-        metrics.register_gauge(
-            "udp.receive_queue_bytes",
-            "bytes waiting in the kernel receive buffer",
-            lambda: _field(udp_socket_stats(port, udp_tables)),
-        )
+        _register_kernel(metrics, udp_port, udp_tables)
     if flusher is not None:
         metrics.register_counter(
             "lines.received", "StatsD lines received (counted at each flush)", lambda: flusher.lines
@@ -203,9 +257,17 @@ def standard_metrics(
         metrics.register_counter(
             "lines.bad", "lines rejected, by reason", lambda: flusher.rejected, label="reason"
         )
+        metrics.register_counter(
+            "lines.left_out",
+            "lines left out as configured (metric filters, mapping drop rules), by reason",
+            lambda: flusher.left_out,
+            label="reason",
+            known=sorted(DELIBERATE),
+        )
         metrics.register_counter("flushes", "flushes done", lambda: flusher.flushes)
     if series_active is not None:
         metrics.register_gauge("series.active", "series in the last flush", series_active)
+    _register_process(metrics, naming, gc)
     if tcp is not None:
         _register_tcp(metrics, tcp)
     if aggregator is not None:
@@ -222,20 +284,135 @@ def standard_metrics(
             "measurements that will never reach the API, by reason",
             lambda: _merge(sink.lost if sink else {}, converter.dropped if converter else {}),
             label="reason",
+            known=[*(loss.value for loss in Loss), DROPPED_VALUE],
         )
     if flush_duration is not None:
-        metrics.register_summary(
+        metrics.register_histogram(
             "flush.duration_seconds", "time to swap, convert and queue one flush", flush_duration
         )
     if post_latency is not None:
-        metrics.register_summary(
+        metrics.register_histogram(
             "post.latency_seconds", "time from sending a post to its answer", post_latency
         )
     return metrics
 
 
+def register_process(metrics: SelfMetrics, version: str, native: bool) -> None:
+    """The process's own figures (CPU, memory, descriptors, start time) and what was built:
+    the version, and whether the C hot path runs."""
+    metrics.register_counter("process.cpu_seconds", "CPU time used, user and system", cpu_seconds)
+    metrics.register_gauge("process.resident_memory_bytes", "resident memory", resident_bytes)
+    metrics.register_gauge("process.open_fds", "open file descriptors", open_fds)
+    metrics.register_gauge(
+        "process.max_fds", "the limit of open file descriptors (RLIMIT_NOFILE)", max_fds
+    )
+    started = start_time()
+    metrics.register_gauge(
+        "process.start_time_seconds", "when the process started, Unix seconds", lambda: started
+    )
+    metrics.register_gauge(
+        "build_info", "always 1; the version is the label", lambda: {version: 1}, label="version"
+    )
+    metrics.register_gauge(
+        "hot_path",
+        "1 for the loop that runs: c (the C hot path) or python (the pure-Python fallback)",
+        lambda: {"c": int(native), "python": int(not native)},
+        label="loop",
+    )
+
+
+def cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def resident_bytes() -> int | None:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def open_fds() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+def max_fds() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def start_time() -> float:
+    """Unix seconds at which this process started (from /proc; now, where it is absent)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        ticks = int(fields[19])  # starttime: the 22nd field, counted after the command name
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, IndexError, ValueError, StopIteration):
+        return time.time()
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _register_listener(metrics: SelfMetrics, listener: ListenerCounts) -> None:
+    metrics.register_counter("udp.packets", "UDP datagrams read", lambda: listener.datagrams)
+    metrics.register_counter("udp.bytes", "UDP payload bytes read", lambda: listener.bytes)
+    metrics.register_counter(
+        "udp.read_pauses",
+        "reads that found the UDP socket nearly empty and left it for --read-pause",
+        lambda: listener.pauses,
+    )
+    metrics.register_counter(
+        "udp.ingest_errors",
+        "datagrams lost to an internal error while taking them in (a bug: logged)",
+        lambda: listener.errors,
+    )
+
+
+def _register_kernel(
+    metrics: SelfMetrics, port: Callable[[], int | None], tables: Sequence[Path]
+) -> None:
+    metrics.register_counter(
+        "udp.kernel_drops",
+        "datagrams the kernel dropped, mostly because the receive buffer was full",
+        lambda: _kernel(port(), lambda p: udp_drops(p, tables)),
+    )
+    metrics.register_gauge(
+        "udp.receive_queue_bytes",
+        "bytes waiting in the kernel receive buffer",
+        lambda: _kernel(port(), lambda p: _field(udp_socket_stats(p, tables))),
+    )
+
+
+def _register_process(
+    metrics: SelfMetrics, naming: NamingCounts | None, gc: GcCounts | None
+) -> None:
+    if naming is not None:
+        metrics.register_counter(
+            "tags.dropped",
+            "tags left off a series: invalid after sanitizing, or past the 50-tag limit",
+            lambda: naming.tags_dropped,
+        )
+    if gc is not None:
+        metrics.register_counter(
+            "gc.full_collections",
+            "full garbage collections (run after a flush at most once an hour)",
+            lambda: gc.full_collections,
+        )
+
+
 def _register_tcp(metrics: SelfMetrics, tcp: TcpCounts) -> None:
     metrics.register_gauge("tcp.connections", "TCP connections open", lambda: tcp.open)
+    metrics.register_counter(
+        "tcp.connections_accepted", "TCP connections accepted", lambda: tcp.connections
+    )
+    metrics.register_counter("tcp.bytes", "TCP payload bytes read", lambda: tcp.bytes)
     metrics.register_counter(
         "tcp.connections_evicted",
         "TCP connections closed to make room at the connection limit (the idle-longest one)",
@@ -287,6 +464,24 @@ def _register_sink(metrics: SelfMetrics, sink: SinkCounts) -> None:
     metrics.register_counter(
         "posts.retried", "posts queued again after a failure", lambda: sink.retries
     )
+    metrics.register_counter(
+        "posts.split",
+        "posts split in two after a 400 that named no measurement, to isolate a bad one",
+        lambda: sink.splits,
+    )
+    metrics.register_counter(
+        "measurements.unconfirmed",
+        "measurements re-sent after a post that got no answer (possibly stored twice)",
+        lambda: sink.unconfirmed,
+    )
+    metrics.register_counter(
+        "annotations.posted", "annotations the API accepted", lambda: sink.annotations_posted
+    )
+    metrics.register_counter(
+        "annotations.lost",
+        "annotations given up (refused, or failed 4 times)",
+        lambda: sink.annotations_lost,
+    )
     metrics.register_gauge(
         "measurements.pending", "measurements queued or in flight", lambda: sink.pending
     )
@@ -307,6 +502,7 @@ def _register_spool(metrics: SelfMetrics, spool: SpoolCounts) -> None:
         "damaged spool files or records found at start and skipped, by kind",
         lambda: spool.damaged,
         label="kind",
+        known=("corrupt", "torn_write"),
     )
     metrics.register_counter(
         "spool.replayed",
@@ -329,13 +525,19 @@ def _register_mapping(
         "mapping file reloads (SIGHUP), by outcome",
         lambda: mapping.reloads,
         label="outcome",
+        known=("ok", "failed"),
     )
     if flusher is not None:
         metrics.register_counter(
             "mapping.lines_dropped",
             "lines a drop rule removed",
-            lambda: flusher.rejected.get(DROPPED_BY_RULE, 0),
+            lambda: flusher.left_out.get(DROPPED_BY_RULE, 0),
         )
+
+
+def _kernel(port: int | None, read: Callable[[int], int | None]) -> int | None:
+    """The kernel's figure for the UDP port, once it is bound."""
+    return None if port is None else read(port)
 
 
 def _field(stats: UdpSocketStats | None) -> int | None:

@@ -49,6 +49,14 @@ def parse_token(text: str) -> str | None:
     return text.strip() or None
 
 
+def parse_mode(text: str) -> int:
+    """File permissions in octal: ``0660``, ``666``, ``0o600``."""
+    digits = text.strip().lower().removeprefix("0o")
+    if not re.fullmatch(r"[0-7]{3,4}", digits):
+        raise ValueError(f"expected permissions in octal such as 0660, got {text!r}")
+    return int(digits, 8)
+
+
 def parse_tags(items: list[str]) -> dict[str, str]:
     """``KEY=VALUE`` items (each may itself be a comma-separated list)."""
     tags: dict[str, str] = {}
@@ -174,6 +182,16 @@ def _log_format(text: str) -> str:
     return value
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return value
+
+
 def _boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -194,16 +212,41 @@ class Setting:
     help: str
     repeat: bool = False  # the flag may be given several times (a list)
     joiner: str = ","  # how a list (repeated flags, a TOML array) becomes the parsed text
+    secret: bool = False  # never printed: shown as <set> or <none>, errors without the value
 
+
+# Settings in seconds: shown with an ``s`` in the start line and --check-config.
+SECONDS = frozenset(
+    {
+        "flush_interval",
+        "request_timeout",
+        "shutdown_timeout",
+        "read_pause",
+        "max_age",
+        "tcp_idle_timeout",
+    }
+)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("api_url", "--api-url", "STATSD_AO_API_URL", parse_api_url, "AppOptics API base URL"),
     Setting(
-        "token", "--token", "APPOPTICS_TOKEN", parse_token, "AppOptics API token (else: dry run)"
+        "token",
+        "--token",
+        "APPOPTICS_TOKEN",
+        parse_token,
+        "AppOptics API token (else: dry run)",
+        secret=True,
     ),
     Setting("udp", "--udp", "STATSD_AO_UDP", parse_listen, "UDP listen HOST:PORT, or off"),
-    Setting("tcp", "--tcp", "STATSD_AO_TCP", parse_listen, "TCP listen HOST:PORT (default off)"),
+    Setting("tcp", "--tcp", "STATSD_AO_TCP", parse_listen, "TCP listen HOST:PORT, or off"),
     Setting("unix", "--unix", "STATSD_AO_UNIX", parse_optional, "Unix datagram socket PATH"),
+    Setting(
+        "unix_mode",
+        "--unix-mode",
+        "STATSD_AO_UNIX_MODE",
+        parse_mode,
+        "permissions of the --unix socket, octal (0660: owner and group may send)",
+    ),
     Setting(
         "tcp_max_line",
         "--tcp-max-line",
@@ -230,14 +273,14 @@ SETTINGS: tuple[Setting, ...] = (
         "--spool-dir",
         "STATSD_AO_SPOOL_DIR",
         parse_optional,
-        "directory that keeps pending posts across restarts (default off: memory only)",
+        "directory that keeps pending posts across restarts (off: memory only)",
     ),
     Setting(
         "spool_max_bytes",
         "--spool-max-bytes",
         "STATSD_AO_SPOOL_MAX_BYTES",
         _spool_bytes,
-        "bytes the spool may hold; past it the oldest posts are dropped (default 512 MiB)",
+        "bytes the spool may hold; past it the oldest posts are dropped",
     ),
     Setting(
         "max_age",
@@ -265,16 +308,23 @@ SETTINGS: tuple[Setting, ...] = (
         "--http",
         "STATSD_AO_HTTP",
         parse_listen,
-        "HTTP HOST:PORT for /health /ready /metrics /status (default off)",
+        "HTTP HOST:PORT for /health /ready /metrics /status",
     ),
     Setting(
         "self_metrics",
         "--self-metrics",
         "STATSD_AO_SELF_METRICS",
         _boolean,
-        "post statsd_ao.* self-metrics (on/off; default on, off in a dry run)",
+        "post statsd_ao.* self-metrics",
     ),
     Setting("log_format", "--log-format", "STATSD_AO_LOG_FORMAT", _log_format, "text or json logs"),
+    Setting(
+        "log_level",
+        "--log-level",
+        "STATSD_AO_LOG_LEVEL",
+        _log_level,
+        "DEBUG, INFO, WARNING or ERROR",
+    ),
     Setting(
         "annotation_stream",
         "--annotation-stream",
@@ -370,7 +420,7 @@ SETTINGS: tuple[Setting, ...] = (
         "--container-tag",
         "STATSD_AO_CONTAINER_TAG",
         parse_optional,
-        "tag name for DogStatsD's |c:<container id> field (default: ignored)",
+        "tag name for DogStatsD's |c:<container id> field (off: ignored)",
     ),
     Setting(
         "flush_interval",
@@ -431,3 +481,56 @@ SETTINGS: tuple[Setting, ...] = (
         "tag sets per hour across all metrics",
     ),
 )
+
+
+# --help: each setting's group and the placeholder that says what goes there.  Booleans are
+# written one way: ``true|false`` (on/off, yes/no and 1/0 are taken too).
+BOOLEAN = "true|false"
+GROUPS = ("intake", "aggregation", "delivery", "spool", "naming", "operations")
+HELP_LAYOUT: dict[str, tuple[str, str]] = {
+    "udp": ("intake", "HOST:PORT|off"),
+    "tcp": ("intake", "HOST:PORT|off"),
+    "unix": ("intake", "PATH"),
+    "unix_mode": ("intake", "OCTAL"),
+    "tcp_max_line": ("intake", "BYTES"),
+    "tcp_idle_timeout": ("intake", "SECONDS"),
+    "rcvbuf": ("intake", "BYTES"),
+    "read_pause": ("intake", "SECONDS"),
+    "workers": ("intake", "N"),
+    "container_tag": ("intake", "TAG_NAME"),
+    "flush_interval": ("aggregation", "SECONDS"),
+    "percentiles": ("aggregation", "P,P,..."),
+    "percentile_style": ("aggregation", "p|backend"),
+    "always_suffix_percentile": ("aggregation", BOOLEAN),
+    "send_idle": ("aggregation", "counters,gauges,sets"),
+    "cardinality_limit": ("aggregation", "TAG_SETS"),
+    "cardinality_total_limit": ("aggregation", "TAG_SETS"),
+    "api_url": ("delivery", "URL"),
+    "token": ("delivery", "TOKEN"),
+    "dry_run": ("delivery", ""),
+    "batch_size": ("delivery", "MEASUREMENTS"),
+    "concurrency": ("delivery", "POSTS"),
+    "request_timeout": ("delivery", "SECONDS"),
+    "max_pending": ("delivery", "MEASUREMENTS"),
+    "max_age": ("delivery", "SECONDS"),
+    "max_attempts": ("delivery", "N"),
+    "resend_unconfirmed": ("delivery", BOOLEAN),
+    "annotation_stream": ("delivery", "STREAM"),
+    "shutdown_timeout": ("delivery", "SECONDS"),
+    "spool_dir": ("spool", "DIR"),
+    "spool_max_bytes": ("spool", "SIZE"),
+    "tags": ("naming", "KEY=VALUE"),
+    "host_tag": ("naming", BOOLEAN),
+    "global_prefix": ("naming", "PREFIX"),
+    "key_name_sanitize": ("naming", BOOLEAN),
+    "mapping": ("naming", "FILE"),
+    "include_metrics": ("naming", "REGEX"),
+    "exclude_metrics": ("naming", "REGEX"),
+    "source_regex": ("naming", "REGEX"),
+    "http": ("operations", "HOST:PORT"),
+    "admin": ("operations", "HOST:PORT"),
+    "health_status": ("operations", "up|down"),
+    "self_metrics": ("operations", BOOLEAN),
+    "log_format": ("operations", "text|json"),
+    "log_level": ("operations", "LEVEL"),
+}

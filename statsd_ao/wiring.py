@@ -1,8 +1,14 @@
-"""Components built from the Config the same way in every process (app and workers)."""
+"""What an aggregator is built from, the same way in every process (main and workers).
+
+`AggregatorSpec` is plain, frozen and picklable: the composition root makes it once from the
+Config and hands it to the worker processes, so no process but the main one reads settings.
+"""
 
 from __future__ import annotations
 
-from statsd_ao.config import Config
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 from statsd_ao.core.aggregator import Aggregator
 from statsd_ao.core.cardinality import CardinalityGuard
 from statsd_ao.core.mapping import MappingRules
@@ -10,23 +16,35 @@ from statsd_ao.core.name_rules import NameRules
 from statsd_ao.core.sanitize import Naming
 
 
-def make_naming(config: Config, mapping: MappingRules | None = None) -> Naming:
-    rules = NameRules.compile(
-        key_name_sanitize=config.key_name_sanitize,
-        include=config.include_metrics,
-        exclude=config.exclude_metrics,
-        source_regex=config.source_regex,
-        prefix=config.global_prefix,
-    )
-    return Naming(config.global_tags, rules, mapping)
+@dataclass(frozen=True, slots=True)
+class AggregatorSpec:
+    """The naming and interval settings of an aggregator."""
 
+    global_tags: Mapping[str, str] = field(default_factory=dict)
+    interval: int = 10
+    container_tag: str | None = None
+    key_name_sanitize: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    source_regex: str | None = None
+    prefix: str = ""
 
-def make_aggregator(
-    config: Config, guard: CardinalityGuard | None, mapping: MappingRules | None = None
-) -> Aggregator:
-    return Aggregator(
-        make_naming(config, mapping),
-        guard=guard,
-        container_tag=config.container_tag,
-        interval=config.flush_interval,
-    )
+    def naming(self, mapping: MappingRules | None = None) -> Naming:
+        rules = NameRules.compile(
+            key_name_sanitize=self.key_name_sanitize,
+            include=self.include,
+            exclude=self.exclude,
+            source_regex=self.source_regex,
+            prefix=self.prefix,
+        )
+        return Naming(dict(self.global_tags), rules, mapping)
+
+    def build(
+        self, guard: CardinalityGuard | None, mapping: MappingRules | None = None
+    ) -> Aggregator:
+        return Aggregator(
+            self.naming(mapping),
+            guard=guard,
+            container_tag=self.container_tag,
+            interval=self.interval,
+        )

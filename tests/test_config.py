@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from statsd_ao import cli
-from statsd_ao.config import ConfigError, build
+from statsd_ao.config import ConfigError, build, unknown_environment
 from statsd_ao.io.address import Address, parse_address
-from statsd_ao.settings import parse_bytes
+from statsd_ao.settings import GROUPS, HELP_LAYOUT, SETTINGS, parse_bytes
 
 
 def test_defaults() -> None:
@@ -173,3 +173,63 @@ def test_the_spool_is_off_unless_a_directory_is_given() -> None:
     )
     assert (config.spool_dir, config.spool_max_bytes) == ("/var/spool/x", 1 << 30)
     assert build({"spool_dir": "off"}, environ={"STATSD_AO_SPOOL_DIR": "/x"}).spool_dir is None
+
+
+def test_describe_names_every_setting_in_the_table_and_hides_secrets() -> None:
+    config = build(
+        {"token": "s3cr3t-token", "workers": "2", "global_prefix": "app"},
+        environ={"STATSD_AO_EXCLUDE_METRICS": "^debug\\."},
+    )
+    shown = dict(part.split("=", 1) for part in config.describe().split(" "))
+    assert list(shown) == [setting.name for setting in SETTINGS]
+    assert shown["token"] == "<set>" and "s3cr3t" not in config.describe()
+    assert (shown["workers"], shown["global_prefix"]) == ("2", "app")
+    assert shown["exclude_metrics"] == "^debug\\."
+    assert shown["flush_interval"] == "10s" and shown["source_regex"] == "off"
+
+
+def test_log_level_is_a_setting_like_any_other(tmp_path: Path) -> None:
+    file = tmp_path / "statsd-ao.toml"
+    file.write_text('log_level = "debug"\n')
+    assert build({}, environ={}).log_level == "INFO"
+    assert build({}, environ={}, config_file=file).log_level == "DEBUG"
+    assert build({}, environ={"STATSD_AO_LOG_LEVEL": "warning"}).log_level == "WARNING"
+    with pytest.raises(ConfigError, match="STATSD_AO_LOG_LEVEL"):
+        build({}, environ={"STATSD_AO_LOG_LEVEL": "loud"})
+
+
+def test_unknown_statsd_ao_variables_are_named_with_the_nearest_setting() -> None:
+    environ = {
+        "STATSD_AO_FLUSH_INTERVALL": "5",
+        "STATSD_AO_PURE_PYTHON": "1",
+        "STATSD_AO_UDP": "127.0.0.1:0",
+        "HOME": "/root",
+    }
+    assert unknown_environment(environ) == [
+        "environment variable STATSD_AO_FLUSH_INTERVALL is not a statsd-ao setting; "
+        "did you mean STATSD_AO_FLUSH_INTERVAL?"
+    ]
+
+
+def test_the_readme_lists_every_setting_with_its_flag_variable_and_key() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `--")]
+    for setting in SETTINGS:
+        row = next((r for r in rows if f"| `{setting.flag}" in r), None)
+        assert row is not None, setting.flag
+        assert f"`{setting.env}`" in row and f"`{setting.name}`" in row, row
+
+
+def test_help_groups_every_setting_with_a_placeholder_and_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert set(HELP_LAYOUT) == {setting.name for setting in SETTINGS}
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    sections = [line for line in text.splitlines() if line.endswith(" settings:")]
+    assert sections == [f"{group} settings:" for group in GROUPS]
+    assert "--udp HOST:PORT|off" in text and "--host-tag true|false" in text
+    assert "--self-metrics true|false" in text  # booleans written one way
+    assert "default 0.0.0.0:8125]" in " ".join(text.split())
+    assert "default 10s]" in " ".join(text.split())  # --flush-interval

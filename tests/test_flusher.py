@@ -9,9 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.annotations import Annotation
 from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.core.sanitize import Naming
 from statsd_ao.flusher import Flusher, next_tick
+from statsd_ao.io.appoptics import AppOpticsSink
 
 
 class FakeClock:
@@ -23,8 +25,18 @@ class FakeClock:
 
 
 class ListSink:
+    """A poster that keeps each post's measurements."""
+
     def __init__(self) -> None:
         self.batches: list[Sequence[Measurement]] = []
+        self.annotations: list[tuple[str, Annotation]] = []
+        self.is_open = True
+        self.kept = 0
+        self.lost: dict[str, int] = {}
+
+    @property
+    def posted(self) -> int:
+        return sum(map(len, self.batches))
 
     async def start(self) -> None:
         return None
@@ -32,11 +44,27 @@ class ListSink:
     def submit(self, batch: Sequence[Measurement]) -> None:
         self.batches.append(batch)
 
+    def annotate(self, stream: str, annotation: Annotation) -> None:
+        self.annotations.append((stream, annotation))
+
     async def drain(self, timeout: float) -> int:
         return 0
 
     async def close(self) -> None:
         return None
+
+
+def appoptics(
+    poster: ListSink, converter: Converter | None = None, batch_size: int = 500
+) -> AppOpticsSink:
+    """The AppOptics sink, as production makes it, over ``poster``."""
+    return AppOpticsSink(
+        converter or Converter(),
+        poster,
+        batch_size=batch_size,
+        annotation_stream="statsd-ao",
+        host="h",
+    )
 
 
 @given(st.floats(0, 2e9), st.integers(1, 3600))
@@ -52,7 +80,7 @@ def make(
     aggregator = Aggregator(Naming({"host": "h"}))
     sink = ListSink()
     flusher = Flusher(
-        aggregator, Converter(), sink, interval=interval, batch_size=batch, clock=clock
+        aggregator, [appoptics(sink, batch_size=batch)], interval=interval, clock=clock
     )
     return aggregator, flusher, sink
 
@@ -107,7 +135,7 @@ def test_run_flushes_at_ticks_until_stopped() -> None:
     async def scenario() -> list[int]:
         aggregator = Aggregator(Naming({"host": "h"}))
         sink = ListSink()
-        flusher = Flusher(aggregator, Converter(), sink, interval=1, batch_size=10)
+        flusher = Flusher(aggregator, [appoptics(sink, batch_size=10)], interval=1)
         stop = asyncio.Event()
         stamps: list[int] = []
         original = flusher.flush
@@ -130,7 +158,7 @@ def test_flush_posts_timestamped_samples_under_their_own_interval() -> None:
     clock = FakeClock(2004.0)
     aggregator = Aggregator(Naming({"host": "h"}), interval=10, clock=clock)
     sink = ListSink()
-    flusher = Flusher(aggregator, Converter(), sink, interval=10, batch_size=10, clock=clock)
+    flusher = Flusher(aggregator, [appoptics(sink, batch_size=10)], interval=10, clock=clock)
     aggregator.ingest(b"late:1|c|T1985\nnow:1|c")
     asyncio.run(flusher.flush(2000))
     stamps = {m["name"]: m["time"] for batch in sink.batches for m in batch}

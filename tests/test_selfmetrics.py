@@ -18,12 +18,20 @@ from statsd_ao.core.cardinality import CardinalityGuard
 from statsd_ao.core.measurements import Converter
 from statsd_ao.core.sanitize import Naming
 from statsd_ao.core.selfmetrics import Distribution, Kind, SelfMetrics, Timings
+from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher
 from statsd_ao.io.sink import HttpSink
-from statsd_ao.selfreport import UdpSocketStats, standard_metrics, udp_drops, udp_socket_stats
+from statsd_ao.selfreport import (
+    UdpSocketStats,
+    register_process,
+    standard_metrics,
+    udp_drops,
+    udp_socket_stats,
+)
+from statsd_ao.wiring import AggregatorSpec
 from tests.fakeapi import FakeAppOptics, judge_measurements
 from tests.proxy import Proxy
-from tests.test_flusher import ListSink
+from tests.test_flusher import ListSink, appoptics
 
 E2E_TOKEN = "selfmetrics-token"
 
@@ -163,12 +171,66 @@ def test_summaries_post_interval_count_and_sum_and_recent_quantiles() -> None:
     ]
 
 
+def test_timings_count_every_observation_in_cumulative_buckets() -> None:
+    timings = Timings(window=2, buckets=(1.0, 0.1, 10.0))
+    for seconds in (0.05, 0.1, 0.5, 3.0, 60.0):
+        timings.observe(seconds)
+    assert timings.distribution().buckets == ((0.1, 2), (1.0, 3), (10.0, 4))  # le, cumulative
+
+
+def test_a_histogram_renders_buckets_to_prometheus_and_a_summary_to_appoptics() -> None:
+    timings = Timings(buckets=(0.5, 2.0))
+    for seconds in (0.25, 1.0, 4.0):
+        timings.observe(seconds)
+    metrics = SelfMetrics({"host": "h"})
+    metrics.register_histogram("flush.duration_seconds", "flush time", timings.distribution)
+    assert metrics.prometheus().splitlines()[1:] == [
+        "# TYPE statsd_ao_flush_duration_seconds histogram",
+        'statsd_ao_flush_duration_seconds_bucket{le="0.5"} 1',
+        'statsd_ao_flush_duration_seconds_bucket{le="2"} 2',
+        'statsd_ao_flush_duration_seconds_bucket{le="+Inf"} 3',
+        "statsd_ao_flush_duration_seconds_sum 5.25",
+        "statsd_ao_flush_duration_seconds_count 3",
+    ]
+    summary = metrics.measurements(10, 10)[0]
+    assert (summary.get("count"), summary.get("sum")) == (3, 5.25)
+
+
+def test_known_label_values_are_shown_at_zero_before_their_first_event() -> None:
+    metrics = SelfMetrics({"host": "h"})
+    lost: dict[str, int] = {}
+    metrics.register_counter(
+        "measurements.lost", "lost", lambda: lost, label="reason", known=("shutdown", "too_old")
+    )
+    assert 'statsd_ao_measurements_lost_total{reason="shutdown"} 0' in metrics.prometheus()
+    lost["rejected"] = 2
+    text = metrics.prometheus()
+    assert 'reason="too_old"} 0' in text and 'reason="rejected"} 2' in text
+
+
+def test_the_process_reports_itself_and_what_was_built() -> None:
+    metrics = SelfMetrics({"host": "h"})
+    register_process(metrics, "9.9.9", native=True)
+    text = metrics.prometheus()
+    assert 'statsd_ao_build_info{version="9.9.9"} 1' in text
+    assert 'statsd_ao_hot_path{loop="c"} 1' in text and 'loop="python"} 0' in text
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("statsd_ao_process_")
+    }
+    assert values["statsd_ao_process_resident_memory_bytes"] > 1 << 20
+    assert 3 <= values["statsd_ao_process_open_fds"] <= values["statsd_ao_process_max_fds"]
+    assert values["statsd_ao_process_cpu_seconds_total"] > 0
+    assert time.time() - 86400 * 7 < values["statsd_ao_process_start_time_seconds"] <= time.time()
+
+
 def test_timings_quantiles_cover_only_the_recent_window() -> None:
-    timings = Timings(quantiles=(0.5, 1.0), window=3)
+    timings = Timings(quantiles=(0.5, 1.0), window=3, buckets=())
     for seconds in (9.0, 1.0, 2.0, 3.0):
         timings.observe(seconds)
     assert timings.distribution() == Distribution(4, 15.0, {0.5: 2.0, 1.0: 3.0})
-    assert Timings().distribution() == Distribution(0, 0.0, {})
+    assert Timings(buckets=()).distribution() == Distribution(0, 0.0, {})
     with pytest.raises(ValueError):
         Timings(quantiles=(0.0,))
     with pytest.raises(ValueError):
@@ -358,6 +420,10 @@ class FakeSink:
     lost: dict[str, int] = field(default_factory=dict)
     retries: int = 0
     pending: int = 0
+    splits: int = 0
+    unconfirmed: int = 0
+    annotations_posted: int = 0
+    annotations_lost: int = 0
 
 
 @dataclass
@@ -365,12 +431,14 @@ class FakeListener:
     datagrams: int = 0
     bytes: int = 0
     pauses: int = 0
+    errors: int = 0
 
 
 @dataclass
 class FakeFlusher:
     lines: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    left_out: dict[str, int] = field(default_factory=dict)
     flushes: int = 0
 
 
@@ -387,7 +455,7 @@ def test_standard_metrics_are_accepted_by_a_strict_api(tmp_path: Path) -> None:
     metrics = standard_metrics(
         {"host": "node-1", "pod": "app-7f9c"},
         listener=FakeListener(datagrams=10, bytes=2000, pauses=7),
-        udp_port=8125,
+        udp_port=lambda: 8125,
         flusher=FakeFlusher(lines=30, rejected={"bad value": 2}, flushes=3),
         aggregator=FakeAggregator({"api.latency": 40, "x": 2}, FakeGuard(500, {"api.latency": 4})),
         converter=FakeConverter({"value out of range": 1, "queue full": 1}),
@@ -420,7 +488,7 @@ def test_standard_metrics_read_the_real_components() -> None:
     guard = CardinalityGuard(limit=2)
     aggregator = Aggregator(Naming({"host": "h"}), guard=guard)
     converter = Converter()
-    flusher = Flusher(aggregator, converter, ListSink(), interval=10, batch_size=500)
+    flusher = Flusher(aggregator, [appoptics(ListSink(), converter)], interval=10)
     sink = HttpSink("http://127.0.0.1:1", "token", concurrency=1, timeout=1.0)
     metrics = standard_metrics(
         {"host": "h"},
@@ -453,3 +521,23 @@ def test_series_active_reports_the_flush_it_is_posted_with() -> None:
         assert got["statsd_ao.series.active"]["value"] == 4  # the one flush posted 4 series
 
     asyncio.run(scenario())
+
+
+def test_lines_left_out_on_purpose_are_not_counted_as_bad() -> None:
+    """Filters and drop rules are configuration: alerts on bad lines must not fire on them."""
+    aggregator = AggregatorSpec(global_tags={"host": "h"}, exclude=("^debug\\.",)).build(None)
+    flusher = Flusher(aggregator, [appoptics(ListSink())], interval=10)
+    state = ProxyAdminState(aggregator, flusher, {"host": "h"})
+    aggregator.ingest(b"debug.noise:1|c\ndebug.more:2|c\nok:1|c\nno type here")
+    assert state.stats()["messages.bad_lines_seen"] == 1  # before the flush...
+    report = asyncio.run(flusher.flush(0))
+    assert state.stats()["messages.bad_lines_seen"] == 1  # ...and after it
+    assert report.rejected == 1
+    metrics = standard_metrics({"host": "h"}, flusher=flusher)
+    assert flusher.rejected == {"missing type": 1}
+    assert flusher.left_out == {"left out by metric filter": 2}
+    text = metrics.prometheus()
+    assert 'statsd_ao_lines_left_out_total{reason="left out by metric filter"} 2' in text
+    assert "left out" not in "".join(
+        line for line in text.splitlines() if line.startswith("statsd_ao_lines_bad_total")
+    )

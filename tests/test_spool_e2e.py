@@ -252,3 +252,26 @@ def test_a_directory_the_proxy_may_not_write_stops_it_with_the_reason(tmp_path: 
 
     with unwritable(spool):
         run(scenario)
+
+
+def test_sigterm_during_an_outage_returns_once_everything_is_in_the_spool(
+    tmp_path: Path,
+) -> None:
+    """Nothing is gained by waiting out a long shutdown timeout while the API is down and
+    every post is safe on disk: the next run delivers them."""
+    spool = tmp_path / "spool"
+
+    async def scenario() -> None:
+        async with FakeAppOptics(token=TOKEN) as api:
+            api.down = True
+            flags = ("--api-url", api.url, "--spool-dir", str(spool), "--shutdown-timeout", "60")
+            async with Proxy(*flags, "--flush-interval", DAY, env={"APPOPTICS_TOKEN": TOKEN}) as p:
+                p.send(counters("safe", 500))
+                signalled = time.monotonic()
+                assert await p.stop(signal.SIGTERM) == 0, p.log
+                took = time.monotonic() - signalled
+            assert took < 15.0, f"exit took {took:.1f}s of a 60 s timeout\n{p.log}"
+            assert "500 measurements kept in" in p.log
+            assert set(spooled(spool)) == sent("safe", 500)
+
+    run(scenario)

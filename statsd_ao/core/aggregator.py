@@ -43,7 +43,7 @@ from statsd_ao.core.protocol import (
     parse_values,
     split_multi_metric,
 )
-from statsd_ao.core.sanitize import Naming, TagTuple
+from statsd_ao.core.sanitize import DELIBERATE, Naming, TagTuple
 
 # Distinct line shapes remembered across intervals.  Past this the memory is cleared and
 # rebuilt from traffic (a cost paid once per shape), so a flood of unique garbage cannot grow
@@ -149,6 +149,7 @@ class Aggregator:
         hot: Native | None = NATIVE,
     ) -> None:
         self._naming = naming
+        self.naming = naming  # (its counters, for the self-metrics)
         # The C loop's line-shape table (statsd_ao/core/hotpath.py), in front of self._feeds.
         self._table = hot() if hot is not None else None
         self.guard = guard
@@ -272,13 +273,8 @@ class Aggregator:
 
     @property
     def rejected_now(self) -> int:
-        """Lines rejected in the current interval."""
-        return sum(self._now.rejected.values())
-
-    @property
-    def series_count(self) -> int:
-        """Series with data in the current interval."""
-        return len(self._now.series)
+        """Bad lines in the current interval (not those left out on purpose)."""
+        return sum(n for reason, n in self._now.rejected.items() if reason not in DELIBERATE)
 
     def _failed(self, feed: Feed, value: bytes, line: bytes, error: ValueError) -> None:
         """A feed refused ``value``: a multi-value line, or a rejection to count."""

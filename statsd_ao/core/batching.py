@@ -28,8 +28,3 @@ def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 def encode(measurements: Sequence[Measurement]) -> bytes:
     """The JSON body of one post."""
     return orjson.dumps({"measurements": measurements})
-
-
-def encode_batches(measurements: Sequence[Measurement], size: int = DEFAULT_BATCH) -> list[bytes]:
-    """Bodies of posts of at most ``size`` measurements each."""
-    return [encode(chunk) for chunk in chunked(measurements, size)]

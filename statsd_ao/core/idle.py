@@ -2,7 +2,8 @@
 
 etsy keeps posting a series after it went quiet: a counter as 0, a gauge at its last value,
 a set as 0 unique members.  statsd-ao's own default is to post nothing for an idle series.
-The flusher asks `IdleKeeper.fill` once per flush (not the hot path).
+The flusher tells `IdleKeeper.remember` each chunk of an interval and asks for its
+`stand_ins` once per flush (not the hot path).
 """
 
 from __future__ import annotations
@@ -63,11 +64,6 @@ class IdleKeeper:
         """Stop standing in for these series (etsy's del* commands)."""
         for key in keys:
             self._known.pop(key, None)
-
-    def fill(self, active: dict[SeriesKey, Accumulator]) -> dict[SeriesKey, Accumulator]:
-        """`remember` all of ``active`` and return the `stand_ins` in one call."""
-        self.remember(active.items())
-        return self.stand_ins()
 
 
 def _stand_in(kind: Kind, value: float) -> Accumulator:

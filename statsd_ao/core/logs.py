@@ -1,12 +1,22 @@
-"""Logging helpers: a rate limit per message key, so repeated trouble logs once a while."""
+"""Logging helpers: a rate limit per message key, so repeated trouble logs once a while, and
+JSON lines whose records carry structured ``fields`` beside the message.
+
+A call passes its figures twice: in the text (for people) and as ``fields`` (for log
+collectors): ``log.info("lost %s", lost, extra=fields(lost=lost))``.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import orjson
+
+
+def fields(**values: object) -> dict[str, object]:
+    """The ``extra`` of a log call whose figures a JSON log shows as fields."""
+    return {"fields": values}
 
 
 class RateLimitedLog:
@@ -27,15 +37,25 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, key: str, message: str, *args: object) -> bool:
+    def warning(
+        self, key: str, message: str, *args: object, extra: Mapping[str, object] | None = None
+    ) -> bool:
         """Log at WARNING unless ``key`` logged within the interval; True when logged."""
-        return self.log(logging.WARNING, key, message, *args)
+        return self.log(logging.WARNING, key, message, *args, extra=extra)
 
-    def error(self, key: str, message: str, *args: object) -> bool:
-        return self.log(logging.ERROR, key, message, *args)
+    def error(
+        self, key: str, message: str, *args: object, extra: Mapping[str, object] | None = None
+    ) -> bool:
+        return self.log(logging.ERROR, key, message, *args, extra=extra)
 
     def log(
-        self, level: int, key: str, message: str, *args: object, exc_info: bool = False
+        self,
+        level: int,
+        key: str,
+        message: str,
+        *args: object,
+        exc_info: bool = False,
+        extra: Mapping[str, object] | None = None,
     ) -> bool:
         now = self._clock()
         last = self._last.get(key)
@@ -47,23 +67,27 @@ class RateLimitedLog:
         if suppressed:
             message += " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        self._logger.log(level, message, *args, exc_info=exc_info)
+        self._logger.log(level, message, *args, exc_info=exc_info, extra=extra)
         return True
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors: time, level, logger, message."""
+    """One JSON object per line, for log collectors: time, level, logger, message, and the
+    record's structured ``fields`` when the call gave them (`fields`)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        structured = getattr(record, "fields", None)
+        if isinstance(structured, Mapping):
+            entry["fields"] = structured
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
+        return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def configure(level: str, json_format: bool) -> None:

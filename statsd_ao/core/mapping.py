@@ -1,7 +1,8 @@
 """Mapping rules: legacy dotted StatsD names turned into a metric name plus tags.
 
-Theory of operation.  A rules file (TOML, or YAML by its ``.yaml``/``.yml`` suffix; the
-format is in ``docs/mapping.md``) is read and checked once, at start and on reload: every
+Theory of operation.  A rules file (TOML here; YAML, by its ``.yaml``/``.yml`` suffix, is
+parsed by the shell's `statsd_ao.rulesfile` and checked here; the format is in
+``docs/mapping.md``) is read and checked once, at start and on reload: every
 problem is collected with its line and raised together as one `MappingError`, so an
 operator fixes the file in one pass.  A checked file becomes a `MappingRules`, whose
 `MappingRules.apply` is pure apart from two counters and runs once per distinct line shape
@@ -19,12 +20,9 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
-
-import yaml as pyyaml
 
 Tags = list[tuple[str, str]]
 
@@ -181,7 +179,7 @@ class _Rule:
 
 
 class MappingRules:
-    """Checked rules, ready to apply.  Built by `load_rules` / `parse_rules`.
+    """Checked rules, ready to apply.  Built by `parse_rules` / `rules_from`.
 
     ``matched`` counts the names a rule matched (drop rules included), ``dropped`` those a
     drop rule removed.  Runs on the loop thread; not safe to share between threads.
@@ -247,7 +245,7 @@ def _index(rules: Sequence[_Rule]) -> dict[str, tuple[_Rule, ...]]:
 # --- checking a parsed file -----------------------------------------------------------------
 
 
-class _Lines(Protocol):
+class Lines(Protocol):
     def at(self, rule: int | None, key: str | None) -> int:
         """The line of ``key`` in rule number ``rule`` (None: the top level)."""
         ...
@@ -256,7 +254,7 @@ class _Lines(Protocol):
 class _Checker:
     """Collects the problems of one file while its rules are compiled."""
 
-    def __init__(self, lines: _Lines) -> None:
+    def __init__(self, lines: Lines) -> None:
         self.lines = lines
         self.problems: list[Problem] = []
         self.rule: int | None = None
@@ -286,7 +284,7 @@ class _Checker:
         return _TagFilter(drop, keep)
 
 
-def _compile(data: Mapping[object, object], lines: _Lines) -> tuple[MappingRules, list[Problem]]:
+def _compile(data: Mapping[object, object], lines: Lines) -> tuple[MappingRules, list[Problem]]:
     check = _Checker(lines)
     check.unknown_keys(data, _TOP_KEYS)
     top = {k: v for k, v in data.items() if isinstance(k, str)}
@@ -439,57 +437,7 @@ class _TomlLines:
         return start + 1
 
 
-class _YamlLines:
-    def __init__(self, root: pyyaml.Node | None) -> None:
-        self._top = root if isinstance(root, pyyaml.MappingNode) else None
-        rules = self._value(self._top, "rule")
-        self._rules = rules.value if isinstance(rules, pyyaml.SequenceNode) else []
-
-    def at(self, rule: int | None, key: str | None) -> int:
-        node = self._top if rule is None else self._rules[rule]
-        if node is None:
-            return 1
-        key_node = self._key(node, key)
-        return (key_node or node).start_mark.line + 1
-
-    @staticmethod
-    def _key(node: pyyaml.Node, key: str | None) -> pyyaml.Node | None:
-        if isinstance(node, pyyaml.MappingNode):
-            for k, _ in node.value:
-                if isinstance(k, pyyaml.ScalarNode) and k.value == key:
-                    return k
-        return None
-
-    def _value(self, node: pyyaml.Node | None, key: str) -> pyyaml.Node | None:
-        if isinstance(node, pyyaml.MappingNode):
-            for k, v in node.value:
-                if isinstance(k, pyyaml.ScalarNode) and k.value == key:
-                    found: pyyaml.Node = v
-                    return found
-        return None
-
-
-def _yaml_duplicates(node: pyyaml.Node | None) -> Iterator[Problem]:
-    """Keys given twice in one YAML mapping: PyYAML keeps the last silently; TOML refuses."""
-    seen_nodes: set[int] = set()
-    stack = [node] if node is not None else []
-    while stack:
-        current = stack.pop()
-        if id(current) in seen_nodes:
-            continue
-        seen_nodes.add(id(current))
-        if isinstance(current, pyyaml.MappingNode):
-            keys: set[str] = set()
-            for k, v in current.value:
-                if isinstance(k, pyyaml.ScalarNode) and k.value in keys:
-                    yield Problem(k.start_mark.line + 1, f"duplicate key {k.value!r}")
-                keys.add(k.value)
-                stack.append(v)
-        elif isinstance(current, pyyaml.SequenceNode):
-            stack.extend(current.value)
-
-
-def _parse_toml(text: str) -> tuple[object, _Lines | list[Problem]]:
+def _parse_toml(text: str) -> tuple[object, Lines | list[Problem]]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -499,27 +447,20 @@ def _parse_toml(text: str) -> tuple[object, _Lines | list[Problem]]:
     return data, _TomlLines(text, len(rules) if isinstance(rules, list) else 0)
 
 
-def _parse_yaml(text: str) -> tuple[object, _Lines | list[Problem]]:
-    try:
-        data = pyyaml.safe_load(text)
-        root = pyyaml.compose(text, Loader=pyyaml.SafeLoader)
-    except pyyaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        reason = " ".join(filter(None, (error.context, error.problem)))
-        return None, [Problem(mark.line + 1 if mark else 0, f"YAML: {reason}")]
-    except pyyaml.YAMLError as error:
-        return None, [Problem(0, f"YAML: {error}")]
-    duplicates = list(_yaml_duplicates(root))
-    return (None, duplicates) if duplicates else (data, _YamlLines(root))
-
-
-def parse_rules(text: str, *, yaml: bool, source: str = "<rules>") -> MappingRules:
-    """Rules from the text of a TOML (or, with ``yaml``, YAML) rules file.  Raises
-    `MappingError` with every problem; ``source`` names the file in its message."""
-    data, lines = _parse_yaml(text) if yaml else _parse_toml(text)
+def parse_rules(text: str, *, source: str = "<rules>") -> MappingRules:
+    """Rules from the text of a TOML rules file.  Raises `MappingError` with every problem;
+    ``source`` names the file in its message.  (YAML files are read by the shell,
+    `statsd_ao.rulesfile`, which hands the document to `rules_from`.)"""
+    data, lines = _parse_toml(text)
     if isinstance(lines, list):
         raise MappingError(source, lines)
-    if data is None:  # an empty YAML file
+    return rules_from(data, lines, source)
+
+
+def rules_from(data: object, lines: Lines, source: str) -> MappingRules:
+    """Rules from a parsed document (None: an empty file); ``lines`` finds the line of a
+    rule's key for messages.  Raises `MappingError` with every problem."""
+    if data is None:
         return MappingRules()
     if not isinstance(data, dict):
         raise MappingError(source, [Problem(1, "the file must hold a mapping of keys")])
@@ -527,14 +468,3 @@ def parse_rules(text: str, *, yaml: bool, source: str = "<rules>") -> MappingRul
     if problems:
         raise MappingError(source, problems)
     return rules
-
-
-def load_rules(path: str | Path) -> MappingRules:
-    """Rules from a file: YAML when its name ends in ``.yaml`` or ``.yml``, else TOML.
-    Raises `MappingError` (also when the file cannot be read)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise MappingError(str(path), [Problem(0, f"cannot read the file: {error}")]) from None
-    return parse_rules(text, yaml=path.suffix.lower() in {".yaml", ".yml"}, source=str(path))

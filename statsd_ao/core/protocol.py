@@ -148,14 +148,6 @@ def parse_number(raw: bytes) -> float:
     return number
 
 
-def parse_line(line: bytes) -> Sample:
-    """Parse one complete line (no newline)."""
-    name, value, tail = split_line(line)
-    shape = parse_shape(name, tail)
-    (first, delta), *more = parse_values(shape.kind, value)
-    return Sample(shape, first, delta, tuple(more))
-
-
 def split_multi_metric(line: bytes) -> list[bytes] | None:
     """An etsy multi-metric line (``name:1|c:2|ms:5|g``) as one line per value, else None.
 
@@ -175,11 +167,6 @@ def split_multi_metric(line: bytes) -> list[bytes] | None:
         if not bar or fields.split(b"|", 1)[0].rstrip(b"\r\n\t ") not in _KINDS:
             return None
     return [name + b":" + segment for segment in segments]
-
-
-def iter_lines(datagram: bytes) -> list[bytes]:
-    """The non-blank lines of a datagram; ``\\r\\n`` and trailing newlines are tolerated."""
-    return [line for line in datagram.split(b"\n") if line.strip()]
 
 
 def _parse_rate(raw: bytes) -> float:

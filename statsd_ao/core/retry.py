@@ -394,6 +394,7 @@ class Gate:
         self._denied = denied
         self._random = random
         self.failures = 0  # posts in a row that the API did not answer usefully
+        self.failing_since: float | None = None  # when the first of those failures came
         self.open_at = 0.0
         self.requested = False  # open_at is a wait the API asked for
         self.denied = False  # the last post was denied: only a person can fix that
@@ -414,6 +415,10 @@ class Gate:
     def record(self, verdict: Verdict, now: float) -> None:
         """Account one post's verdict."""
         self.failures = 0 if verdict.kind in ANSWERED else self.failures + 1
+        if not self.failures:
+            self.failing_since = None
+        elif self.failing_since is None:
+            self.failing_since = now
         self.denied = verdict.kind is Kind.DENIED
         delay = None
         if verdict.wait is not None:

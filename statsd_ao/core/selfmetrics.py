@@ -23,6 +23,8 @@ and the reading of the kernel's UDP tables, are the shell's (`statsd_ao.selfrepo
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import re
 from collections import deque
@@ -45,6 +47,9 @@ DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
 # Durations kept for the quantiles: ~3 hours of 10 s flushes, or minutes of busy posting.
 # Sorting 1024 floats per scrape costs ~0.1 ms.
 TIMING_WINDOW = 1024
+# Upper bounds (seconds) of the histogram buckets of durations: flushes take ~0.2 s for 100k
+# series, posts tens of milliseconds, a slow API up to the request timeout.
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Value of a label whose text sanitizes to nothing (AppOptics tags cannot be empty).
 EMPTY_LABEL = "_"
 
@@ -59,6 +64,7 @@ class Kind(StrEnum):
     COUNTER = "counter"  # cumulative; posted as the change per interval
     GAUGE = "gauge"  # a level; posted as is
     SUMMARY = "summary"  # durations: count, sum and recent quantiles
+    HISTOGRAM = "histogram"  # durations: also counts per bucket (Prometheus aggregates them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,8 @@ class Distribution:
     count: int
     sum: float
     quantiles: Mapping[float, float] = field(default_factory=dict)
+    # (upper bound, observations at or below it), cumulative, since start; empty: none kept
+    buckets: tuple[tuple[float, int], ...] = ()
 
 
 class Timings:
@@ -78,7 +86,10 @@ class Timings:
     """
 
     def __init__(
-        self, quantiles: Sequence[float] = DEFAULT_QUANTILES, window: int = TIMING_WINDOW
+        self,
+        quantiles: Sequence[float] = DEFAULT_QUANTILES,
+        window: int = TIMING_WINDOW,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
     ) -> None:
         if not all(0 < q <= 1 for q in quantiles) or window < 1:
             raise ValueError("quantiles must be in (0, 1] and the window at least 1")
@@ -86,16 +97,22 @@ class Timings:
         self._recent: deque[float] = deque(maxlen=window)
         self._count = 0
         self._sum = 0.0
+        self._bounds = tuple(sorted(set(buckets)))
+        self._in_bucket = [0] * len(self._bounds)  # observations in each (not cumulative)
 
     def observe(self, seconds: float) -> None:
         self._count += 1
         self._sum += seconds
         self._recent.append(seconds)
+        index = bisect.bisect_left(self._bounds, seconds)
+        if index < len(self._bounds):
+            self._in_bucket[index] += 1
 
     def distribution(self) -> Distribution:
         ordered = sorted(self._recent)
         quantiles = {q: nearest_rank(ordered, q * 100) for q in self._quantiles} if ordered else {}
-        return Distribution(self._count, self._sum, quantiles)
+        buckets = tuple(zip(self._bounds, itertools.accumulate(self._in_bucket), strict=True))
+        return Distribution(self._count, self._sum, quantiles, buckets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +165,17 @@ class SelfMetrics:
         self._baseline: dict[tuple[str, str | None], float] = {}
 
     def register_counter(
-        self, name: str, help: str, read: Callable[[], Reading], *, label: str | None = None
+        self,
+        name: str,
+        help: str,
+        read: Callable[[], Reading],
+        *,
+        label: str | None = None,
+        known: Sequence[str] = (),
     ) -> None:
-        """A cumulative count (never decreasing, except when its source starts over)."""
-        self._register(name, Kind.COUNTER, help, read, label)
+        """A cumulative count (never decreasing, except when its source starts over).
+        ``known``: label values shown (at 0) from the start, before their first event."""
+        self._register(name, Kind.COUNTER, help, _with_known(read, known), label)
 
     def register_gauge(
         self, name: str, help: str, read: Callable[[], Reading], *, label: str | None = None
@@ -164,6 +188,13 @@ class SelfMetrics:
     ) -> None:
         """Durations in seconds (name them ``..._seconds``), e.g. `Timings.distribution`."""
         self._register(name, Kind.SUMMARY, help, read, None)
+
+    def register_histogram(
+        self, name: str, help: str, read: Callable[[], Distribution | None]
+    ) -> None:
+        """Durations in seconds with bucket counts: a Prometheus histogram; to AppOptics,
+        count and sum per interval and recent quantiles, as a summary."""
+        self._register(name, Kind.HISTOGRAM, help, read, None)
 
     def catalogue(self) -> tuple[MetricInfo, ...]:
         """Every registered metric, in registration order (for documentation and tests)."""
@@ -268,6 +299,19 @@ class SelfMetrics:
         self._metrics.append(_Registered(info, read))
 
 
+def _with_known(read: Callable[[], Reading], known: Sequence[str]) -> Callable[[], Reading]:
+    if not known:
+        return read
+
+    def reading() -> Reading:
+        counts = read()
+        if counts is None or not isinstance(counts, Mapping):
+            return counts
+        return {**dict.fromkeys(known, 0.0), **counts}
+
+    return reading
+
+
 def _family(metric: _Registered) -> Family | None:
     info, reading = metric.info, metric.read()
     if reading is None:
@@ -295,9 +339,14 @@ def render_prometheus(snapshot: Snapshot) -> str:
             labels = "" if label_value is None else f'{{{info.label}="{_escape(label_value)}"}}'
             lines.append(f"{info.prometheus}{labels} {_number(number)}")
         dist = family.distribution
-        if dist is not None:
+        if dist is not None and info.kind is Kind.HISTOGRAM:
+            for bound, count in dist.buckets:
+                lines.append(f'{info.prometheus}_bucket{{le="{_number(bound)}"}} {count}')
+            lines.append(f'{info.prometheus}_bucket{{le="+Inf"}} {dist.count}')
+        elif dist is not None:
             for q, value in sorted(dist.quantiles.items()):
                 lines.append(f'{info.prometheus}{{quantile="{_number(q)}"}} {_number(value)}')
+        if dist is not None:
             lines.append(f"{info.prometheus}_sum {_number(dist.sum)}")
             lines.append(f"{info.prometheus}_count {_number(dist.count)}")
     return "\n".join(lines) + "\n" if lines else ""

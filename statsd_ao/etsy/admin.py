@@ -341,6 +341,29 @@ async def serve_admin(host: str, port: int, commands: AdminCommands) -> asyncio.
     return await asyncio.start_server(session, host, port)
 
 
+class AdminEndpoint:
+    """The management interface as a part of the app's lifecycle."""
+
+    def __init__(self, host: str, port: int, commands: AdminCommands) -> None:
+        self._host, self._port = host, port
+        self._commands = commands
+        self._server: asyncio.Server | None = None
+
+    def describe(self) -> str:
+        return f"admin {self._host}:{self._port}"
+
+    async def open(self) -> None:
+        self._server = await serve_admin(self._host, self._port, self._commands)
+        port = self._server.sockets[0].getsockname()[1]
+        log.info("listening on admin tcp %s:%d (etsy management interface)", self._host, port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.close()
+            await server.wait_closed()
+
+
 # Open management sessions at most; each holds a reader buffer of up to one 64 KiB line.
 MAX_ADMIN_SESSIONS = 64
 _eviction_log = RateLimitedLog(log, 60.0)

@@ -9,25 +9,40 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 from statsd_ao.core.accumulators import Counter, Summary
 from statsd_ao.core.aggregator import Aggregator, SeriesKey
+from statsd_ao.core.idle import IdleKeeper
 from statsd_ao.core.protocol import Kind
 from statsd_ao.etsy.admin import Health
-from statsd_ao.flusher import Flusher
+
+
+class Flushed(Protocol):
+    """What the flusher counted of the intervals flushed so far."""
+
+    @property
+    def lines(self) -> int: ...
+    @property
+    def rejected(self) -> Mapping[str, int]: ...
 
 
 class ProxyAdminState:
     def __init__(
         self,
         aggregator: Aggregator,
-        flusher: Flusher,
+        flushed: Flushed,
         global_tags: Mapping[str, str],
         health: Health = "up",
+        *,
         clock: Callable[[], float] = time.time,
+        idle: IdleKeeper | None = None,
     ) -> None:
+        """``idle``: etsy's idle series (the flusher's), when kept: they are series too to
+        the ``del*`` commands."""
         self._aggregator = aggregator
-        self._flusher = flusher
+        self._flushed = flushed
+        self._idle = idle
         self._globals = dict(global_tags)
         self._health: Health = health
         self._clock = clock
@@ -60,13 +75,13 @@ class ProxyAdminState:
         """Note the time if lines arrived since the last look.  Called at every flush and
         every ``stats``, so ``last_msg_seen`` is at most one flush interval later than the
         last line (looking per line would cost the hot path a clock read per datagram)."""
-        lines = self._flusher.lines + self._aggregator.lines_now
+        lines = self._flushed.lines + self._aggregator.lines_now
         if lines != self._lines_seen:
             self._lines_seen, self._last_seen = lines, self._clock()
 
     def stats(self) -> Mapping[str, float]:
         self.observe()
-        bad = sum(self._flusher.rejected.values()) + self._aggregator.rejected_now
+        bad = sum(self._flushed.rejected.values()) + self._aggregator.rejected_now
         return {"messages.last_msg_seen": self._last_seen, "messages.bad_lines_seen": bad}
 
     def health(self) -> Health:
@@ -85,11 +100,11 @@ class ProxyAdminState:
         self._forget(Kind.SUMMARY, names, self._aggregator.current)
 
     def _forget(self, kind: Kind, names: Sequence[str], keys: Iterable[SeriesKey]) -> None:
-        idle = self._flusher.idle
+        idle = self._idle
         if idle is not None:  # idle series are still series to etsy's del* commands
             keys = [*keys, *idle.keys()]
         wanted = set(names)
         doomed = [key for key in keys if key[0] is kind and self.display(key) in wanted]
         self._aggregator.forget(doomed)
-        if self._flusher.idle is not None:  # nor may it come back as an idle series
-            self._flusher.idle.forget(doomed)
+        if idle is not None:  # nor may it come back as an idle series
+            idle.forget(doomed)

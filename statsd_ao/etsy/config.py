@@ -23,8 +23,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from statsd_ao.config import ConfigError
-
 # Nesting deeper than this is refused rather than allowed to exhaust Python's recursion
 # limit; real configurations nest three or four levels.
 MAX_DEPTH = 64
@@ -57,7 +55,7 @@ _ID_PART = _ID_START | {"Mn", "Mc", "Nd", "Pc"}
 _ID_JOINERS = frozenset({"$", "\u200c", "\u200d"})
 
 
-class EtsyConfigError(ConfigError):
+class EtsyConfigError(ValueError):
     """The file is not a literal this reader understands; the message says where and why."""
 
     def __init__(self, message: str, line: int = 0, column: int = 0) -> None:

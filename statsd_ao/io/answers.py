@@ -1,12 +1,12 @@
 """What each post's answer does to its parcel, and the count of every measurement's fate.
 
 `statsd_ao.io.sink.HttpSink` queues, schedules and posts; every answer it gets comes here.
-`Answers.settle` classifies it (`statsd_ao.core.retry`): delivered, partly delivered (the
-refused part is counted, nothing is re-sent), split in two (a 400 that judged no
-measurement), rejected, or queued again within the batch's bounds; the spool is told what
-has left for good.  Every measurement ends in exactly one of `posted`, a reason in `lost`,
-or the outbox (``pending``).  The counters are plain attributes for self-metrics; failures
-are logged, rate-limited, with the API's own words.
+`Answers.settle` classifies it (the API's `statsd_ao.core.dialect.Dialect`): delivered,
+partly delivered (the refused part is counted, nothing is re-sent), split in two (a 400
+that judged no measurement), rejected, or queued again within the batch's bounds; the
+spool is told what has left for good.  Every measurement ends in exactly one of `posted`,
+a reason in `lost`, or the outbox (``pending``).  The counters are plain attributes for
+self-metrics; failures are logged, rate-limited, with the API's own words.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-import orjson
-
-from statsd_ao.core.batching import encode
-from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.core.dialect import Dialect
+from statsd_ao.core.logs import RateLimitedLog, fields
 from statsd_ao.core.outbox import Outbox, Parcel
 from statsd_ao.core.retry import (
     ANSWERED,
@@ -29,7 +27,6 @@ from statsd_ao.core.retry import (
     Loss,
     Policy,
     Verdict,
-    classify,
 )
 from statsd_ao.io.spool import Spool
 
@@ -54,6 +51,7 @@ class Answers:
         policy: Policy,
         gate: Gate,
         spool: Spool | None,
+        dialect: Dialect,
         *,
         resend_unconfirmed: bool,
         denied_cap: float,
@@ -65,6 +63,7 @@ class Answers:
         self._policy = policy
         self._gate = gate
         self._spool = spool
+        self._dialect = dialect
         self._resend_unconfirmed = resend_unconfirmed
         self._denied_cap = denied_cap
         self._random = random
@@ -87,7 +86,7 @@ class Answers:
 
     def settle(self, parcel: Parcel, answer: Answer, *, charged: bool) -> None:
         now = self._clock()
-        verdict = classify(answer, parcel.count, self._wall())
+        verdict = self._dialect.classify(answer, parcel.count, self._wall())
         self.outcomes[answer.label] = self.outcomes.get(answer.label, 0) + 1
         failures = self._gate.failures
         self._gate.record(verdict, now)
@@ -95,7 +94,8 @@ class Answers:
             self._log.log(
                 logging.INFO,
                 "recovered",
-                "AppOptics answers again after %d failed posts; %d measurements pending",
+                "%s answers again after %d failed posts; %d measurements pending",
+                self._dialect.name,
                 failures,
                 self.pending,
             )
@@ -103,6 +103,13 @@ class Answers:
             case Kind.DELIVERED:
                 self.posted += parcel.count
                 self.settled(parcel)
+                if verdict.errors:  # a warning with a full success (OTLP allows it)
+                    self._log.warning(
+                        "delivered with a message",
+                        "%s took the post with a message: %s",
+                        self._dialect.name,
+                        "; ".join(verdict.errors[:QUOTED_ERRORS]),
+                    )
             case Kind.PARTIAL:
                 self.posted += verdict.accepted
                 self.lose(Loss.REJECTED, verdict.refused, verdict.errors, parcel=parcel)
@@ -120,13 +127,12 @@ class Answers:
         if parcel.count == 1:
             self.lose(Loss.REJECTED, 1, verdict.errors, parcel=parcel)
             return
-        measurements = orjson.loads(parcel.body)["measurements"]
-        middle = len(measurements) // 2
+        halves = self._dialect.halves(parcel.body)
         self.splits += 1
         if self._spool is not None and parcel.ticket is not None:
             self._spool.split(parcel.ticket)  # two pieces to settle now
-        for half in (measurements[:middle], measurements[middle:]):
-            self.queue(replace(parcel, body=encode(half), count=len(half), not_before=now))
+        for body, count in halves:
+            self.queue(replace(parcel, body=body, count=count, not_before=now))
 
     def _retry(self, parcel: Parcel, answer: Answer, charged: bool, now: float) -> None:
         if answer.unconfirmed and not self._resend_unconfirmed:
@@ -175,6 +181,12 @@ class Answers:
             reason,
             f": {quoted}" if quoted else "",
             self.lost[reason.value],
+            extra=fields(
+                lost=count,
+                reason=reason.value,
+                errors=list(errors[:QUOTED_ERRORS]),
+                lost_so_far=self.lost[reason.value],
+            ),
         )
 
     def _report_failure(self, parcel: Parcel, answer: Answer, verdict: Verdict) -> None:
@@ -184,11 +196,13 @@ class Answers:
         if verdict.kind is Kind.DENIED:
             self._log.error(
                 "denied",
-                "AppOptics refused the post (%s %s): check the token (APPOPTICS_TOKEN or "
-                "--token) and the account; holding %d measurements for up to %gs, "
-                "trying again with a backoff of up to %gs",
+                "%s refused the post (%s %s): check the token (%s) and the account; "
+                "holding %d measurements for up to %gs, trying again with a backoff of up "
+                "to %gs",
+                self._dialect.name,
                 answer.label,
                 detail,
+                self._dialect.token_hint,
                 self.pending,
                 self._policy.max_age,
                 self._denied_cap,

@@ -197,6 +197,42 @@ async def start_http(
     return HttpServer(runner)
 
 
+class HttpEndpoint:
+    """The HTTP endpoint as a part of the app's lifecycle (`open` binds, `close` stops)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        health: Callable[[], HealthState],
+        metrics_text: Callable[[], str],
+        status: Callable[[], Mapping[str, object]],
+    ) -> None:
+        self._host, self._port = host, port
+        self._handlers = (health, metrics_text, status)
+        self.server: HttpServer | None = None
+
+    def describe(self) -> str:
+        return f"http {self._host}:{self._port}"
+
+    async def open(self) -> None:
+        health, metrics_text, status = self._handlers
+        self.server = await start_http(
+            self._host, self._port, health=health, metrics_text=metrics_text, status=status
+        )
+        log.info(
+            "http endpoint on %s:%d (/health /ready /metrics /status)",
+            self._host,
+            self.server.port,
+        )
+
+    async def close(self) -> None:
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.close()
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -1,8 +1,8 @@
 """Datagram intake (UDP, Unix datagram sockets): drained by a reader callback until EAGAIN.
 
 One readiness callback reads many datagrams (per-datagram protocol callbacks cost ~2x as
-much, see ARCHITECTURE.md), hands each to ``ingest`` synchronously and never awaits or
-creates a task.  A callback reads at most `DRAIN_LIMIT` datagrams, so the flush timer and
+much), hands each to ``ingest`` synchronously and never awaits or creates a task.  A
+callback reads at most `DRAIN_LIMIT` datagrams, so the flush timer and
 the HTTP sink still get their turn under a flood; the loop calls it again while the socket
 stays readable.  A UDP listener whose read found the socket nearly empty stops watching it
 for a moment (statsd_ao/io/pacing.py), so that the next read takes a batch.
@@ -49,10 +49,13 @@ class DatagramListener:
         reuse_port: bool = False,
         receive: Receive | None = None,
         pause: float = DEFAULT_PAUSE,
+        unix_mode: int = UNIX_MODE,
     ) -> None:
         """``receive``, when given, reads and ingests in C (``recvmmsg``) in place of a
         Python ``recv`` and ``ingest`` per datagram.  ``pause``: seconds a UDP listener
-        leaves a nearly empty socket alone (see `Pacer`; 0: never)."""
+        leaves a nearly empty socket alone (see `Pacer`; 0: never).  ``unix_mode``: the
+        permissions of a Unix socket's file (who may send to it)."""
+        self._unix_mode = unix_mode
         self._receive = receive
         self._pause = pause
         self.pacer = Pacer(0.0, 0)  # until open() knows the buffer granted
@@ -77,6 +80,10 @@ class DatagramListener:
         return f"udp {target}" if isinstance(target, Address) else f"unix {target}"
 
     @property
+    def is_open(self) -> bool:
+        return self._sock is not None
+
+    @property
     def bound(self) -> Address:
         """The UDP address actually bound (the real port when 0 was asked for)."""
         if self._sock is None or not isinstance(self._target, Address):
@@ -84,7 +91,15 @@ class DatagramListener:
         host, port = self._sock.getsockname()[:2]
         return Address(host, port)
 
-    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def open(self) -> None:
+        """`statsd_ao.pipeline.Source`: bind and read on the running loop."""
+        self.start_reading(asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        """`statsd_ao.pipeline.Source`: `stop_reading`."""
+        self.stop_reading()
+
+    def start_reading(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind and start reading.  Raises OSError (e.g. address in use) to the caller."""
         sock = self._bind()
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
@@ -118,13 +133,13 @@ class DatagramListener:
                 sock.bind((target.host, target.port))
             else:
                 sock.bind(target)
-                os.chmod(target, UNIX_MODE)
+                os.chmod(target, self._unix_mode)
         except OSError:
             sock.close()
             raise
         return sock
 
-    def close(self) -> None:
+    def stop_reading(self) -> None:
         """Stop reading, after taking in what the kernel already queued for us."""
         if self._sock is None or self._loop is None:
             return

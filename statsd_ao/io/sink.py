@@ -17,14 +17,13 @@ Every measurement handed to `submit` ends up in exactly one of: `posted`, a reas
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import logging
 import random as _random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Protocol
 from urllib.parse import quote
 
@@ -33,7 +32,8 @@ import orjson
 
 from statsd_ao.core.annotations import Annotation
 from statsd_ao.core.batching import encode
-from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.core.dialect import AppOptics, Dialect
+from statsd_ao.core.logs import RateLimitedLog, fields
 from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.outbox import MAX_PENDING, Outbox, Parcel
 from statsd_ao.core.retry import (
@@ -63,16 +63,37 @@ RESEND_UNCONFIRMED = True
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
-class Sink(Protocol):
-    """Takes batches of at most batch-size measurements."""
+class Poster(Protocol):
+    """Takes posts of at most batch-size measurements (`statsd_ao.io.appoptics.AppOpticsSink`
+    hands them over): the API (`HttpSink`) or stdout (`DryRunSink`)."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    @property
+    def kept(self) -> int: ...
+
+    @property
+    def posted(self) -> int:
+        """Measurements delivered (a dry run: printed)."""
+        ...
+
+    @property
+    def lost(self) -> Mapping[str, int]:
+        """Measurements given up, by reason."""
+        ...
 
     async def start(self) -> None: ...
 
     def submit(self, batch: Batch) -> None:
         """Queue a batch for delivery; never blocks."""
 
+    def annotate(self, stream: str, annotation: Annotation) -> None:
+        """Deliver one annotation (never blocks)."""
+
     async def drain(self, timeout: float) -> int:
-        """Deliver what is queued within ``timeout`` seconds; return measurements left over."""
+        """Deliver what is queued within ``timeout`` seconds; return measurements lost."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -83,6 +104,12 @@ class DryRunSink:
     def __init__(self, stream: IO[bytes] | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
         self.measurements = 0
+        self.kept = 0  # nothing is ever kept for a next run
+        self.lost: dict[str, int] = {}  # nothing is ever lost after conversion
+
+    @property
+    def posted(self) -> int:
+        return self.measurements
 
     @property
     def is_open(self) -> bool:
@@ -112,13 +139,12 @@ ANNOTATION_ATTEMPTS = 4
 ANNOTATION_BACKOFF = 1.0
 
 
-def basic_auth(token: str) -> str:
-    """The Authorization header: the token is the user name, the password is empty."""
-    return "Basic " + base64.b64encode(f"{token}:".encode()).decode("ascii")
-
-
 class HttpSink:
     """Posts batches to ``<api_url>/v1/measurements``; retries, splits, buffers, counts.
+
+    What is particular to the API is its `Dialect` (``dialect``; by default `AppOptics` on
+    ``api_url`` with ``token``): the OTLP sink (`statsd_ao.otlp.sink`) delivers through an
+    `HttpSink` in the OTLP dialect, handing it encoded requests with `submit_body`.
 
     ``max_pending`` bounds the measurements held (queued and in flight); ``max_age`` (seconds
     since `submit`) and ``max_attempts`` bound each batch (see `statsd_ao.core.retry`).
@@ -143,9 +169,14 @@ class HttpSink:
         random: Callable[[], float] = _random.random,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        on_latency: Callable[[float], None] | None = None,
+        dialect: Dialect | None = None,
     ) -> None:
-        self._url = api_url.rstrip("/") + "/v1/measurements"
-        self._token = token
+        """``on_latency`` gets the seconds from sending each measurement post to its answer
+        (the app's self-metrics); ``dialect``: the API's particulars (`AppOptics` on
+        ``api_url`` with ``token`` when None)."""
+        self._dialect = dialect if dialect is not None else AppOptics(api_url, token)
+        self._url = self._dialect.url
         self._concurrency = concurrency
         self._timeout = timeout
         self._policy = Policy(backoff, max_attempts, max_age)
@@ -175,6 +206,7 @@ class HttpSink:
             self._policy,
             self._gate,
             spool,
+            self._dialect,
             resend_unconfirmed=resend_unconfirmed,
             denied_cap=denied_backoff.cap,
             random=random,
@@ -184,8 +216,7 @@ class HttpSink:
         self.kept = 0  # measurements left in the spool at exit, for the next run
         self.annotations_posted = 0
         self.annotations_lost = 0
-        # Seconds from sending a measurement post to its answer (the app's self-metrics).
-        self.on_latency: Callable[[float], None] | None = None
+        self._on_latency = on_latency
 
     # The delivery counters (self-metrics, tests) are the answers' (statsd_ao.io.answers).
     @property
@@ -213,6 +244,12 @@ class HttpSink:
         return self._answers.unconfirmed
 
     @property
+    def failing_for(self) -> float | None:
+        """Seconds since the API last answered a post usefully, while it fails; else None."""
+        since = self._gate.failing_since
+        return None if since is None else self._clock() - since
+
+    @property
     def pending(self) -> int:
         """Measurements queued or in flight."""
         return self._outbox.pending
@@ -228,7 +265,7 @@ class HttpSink:
         if self._spool is not None:
             self._replay(await self._spool.open())
         self._session = aiohttp.ClientSession(
-            headers={"Authorization": basic_auth(self._token), "Content-Type": "application/json"},
+            headers=dict(self._dialect.headers),
             timeout=aiohttp.ClientTimeout(total=self._timeout),
         )
         self._dispatcher = asyncio.create_task(self._dispatch())
@@ -240,13 +277,21 @@ class HttpSink:
         if self._closed:
             self._answers.lose(Loss.SHUTDOWN, len(batch))
             return
+        self.submit_body(encode(batch), len(batch))
+
+    def submit_body(self, body: bytes, count: int) -> None:
+        """Queue one post already encoded in the dialect, of ``count`` data points; never
+        blocks."""
+        if self._closed:
+            self._answers.lose(Loss.SHUTDOWN, count)
+            return
         now = self._clock()
-        body, expires = encode(batch), now + self._policy.max_age
+        expires = now + self._policy.max_age
         ticket = None
         if self._spool is not None:
-            ticket = self._spool.add(body, len(batch), self._wall() + self._policy.max_age)
+            ticket = self._spool.add(body, count, self._wall() + self._policy.max_age)
         self._answers.queue(
-            Parcel(body, len(batch), expires, next(self._seq), not_before=now, ticket=ticket)
+            Parcel(body, count, expires, next(self._seq), not_before=now, ticket=ticket)
         )
         self._changed()
 
@@ -357,10 +402,20 @@ class HttpSink:
             self._idle.set()
 
     def _hopeless(self) -> bool:
-        """Draining, nothing in flight, and the gate stays shut until the deadline."""
+        """Draining, nothing in flight, and nothing more to gain by waiting: the gate stays
+        shut until the deadline, or the API is failing and every queued post is safe in the
+        spool already (the next run delivers it: shutdown need not wait out the timeout)."""
         if not self._draining or self._flying:
             return False
-        return self._gate.denied or self._gate.open_at >= self._deadline
+        if self._gate.denied or self._gate.open_at >= self._deadline:
+            return True
+        return self._gate.probing and self._all_spooled()
+
+    def _all_spooled(self) -> bool:
+        spool = self._spool
+        if spool is None:
+            return False
+        return all(p.ticket is not None and spool.durable(p.ticket) for p in self._outbox.queue)
 
     # -- one post -----------------------------------------------------------------------
 
@@ -371,8 +426,8 @@ class HttpSink:
         try:
             posted_at = time.monotonic()
             answer = await self._post(parcel.body)
-            if self.on_latency is not None:
-                self.on_latency(time.monotonic() - posted_at)
+            if self._on_latency is not None:
+                self._on_latency(time.monotonic() - posted_at)
             self._outbox.settle(parcel)
             self._flying_parcels.pop(id(parcel), None)
             settled = True
@@ -391,7 +446,9 @@ class HttpSink:
         """Post one body; every network failure becomes an `Answer`, never an exception."""
         assert self._session is not None
         try:
-            async with self._session.post(url or self._url, data=body) as response:
+            extra = None if url is not None else self._dialect.body_headers(body)
+            post = self._session.post(url or self._url, data=body, headers=extra)
+            async with post as response:
                 headers = {name.lower(): value for name, value in response.headers.items()}
                 try:
                     raw = await response.read()
@@ -466,12 +523,17 @@ class HttpSink:
         if left:
             self._answers.lose(Loss.SHUTDOWN, left)
         log.info(
-            "delivery: %d measurements posted, lost %s, %d retries, %d splits, %d unconfirmed",
+            "delivery: %d measurements posted, %d retries, %d splits, %d unconfirmed",
             self.posted,
-            dict(self.lost) or "none",
             self.retries,
             self.splits,
             self.unconfirmed,
+            extra=fields(
+                posted=self.posted,
+                retries=self.retries,
+                splits=self.splits,
+                unconfirmed=self.unconfirmed,
+            ),
         )
         self._changed()
         return left

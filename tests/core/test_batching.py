@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao.core.batching import DEFAULT_BATCH, MAX_BATCH, chunked, encode, encode_batches
-from statsd_ao.core.measurements import Measurement
+from statsd_ao.core.batching import DEFAULT_BATCH, MAX_BATCH, chunked, encode
+from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.io.appoptics import AppOpticsSink
+from tests.test_flusher import ListSink
 
 
 def measurement(i: int) -> Measurement:
@@ -44,12 +46,24 @@ def test_chunked_partitions_the_input_in_order(items: list[int], size: int) -> N
 def test_a_size_below_one_raises(size: int) -> None:
     with pytest.raises(ValueError):
         list(chunked([1, 2, 3], size))
-    with pytest.raises(ValueError):
-        encode_batches([measurement(1)], size)
+
+
+def posts_of(chunks: list[int], size: int) -> tuple[list[Measurement], list[list[Measurement]]]:
+    """What the AppOptics sink hands its poster for an interval whose measurements arrive in
+    chunks of these sizes (as the flusher's chunks of series do), then end."""
+    poster = ListSink()
+    sink = AppOpticsSink(Converter(), poster, batch_size=size, annotation_stream="s", host="h")
+    made: list[Measurement] = []
+    for chunk in chunks:
+        batch = [measurement(len(made) + i) for i in range(chunk)]
+        made.extend(batch)
+        sink.measurements(batch)
+    sink.end_interval()
+    return made, [list(post) for post in poster.batches]
 
 
 def test_nothing_to_send_makes_no_post() -> None:
-    assert encode_batches([]) == []
+    assert posts_of([0, 0], 10) == ([], [])
 
 
 def test_encode_is_one_json_body_with_only_embedded_tags() -> None:
@@ -60,21 +74,19 @@ def test_encode_is_one_json_body_with_only_embedded_tags() -> None:
     assert body["measurements"] == ms
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.integers(0, 1200), st.integers(1, MAX_BATCH))
-def test_encode_batches_partitions_measurements(count: int, size: int) -> None:
-    ms = [measurement(i) for i in range(count)]
-    bodies = encode_batches(ms, size)
-    posts = [orjson.loads(body)["measurements"] for body in bodies]
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 700), max_size=6), st.integers(1, MAX_BATCH))
+def test_the_sinks_posts_partition_an_interval_in_order(chunks: list[int], size: int) -> None:
+    """However the interval arrives, every post but the last is full, none is over the size,
+    and together they hold every measurement once, in order."""
+    made, posts = posts_of(chunks, size)
     assert all(1 <= len(post) <= size for post in posts)
-    assert [m for post in posts for m in post] == ms
-    assert len(posts) == math.ceil(count / size)
+    assert all(len(post) == size for post in posts[:-1])
+    assert [m for post in posts for m in post] == made
+    assert len(posts) == math.ceil(len(made) / size)
 
 
 def test_default_batch_respects_the_api_limit() -> None:
     assert 1 <= DEFAULT_BATCH <= MAX_BATCH <= 1000
-    posts = [
-        orjson.loads(body)["measurements"]
-        for body in encode_batches([measurement(i) for i in range(2 * DEFAULT_BATCH + 1)])
-    ]
+    _, posts = posts_of([2 * DEFAULT_BATCH + 1], DEFAULT_BATCH)
     assert [len(post) for post in posts] == [DEFAULT_BATCH, DEFAULT_BATCH, 1]

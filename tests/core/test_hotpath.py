@@ -385,7 +385,7 @@ def test_the_table_takes_the_feeds_it_caches_over_from_the_dict() -> None:
 
 
 def renamed(to: str) -> Any:
-    return parse_rules(f'[[rule]]\nmatch = "a.*"\nname = "{to}"\n', yaml=False)
+    return parse_rules(f'[[rule]]\nmatch = "a.*"\nname = "{to}"\n')
 
 
 @needs_c

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from statsd_ao.core.mapping import MappingError, MappingRules, parse_rules
+from statsd_ao.core.mapping import MappingError, MappingRules
+from statsd_ao.rulesfile import parse_rules
 
 RULES = """
 drop_tags = ["user_id"]

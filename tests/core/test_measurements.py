@@ -17,7 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from statsd_ao.core.aggregator import Aggregator
-from statsd_ao.core.batching import encode_batches
+from statsd_ao.core.batching import chunked, encode
 from statsd_ao.core.measurements import Converter, Measurement, percentile_suffix
 from statsd_ao.core.sanitize import Naming
 
@@ -278,7 +278,7 @@ def test_backend_percentiles_out_of_range_are_dropped_and_counted_never_raised()
 def test_every_measurement_can_be_encoded() -> None:
     """A tiny sample rate makes a count beyond 64 bits, which JSON encoding refuses."""
     ms, _ = pipeline(b"t:1|ms|@1e-20\nok:1|c")
-    bodies = encode_batches(ms)
+    bodies = [encode(post) for post in chunked(ms, 500)]
     assert [m["name"] for m in orjson.loads(bodies[0])["measurements"]] == [m["name"] for m in ms]
 
 
@@ -297,7 +297,7 @@ def check_api_rules(received: list[bytes]) -> None:
     ms, _ = pipeline(*received, percentiles=(50, 99.9))
     for m in ms:
         assert api_violations(m) == [], m
-    for body in encode_batches(ms, 7):
+    for body in (encode(post) for post in chunked(ms, 7)):
         assert len(orjson.loads(body)["measurements"]) <= 7
 
 

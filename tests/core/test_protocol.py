@@ -18,9 +18,8 @@ from statsd_ao.core.protocol import (
     ParseError,
     Sample,
     Shape,
-    iter_lines,
-    parse_line,
 )
+from tests.core.grammar import iter_lines, parse_line
 
 NO_TAGS: tuple[tuple[str, str], ...] = ()
 

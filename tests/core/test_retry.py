@@ -277,6 +277,18 @@ def test_gate_probes_with_one_post_during_an_outage_and_reopens_on_an_answer() -
         assert gate.failures == 0 and gate.limit(4) == 4
 
 
+def test_gate_knows_since_when_the_api_fails() -> None:
+    gate = Gate(Backoff(1.0, 30.0), random=lambda: 0.5)
+    assert gate.failing_since is None
+    gate.record(verdict(Kind.TRANSIENT), 100.0)
+    gate.record(verdict(Kind.DENIED), 140.0)
+    assert gate.failing_since == 100.0  # the first failure of the run, not the last
+    gate.record(verdict(Kind.DELIVERED), 150.0)
+    assert gate.failing_since is None
+    gate.record(verdict(Kind.TRANSIENT), 160.0)
+    assert gate.failing_since == 160.0
+
+
 def test_gate_honours_the_wait_the_api_asks_for() -> None:
     gate = Gate(Backoff(1.0, 30.0), random=lambda: 0.5)
     gate.record(verdict(Kind.THROTTLED, wait=2.0), 10.0)

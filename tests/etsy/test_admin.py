@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from statsd_ao.core.aggregator import Aggregator
-from statsd_ao.core.measurements import Converter
 from statsd_ao.core.sanitize import Naming
 from statsd_ao.etsy import admin
 from statsd_ao.etsy.admin import (
@@ -32,7 +31,7 @@ from statsd_ao.etsy.admin import (
 )
 from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher
-from tests.test_flusher import FakeClock, ListSink
+from tests.test_flusher import FakeClock, ListSink, appoptics
 
 STARTED = 1_700_000_000.0
 # Four entries are too long for one line of 80 characters.
@@ -402,7 +401,7 @@ def test_admin_at_the_session_cap_closes_the_one_idle_longest(
 def test_last_msg_seen_is_when_lines_arrived_not_when_stats_is_asked() -> None:
     clock = FakeClock(1000.0)
     aggregator = Aggregator(Naming({"host": "h"}))
-    flusher = Flusher(aggregator, Converter(), ListSink(), interval=10, batch_size=500)
+    flusher = Flusher(aggregator, [appoptics(ListSink())], interval=10)
     state = ProxyAdminState(aggregator, flusher, {"host": "h"}, clock=clock)
     assert state.stats()["messages.last_msg_seen"] == 1000.0  # the start, as etsy
     clock.now = 1005.0

@@ -27,7 +27,7 @@ from statsd_ao.flusher import Flusher
 from statsd_ao.io.address import Address
 from tests.fakeapi import FakeAppOptics
 from tests.proxy import Proxy
-from tests.test_flusher import ListSink
+from tests.test_flusher import ListSink, appoptics
 
 DATA = Path(__file__).parent.parent / "data" / "etsy"
 TOKEN = "e2e-token"
@@ -123,14 +123,14 @@ def test_idle_series_are_sent_as_etsy_does() -> None:
         (Kind.COUNTER, "c", tags): counter,
         (Kind.GAUGE, "g", tags): gauge,
     }
-    assert keeper.fill(first) == {}
-    idle = keeper.fill({})
+    assert fill(keeper, first) == {}
+    idle = fill(keeper, {})
     values = {
         key[1]: m["value"]
         for key, m in zip(idle, Converter().convert(idle.items(), 0, 10), strict=True)
     }
     assert values == {"c": 0.0, "g": 42.0}
-    assert IdleKeeper(["gauges"]).fill(first) == {}  # counters are not remembered then
+    assert fill(IdleKeeper(["gauges"]), first) == {}  # counters are not remembered then
 
 
 def send(port: int, lines: list[bytes]) -> None:
@@ -251,21 +251,26 @@ def test_idle_series_respect_the_cardinality_budget_and_deletion() -> None:
     clock = Clock()
     guard = CardinalityGuard(10, None, window=3600, clock=clock)
     aggregator = Aggregator(Naming({"host": "h"}), guard=guard)
-    flusher = Flusher(aggregator, Converter(), ListSink(), interval=10, batch_size=500)
-    flusher.idle = IdleKeeper(["counters"])
+    idle = IdleKeeper(["counters"])
+    poster = ListSink()
+    flusher = Flusher(aggregator, [appoptics(poster)], interval=10, idle=idle)
     aggregator.ingest(b"a:1|c\nb:1|c")
     asyncio.run(flusher.flush(0))
     clock.now = 1800.0
-    names = [m["name"] for m in asyncio.run(collect(flusher, 10))]
+    names = [m["name"] for m in asyncio.run(collect(flusher, poster, 10))]
     assert sorted(names) == ["a", "b"]  # idle: posted as 0
-    ProxyAdminState(aggregator, flusher, {"host": "h"}).delete_counters(["a"])
+    ProxyAdminState(aggregator, flusher, {"host": "h"}, idle=idle).delete_counters(["a"])
     clock.now = 3700.0  # b's tag set has left the guard's window
-    assert [m["name"] for m in asyncio.run(collect(flusher, 20))] == []
+    assert [m["name"] for m in asyncio.run(collect(flusher, poster, 20))] == []
 
 
-async def collect(flusher: Flusher, stamp: int) -> list[Measurement]:
-    sink = flusher._sink
-    assert isinstance(sink, ListSink)
-    sink.batches.clear()
+async def collect(flusher: Flusher, poster: ListSink, stamp: int) -> list[Measurement]:
+    poster.batches.clear()
     await flusher.flush(stamp)
-    return [m for batch in sink.batches for m in batch]
+    return [m for batch in poster.batches for m in batch]
+
+
+def fill(keeper: IdleKeeper, active: dict[SeriesKey, Accumulator]) -> dict[SeriesKey, Accumulator]:
+    """What the flusher does with an interval: remember its series, then ask for stand-ins."""
+    keeper.remember(active.items())
+    return keeper.stand_ins()

@@ -518,3 +518,25 @@ def test_sigterm_during_an_outage_delivers_everything_if_the_api_returns_in_time
             assert "0 undelivered" in proxy.log, proxy.log
 
     run(scenario())
+
+
+def test_a_second_sigterm_ends_the_delivery_at_once() -> None:
+    lines = [f"second.{i}:1|c".encode() for i in range(50)]
+
+    async def scenario() -> None:
+        async with FakeAppOptics(token=TOKEN) as api:
+            api.down = True
+            flags = ("--api-url", api.url, "--flush-interval", DAY, "--shutdown-timeout", "60")
+            async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
+                assert proxy.process is not None
+                proxy.send(lines)
+                proxy.process.send_signal(signal.SIGTERM)
+                await proxy.wait_for_log("shutting down")
+                await api.wait_for(lambda a: len(a.requests) >= 1)  # delivering, and failing
+                started = time.monotonic()
+                assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
+                assert time.monotonic() - started < 15.0, proxy.log
+            assert "second signal: ending the delivery now" in proxy.log
+            assert "lost {'shutdown': 50}" in proxy.log, proxy.log
+
+    run(scenario())

@@ -169,11 +169,11 @@ def run_listener(
             pause=pause,
             receive=None if receive is None else receive(chunks),
         )
-        listener.open(asyncio.get_running_loop())
+        listener.start_reading(asyncio.get_running_loop())
         try:
             await scenario(listener, chunks)  # type: ignore[misc]
         finally:
-            listener.close()
+            listener.stop_reading()
 
     uvloop.run(main())
     assert errors == []
@@ -264,7 +264,7 @@ def test_closing_a_paused_listener_reads_what_waits() -> None:
         with udp_sender(listener) as sender:
             await pause_then_send(listener, chunks, sender, backlog(5))
             resume = listener._resume_handle  # (the pause's end)
-            listener.close()
+            listener.stop_reading()
         assert resume is not None and resume.cancelled()
         assert not listener.paused
         assert listener.datagrams == len(chunks.datagrams) == 6

@@ -142,13 +142,13 @@ def test_unix_socket_permissions_stale_file_and_removal(tmp_path: Path) -> None:
     async def scenario() -> None:
         collector = Collector()
         listener = DatagramListener(path, collector, 1 << 20)
-        listener.open(asyncio.get_running_loop())
+        listener.start_reading(asyncio.get_running_loop())
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
         client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         client.sendto(b"u:1|c\nv:2|c", path)
         client.close()
         await collector.wait_for(2)
-        listener.close()
+        listener.stop_reading()
         assert not os.path.exists(path)
         assert collector.lines == [b"u:1|c", b"v:2|c"]
 
@@ -162,7 +162,7 @@ def test_unix_socket_refuses_to_replace_a_regular_file(tmp_path: Path) -> None:
     loop = asyncio.new_event_loop()
     try:
         with pytest.raises(FileExistsError):
-            listener.open(loop)
+            listener.start_reading(loop)
     finally:
         loop.close()
     assert path.read_text() == "precious"

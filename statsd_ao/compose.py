@@ -1,0 +1,371 @@
+"""The composition root: the one place that reads the Config and builds the proxy.
+
+`build` makes every part with its collaborators as constructor arguments (nothing is
+assigned into a part after it is made) and hands them to `statsd_ao.app.App`, which only
+opens, runs and closes them.  Besides `cli` and `settings`, no module reads the Config:
+worker processes get a `WorkerSpec`, the aggregator an `AggregatorSpec`.
+
+    sources  (UDP | --workers, Unix, TCP)  -> aggregator + guard -> flusher -> sinks
+    endpoints (HTTP /health /ready /metrics /status, etsy admin) read the parts' counters
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import IO
+
+from statsd_ao import __version__
+from statsd_ao.app import App, RunState
+from statsd_ao.config import Config
+from statsd_ao.core import hotpath
+from statsd_ao.core.aggregator import Aggregator, Snapshot
+from statsd_ao.core.cardinality import WINDOW, CardinalityGuard
+from statsd_ao.core.idle import IdleKeeper
+from statsd_ao.core.logs import fields
+from statsd_ao.core.mapping import MappingRules
+from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.merge import Merger
+from statsd_ao.core.selfmetrics import SelfMetrics, Timings
+from statsd_ao.etsy.admin import AdminCommands, AdminEndpoint
+from statsd_ao.etsy.admin_state import ProxyAdminState
+from statsd_ao.flusher import Flusher, FlushReport
+from statsd_ao.gcpolicy import GcPolicy
+from statsd_ao.io.appoptics import AppOpticsSink
+from statsd_ao.io.health import HealthState, HttpEndpoint, assess, cardinality_status
+from statsd_ao.io.listeners import DatagramListener
+from statsd_ao.io.sink import DryRunSink, HttpSink
+from statsd_ao.io.spool import Spool
+from statsd_ao.io.tcp import TcpListener
+from statsd_ao.pipeline import PartSource, Sink, Source
+from statsd_ao.remapping import Remapping
+from statsd_ao.selfreport import KernelDropWatch, register_process, standard_metrics
+from statsd_ao.wiring import AggregatorSpec
+from statsd_ao.workers import WorkerPool, WorkerSpec
+
+log = logging.getLogger("statsd_ao")
+
+# /status looks at this many tracked tag sets at most (~50 ms of work).
+STATUS_SCAN = 100_000
+
+# The mapping rules file as read once at start: its path, its checked rules and its text.
+RulesFile = tuple[str, MappingRules, str]
+
+
+async def run(config: Config, rules_file: RulesFile | None = None) -> int:
+    """Run the proxy until SIGTERM or SIGINT; the process exit status."""
+    return await build(config, rules_file).run()
+
+
+def build(
+    config: Config,
+    rules_file: RulesFile | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    stdout: IO[bytes] | None = None,
+    gc: bool = True,
+) -> App:
+    """Every part of the proxy, wired.  ``clock`` (wall-clock seconds) drives the flush
+    schedule; ``stdout`` takes a dry run's output; ``gc`` False leaves the garbage collector
+    alone (tests running the app in-process)."""
+    _say_what_runs(config)
+    guard = CardinalityGuard(
+        # Tag sets free their slot an hour plus an interval after they were last seen, so the
+        # hour the API counts by measurement time (interval starts) is respected.
+        config.cardinality_limit,
+        config.cardinality_total_limit,
+        window=WINDOW + config.flush_interval,
+    )
+    spec = aggregator_spec(config)
+    aggregator = spec.build(guard, rules_file[1] if rules_file else None)
+    pool = _worker_pool(config, spec, rules_file)
+    datagrams = _datagram_listeners(config, aggregator, with_udp=pool is None)
+    tcp = _tcp_listener(config, aggregator)
+    sources: list[Source] = [*([pool] if pool else []), *datagrams, *([tcp] if tcp else [])]
+    flush_timings, post_timings = Timings(), Timings()
+    appoptics = _appoptics_sink(config, stdout, clock, post_timings.observe)
+    sinks: list[Sink] = [appoptics]
+    policy = GcPolicy() if gc else None
+    idle = IdleKeeper(config.send_idle) if config.send_idle else None
+    state = RunState()
+    udp = next((d for d in datagrams if d.is_udp), None)
+
+    def udp_port() -> int | None:
+        if pool is not None:
+            return pool.bound.port if pool.bound is not None else None
+        return udp.bound.port if udp is not None and udp.is_open else None
+
+    drops = KernelDropWatch(udp_port)
+
+    def flushed(report: FlushReport) -> None:
+        admin_state.observe()  # the time lines were last seen, for the admin `stats`
+        if not config.posting:  # the dry run's stdout holds only the post bodies
+            log.info(
+                "flush at %d: %d series, %d measurements printed",
+                report.stamp,
+                report.series,
+                report.measurements,
+                extra=fields(
+                    stamp=report.stamp, series=report.series, measurements=report.measurements
+                ),
+            )
+        state.last_flush_at = time.monotonic()
+        flush_timings.observe(report.seconds)
+        drops.check()
+
+    def self_measurements(stamp: int, period: int) -> list[Measurement]:
+        return metrics.measurements(stamp, period)
+
+    flusher = Flusher(
+        aggregator,
+        sinks,
+        interval=config.flush_interval,
+        take=_merging_take(aggregator, guard, [pool] if pool else []),
+        idle=idle,
+        extras=self_measurements if config.posts_self_metrics else None,
+        pause=policy.pause if policy is not None else contextlib.nullcontext,
+        on_flush=flushed,
+        clock=clock,
+    )
+    admin_state = ProxyAdminState(
+        aggregator,
+        flusher,
+        config.global_tags,
+        "down" if config.health_status == "down" else "up",
+        idle=idle,
+    )
+    remapping = _remapping(rules_file, aggregator, pool)
+    poster = appoptics.poster if isinstance(appoptics.poster, HttpSink) else None
+    metrics: SelfMetrics = standard_metrics(
+        config.global_tags,
+        listener=udp,
+        udp_port=udp_port,
+        tcp=tcp.stats if tcp is not None else None,
+        flusher=flusher,
+        aggregator=aggregator,
+        converter=appoptics.converter,
+        sink=poster,
+        spool=poster.spool if poster is not None else None,
+        mapping=remapping,
+        naming=aggregator.naming,
+        gc=policy,
+        series_active=lambda: flusher.series_flushed,
+        flush_duration=flush_timings.distribution,
+        post_latency=post_timings.distribution if poster is not None else None,
+    )
+
+    register_process(metrics, __version__, hotpath.NATIVE is not None)
+
+    def health() -> HealthState:
+        health_state = assess(
+            listening=state.listening,
+            sink_open=state.delivering and all(sink.is_open for sink in sinks),
+            since_flush=time.monotonic() - state.last_flush_at,
+            flush_interval=config.flush_interval,
+            api_failing_for=poster.failing_for if poster is not None else None,
+        )
+        if admin_state.health() == "down":  # "health down" drains a load balancer
+            reasons = (*health_state.reasons, "health set down via the management interface")
+            return replace(health_state, ready=False, reasons=reasons)
+        return health_state
+
+    endpoints: list[Source] = []
+    if config.http is not None:
+        endpoints.append(
+            HttpEndpoint(
+                config.http.host,
+                config.http.port,
+                health=health,
+                metrics_text=metrics.prometheus,
+                status=lambda: _status(guard),
+            )
+        )
+    if config.admin is not None:
+        commands = AdminCommands(admin_state, started_at=time.time())
+        endpoints.append(AdminEndpoint(config.admin.host, config.admin.port, commands))
+    where = "stdout" if not config.posting else config.api_url
+    return App(
+        flusher=flusher,
+        sources=sources,
+        sinks=sinks,
+        endpoints=endpoints,
+        state=state,
+        shutdown_timeout=config.shutdown_timeout,
+        reload=_reloader(remapping),
+        gc=policy,
+        ready_message=f"ready: flushing every {config.flush_interval}s to {where}",
+    )
+
+
+def aggregator_spec(config: Config) -> AggregatorSpec:
+    return AggregatorSpec(
+        global_tags=config.global_tags,
+        interval=config.flush_interval,
+        container_tag=config.container_tag,
+        key_name_sanitize=config.key_name_sanitize,
+        include=config.include_metrics,
+        exclude=config.exclude_metrics,
+        source_regex=config.source_regex,
+        prefix=config.global_prefix,
+    )
+
+
+def _say_what_runs(config: Config) -> None:
+    log.info("statsd-ao starting: %s", config.describe())
+    log.info("hot path: %s", hotpath.describe())
+    if not config.posting:
+        if config.spool_dir:
+            log.info("dry run: --spool-dir %s is not used", config.spool_dir)
+        why = "--dry-run" if config.dry_run else "no token (set APPOPTICS_TOKEN or --token)"
+        log.warning("dry run (%s): each flush's measurements are printed to stdout", why)
+    elif config.api_url.startswith("http://"):
+        log.warning("the API URL is plain http: the token is sent unencrypted")
+
+
+def _worker_pool(
+    config: Config, spec: AggregatorSpec, rules_file: RulesFile | None
+) -> WorkerPool | None:
+    """With --workers, UDP is read by worker processes; TCP and Unix sockets stay here."""
+    if config.workers <= 1 or config.udp is None:
+        return None
+    worker = WorkerSpec(
+        aggregator=spec,
+        rcvbuf=config.rcvbuf,
+        read_pause=config.read_pause,
+        log_level=config.log_level,
+        json_logs=config.log_format == "json",
+        mapping=(rules_file[0], rules_file[2]) if rules_file else None,
+    )
+    return WorkerPool(worker, config.workers, config.udp)
+
+
+def _datagram_listeners(
+    config: Config, aggregator: Aggregator, *, with_udp: bool
+) -> list[DatagramListener]:
+    # The C loop's batch reader, when it is loaded.
+    receive = aggregator.receive if aggregator.receives else None
+    targets = [config.udp if with_udp else None, config.unix]
+    return [
+        DatagramListener(
+            target,
+            aggregator.ingest,
+            config.rcvbuf,
+            receive=receive,
+            pause=config.read_pause,
+            unix_mode=config.unix_mode,
+        )
+        for target in targets
+        if target is not None
+    ]
+
+
+def _tcp_listener(config: Config, aggregator: Aggregator) -> TcpListener | None:
+    if config.tcp is None:
+        return None
+    return TcpListener(
+        config.tcp,
+        aggregator.ingest,
+        max_line=config.tcp_max_line,
+        idle_timeout=config.tcp_idle_timeout,
+    )
+
+
+def _appoptics_sink(
+    config: Config,
+    stdout: IO[bytes] | None,
+    clock: Callable[[], float],
+    on_latency: Callable[[float], None],
+) -> AppOpticsSink:
+    converter = Converter(
+        config.percentiles,
+        style=config.percentile_style,
+        always_suffix_percentile=config.always_suffix_percentile,
+    )
+    return AppOpticsSink(
+        converter,
+        _poster(config, stdout, on_latency),
+        name="appoptics" if config.posting else "stdout",
+        batch_size=config.batch_size,
+        annotation_stream=config.annotation_stream,
+        host=config.global_tags.get("host", "statsd-ao"),
+        clock=clock,
+    )
+
+
+def _poster(
+    config: Config, stdout: IO[bytes] | None, on_latency: Callable[[float], None]
+) -> HttpSink | DryRunSink:
+    if not config.posting:
+        return DryRunSink(stdout)
+    assert config.token is not None
+    return HttpSink(
+        config.api_url,
+        config.token,
+        concurrency=config.concurrency,
+        timeout=config.request_timeout,
+        max_pending=config.max_pending,
+        max_age=config.max_age,
+        max_attempts=config.max_attempts,
+        resend_unconfirmed=config.resend_unconfirmed,
+        spool=Spool(config.spool_dir, config.spool_max_bytes) if config.spool_dir else None,
+        on_latency=on_latency,
+    )
+
+
+def _merging_take(
+    aggregator: Aggregator, guard: CardinalityGuard, parts: Sequence[PartSource]
+) -> Callable[[], Awaitable[Snapshot]] | None:
+    """With part sources, each interval is the merge of their parts and the aggregator's
+    own (the guard runs in the merge); None: the aggregator's swap alone."""
+    if not parts:
+        return None
+    merger = Merger(guard, aggregator.overflow_tags, aggregator.folded_samples)
+
+    async def take() -> Snapshot:
+        taken = await asyncio.gather(*(part.take() for part in parts))
+        return merger.merge([*itertools.chain.from_iterable(taken), aggregator.swap()])
+
+    return take
+
+
+def _remapping(
+    rules_file: RulesFile | None, aggregator: Aggregator, pool: WorkerPool | None
+) -> Remapping | None:
+    if rules_file is None:
+        return None
+    path, rules, text = rules_file
+
+    def use(new_rules: MappingRules, new_text: str) -> None:
+        aggregator.remap(new_rules)
+        if pool is not None:
+            pool.remap(new_text, path)
+
+    return Remapping(path, rules, text, on_rules=use)
+
+
+def _reloader(remapping: Remapping | None) -> Callable[[], None]:
+    """SIGHUP: read the mapping rules again (a bad file keeps the rules in use)."""
+    reloading: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        if remapping is None:
+            log.info("SIGHUP: nothing to reload (no --mapping file)")
+            return
+        task = asyncio.create_task(remapping.reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    return reload
+
+
+def _status(guard: CardinalityGuard) -> dict[str, object]:
+    # Bounded: a scan of a million tag sets would hold the loop for seconds.
+    status = cardinality_status(itertools.islice(guard.tag_sets(), STATUS_SCAN))
+    status["scanned_tag_sets"] = min(guard.tracked, STATUS_SCAN)
+    status["over_budget"] = [vars(o) for o in guard.offenders()]
+    return status

@@ -1,0 +1,1 @@
+"""Tests of the OTLP sink (statsd_ao.otlp)."""
