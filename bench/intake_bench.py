@@ -190,7 +190,7 @@ async def serve(http_port: int, udp_port: int | None) -> None:
         listener = DatagramListener(
             Address("127.0.0.1", udp_port), aggregator.ingest, 8 << 20, receive=receive
         )
-        listener.open(loop)
+        await listener.open()
     swapped = [0]  # lines of the intervals handed over
     stop = asyncio.Event()
 
@@ -222,7 +222,7 @@ async def serve(http_port: int, udp_port: int | None) -> None:
     for task in tasks:
         await task
     if listener is not None:
-        listener.close()
+        await listener.close()
     await server.close()
 
 

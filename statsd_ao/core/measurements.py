@@ -218,7 +218,7 @@ class Converter:
         if not acc.values and (acc.running is None or not acc.running.weight):
             return  # (values, or running figures alone: a summary posted to the API intake)
         stats = summarize(acc)
-        if stats is not None and stats.count <= MAX_COUNT and _postable_stats(stats):
+        if stats is not None and stats.count <= MAX_COUNT and postable_stats(stats):
             m = base.copy()
             m["count"], m["sum"] = stats.count, stats.sum
             # NaN: not known (a summary posted to the API intake without it): left out.
@@ -270,8 +270,9 @@ class Converter:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
 
-def _postable_stats(stats: Stats) -> bool:
-    """Count and sum postable; min, max, last and stddev postable or unknown (NaN)."""
+def postable_stats(stats: Stats) -> bool:
+    """Count and sum postable; min, max, last and stddev postable or unknown (NaN: a
+    summary posted to the API intake without them)."""
     return (
         postable(stats.count)
         and postable(stats.sum)

@@ -92,3 +92,25 @@ def test_annotations_never_hold_shutdown_past_the_drain_deadline() -> None:
             assert sink.annotations_posted == 0
 
     asyncio.run(scenario())
+
+
+def test_the_appoptics_sink_posts_an_intake_annotation_to_its_own_stream() -> None:
+    import io
+
+    import orjson
+
+    from statsd_ao.core.measurements import Converter
+    from statsd_ao.io.appoptics import AppOpticsSink
+    from statsd_ao.io.sink import DryRunSink
+
+    out = io.BytesIO()
+    sink = AppOpticsSink(
+        Converter(), DryRunSink(out), batch_size=10, annotation_stream="statsd", host="h"
+    )
+    sink.event(Event("deploy", "", timestamp=1, stream="app-deploys", end_time=2))
+    sink.event(Event("dogstatsd", "", timestamp=1))
+    posted = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert [(p["stream"], p["annotation"].get("end_time")) for p in posted] == [
+        ("app-deploys", 2),
+        ("statsd", None),
+    ]

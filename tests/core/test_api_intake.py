@@ -152,8 +152,7 @@ def test_take_starts_a_fresh_interval_on_the_clock() -> None:
 def test_names_and_tags_go_through_the_statsd_naming() -> None:
     mapping = parse_rules(
         '[[rule]]\nmatch = "legacy.*"\naction = "drop"\n'
-        '[[rule]]\nmatch = "jobs.*.sent"\nname = "jobs.sent"\ntags = { queue = "$1" }\n',
-        yaml=False,
+        '[[rule]]\nmatch = "jobs.*.sent"\nname = "jobs.sent"\ntags = { queue = "$1" }\n'
     )
     naming = Naming({"host": "h", "app": "global"}, NameRules.compile(prefix="pre"), mapping)
     target = intake(naming=naming)
@@ -173,7 +172,7 @@ def test_reloaded_mapping_rules_apply_from_the_next_measurement() -> None:
     naming = Naming({"host": "h"})
     target = intake(naming=naming)
     post(target, {"name": "a.b", "value": 1})
-    naming.mapping = parse_rules('[[rule]]\nmatch = "a.*"\nname = "renamed"\n', yaml=False)
+    naming.mapping = parse_rules('[[rule]]\nmatch = "a.*"\nname = "renamed"\n')
     post(target, {"name": "a.b", "value": 1})
     part = target.take()
     assert part is not None
