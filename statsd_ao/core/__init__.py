@@ -7,7 +7,9 @@ the C parts off), the tag-set budget (`cardinality`), conversion to
 measurements (`measurements`, with its optional C part `_convert.c`), posts (`batching`),
 the delivery policy (`retry`, `outbox`, and `dialect`: what is particular to one HTTP API),
 etsy's idle series (`idle`), annotations, the merge of several processes' intervals
-(`merge`), the self-metrics registry (`selfmetrics`) and the rate-limited log (`logs`).
+(`merge`), the self-metrics registry (`selfmetrics`), the rate-limited log (`logs`), and the
+AppOptics API intake's rules (`api_rules`), interval parts (`api_intake`) and per-client
+request budget (`rate_limit`).
 
 May import: the standard library and orjson, and only ``statsd_ao.core``.  Never asyncio,
 socket, selectors, aiohttp or uvloop, nor the adapters (`statsd_ao.io`), the etsy part

@@ -141,6 +141,28 @@ class Summary:
         self.values.append(number)
         self.weights.append(1.0 / rate)
 
+    def add_number(self, number: float) -> None:
+        """One finite value given as a float (the API intake's).  Unlike ``add`` it also
+        serves a summary that a merge gave ``running`` figures before its values list was
+        full: those figures take the value too."""
+        running = self.running
+        if running is None:
+            if len(self.values) < MAX_SUMMARY_VALUES:
+                self.values.append(number)
+                if self.weights is not None:
+                    self.weights.append(1.0)
+            else:
+                self._overflow(number, 1.0)
+            return
+        running.add(number, 1.0)
+        self.seen += 1
+        if len(self.values) < MAX_SUMMARY_VALUES:
+            self.values.append(number)
+            return
+        slot = random.randrange(self.seen)
+        if slot < MAX_SUMMARY_VALUES:
+            self.values[slot] = number
+
     def _overflow(self, number: float, weight: float) -> None:
         if self.running is None:
             self.running = Running.of(self.values, self.weights)
@@ -154,7 +176,12 @@ class Summary:
 
 
 class Running:
-    """Exact weighted figures, updated one value at a time (West's weighted Welford)."""
+    """Exact weighted figures, updated one value at a time (West's weighted Welford).
+
+    A summary posted to the AppOptics API intake may leave ``min``, ``max``, ``last`` or the
+    spread unknown: those are NaN, and stay NaN through `add` and `merge` (a minimum over
+    values of which some are unknown is unknown), except ``last``, which a later part's
+    known value replaces."""
 
     __slots__ = ("hi", "last", "lo", "m2", "mean", "total", "weight")
 
@@ -178,7 +205,9 @@ class Running:
         self.mean += delta * other.weight / weight
         self.m2 += other.m2 + delta * delta * self.weight * other.weight / weight
         self.weight, self.total = weight, self.total + other.total
-        self.lo, self.hi, self.last = min(self.lo, other.lo), max(self.hi, other.hi), other.last
+        self.lo, self.hi = _low(self.lo, other.lo), _high(self.hi, other.hi)
+        if other.last == other.last:  # (NaN: the part's last value is unknown)
+            self.last = other.last
 
     def add(self, value: float, weight: float) -> None:
         self.weight += weight
@@ -187,6 +216,15 @@ class Running:
         self.mean += delta * weight / self.weight
         self.m2 += weight * delta * (value - self.mean)
         self.lo, self.hi, self.last = min(self.lo, value), max(self.hi, value), value
+
+
+def _low(a: float, b: float) -> float:
+    """min(a, b), NaN when either is (``min`` alone keeps or drops a NaN by argument order)."""
+    return a if a <= b else b if b < a else math.nan
+
+
+def _high(a: float, b: float) -> float:
+    return a if a >= b else b if b > a else math.nan
 
 
 class SetOf:

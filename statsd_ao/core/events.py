@@ -24,7 +24,20 @@ Tags = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
+class Link:
+    """A reference an annotation event carries (an AppOptics annotation's ``links``)."""
+
+    rel: str
+    href: str
+    label: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
+    """A DogStatsD event, or an annotation event posted to the AppOptics API intake
+    (`statsd_ao.core.api_rules.annotation`), which also names its ``stream`` and may carry
+    an ``end_time`` and ``links``."""
+
     title: str
     text: str
     timestamp: int | None = None
@@ -33,6 +46,9 @@ class Event:
     alert_type: str | None = None
     source: str | None = None
     tags: Tags = ()
+    stream: str | None = None  # None: the configured stream (--annotation-stream)
+    end_time: int | None = None
+    links: tuple[Link, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

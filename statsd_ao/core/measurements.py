@@ -215,17 +215,26 @@ class Converter:
         return out
 
     def _summary(self, out: list[Measurement], base: Measurement, acc: Summary) -> None:
-        if not acc.values:
-            return
+        if not acc.values and (acc.running is None or not acc.running.weight):
+            return  # (values, or running figures alone: a summary posted to the API intake)
         stats = summarize(acc)
-        if stats is not None and stats.count <= MAX_COUNT and all(map(postable, stats.fields())):
+        if stats is not None and stats.count <= MAX_COUNT and postable_stats(stats):
             m = base.copy()
-            m["count"], m["sum"], m["stddev"] = stats.count, stats.sum, stats.stddev
-            m["min"], m["max"], m["last"] = stats.min, stats.max, stats.last
+            m["count"], m["sum"] = stats.count, stats.sum
+            # NaN: not known (a summary posted to the API intake without it): left out.
+            # (in the C conversion's key order)
+            if not math.isnan(stats.stddev):
+                m["stddev"] = stats.stddev
+            if not math.isnan(stats.min):
+                m["min"] = stats.min
+            if not math.isnan(stats.max):
+                m["max"] = stats.max
+            if not math.isnan(stats.last):
+                m["last"] = stats.last
             out.append(m)
         else:
             self._drop(DROPPED_VALUE)
-        if not self._suffixes:
+        if not self._suffixes or not acc.values:  # (percentiles come from values only)
             return
         ordered = sorted(acc.values)
         for percentile, suffix in self._suffixes:
@@ -259,6 +268,18 @@ class Converter:
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+def postable_stats(stats: Stats) -> bool:
+    """Count and sum postable; min, max, last and stddev postable or unknown (NaN: a
+    summary posted to the API intake without them)."""
+    return (
+        postable(stats.count)
+        and postable(stats.sum)
+        and all(
+            postable(x) or math.isnan(x) for x in (stats.min, stats.max, stats.last, stats.stddev)
+        )
+    )
 
 
 def _js_number(number: float) -> str:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from statsd_ao.core.annotations import to_annotation
+from statsd_ao.core.annotations import stream_of, to_annotation
 from statsd_ao.core.batching import chunked
 from statsd_ao.core.events import Event
 from statsd_ao.core.logs import RateLimitedLog, fields
@@ -74,7 +74,9 @@ class AppOpticsSink:
         self._report_drops()
 
     def event(self, event: Event) -> None:
-        self.poster.annotate(self._stream, to_annotation(event, self._host, int(self._clock())))
+        """To the configured stream, or the one an annotation posted to the intake names."""
+        annotation = to_annotation(event, self._host, int(self._clock()))
+        self.poster.annotate(stream_of(event, self._stream), annotation)
 
     async def drain(self, timeout: float) -> int:
         return await self.poster.drain(timeout)

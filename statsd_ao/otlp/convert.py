@@ -34,7 +34,7 @@ from statsd_ao.core.measurements import (
     Stats,
     nearest_rank,
     percentile_suffix,
-    postable,
+    postable_stats,
     summarize,
 )
 from statsd_ao.core.sanitize import fit_name
@@ -127,8 +127,8 @@ class Converter:
         return made
 
     def _summary(self, name: str, tags: tuple[tuple[str, str], ...], acc: Summary) -> int:
-        if not acc.values:
-            return 0
+        if not acc.values and (acc.running is None or not acc.running.weight):
+            return 0  # (values, or running figures alone: a summary posted to the API intake)
         made = 0
         stats = summarize(acc)
         if stats is None or not _histogram_fits(stats):
@@ -136,13 +136,17 @@ class Converter:
         else:
             if not _appoptics_fits(stats):
                 self.wide += 1
-            fields = {"count": stats.count, "sum": stats.sum, "min": stats.min, "max": stats.max}
-            counts = _bucket_counts(acc, self._bounds, stats.count) if self._bounds else ()
-            self._out.histogram(
-                name, tags, fields, unit=self._unit, bounds=self._bounds, counts=counts
-            )
+            fields: dict[str, float] = {"count": stats.count, "sum": stats.sum}
+            if not math.isnan(stats.min):  # NaN: not known (the API intake's summaries)
+                fields["min"] = stats.min
+            if not math.isnan(stats.max):
+                fields["max"] = stats.max
+            # Buckets come from values: running figures alone have none to spread.
+            bounds = self._bounds if acc.values else ()
+            counts = _bucket_counts(acc, bounds, stats.count) if bounds else ()
+            self._out.histogram(name, tags, fields, unit=self._unit, bounds=bounds, counts=counts)
             made += 1
-        if self._suffixes:
+        if self._suffixes and acc.values:
             ordered = sorted(acc.values)
             for percentile, suffix in self._suffixes:
                 value = nearest_rank(ordered, percentile)
@@ -166,12 +170,16 @@ class Converter:
 
 
 def _histogram_fits(stats: Stats) -> bool:
-    figures = (stats.sum, stats.min, stats.max)
-    return stats.count <= MAX_OTLP_COUNT and all(map(math.isfinite, figures))
+    extremes = (stats.min, stats.max)  # finite, or NaN: not known
+    return (
+        stats.count <= MAX_OTLP_COUNT
+        and math.isfinite(stats.sum)
+        and all(math.isfinite(x) or math.isnan(x) for x in extremes)
+    )
 
 
 def _appoptics_fits(stats: Stats) -> bool:
-    return stats.count <= MAX_COUNT and all(map(postable, stats.fields()))
+    return stats.count <= MAX_COUNT and postable_stats(stats)
 
 
 def _bucket_counts(acc: Summary, bounds: Sequence[float], count: int) -> list[int]:

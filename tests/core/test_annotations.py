@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from statsd_ao.core.annotations import stream_name, to_annotation
-from statsd_ao.core.events import Event, parse_event
+from statsd_ao.core.annotations import stream_name, stream_of, to_annotation
+from statsd_ao.core.events import Event, Link, parse_event
 from statsd_ao.io.sink import HttpSink
 from tests.fakeapi import FakeAppOptics, Fault
 
@@ -20,6 +20,31 @@ def test_full_event() -> None:
         "start_time": 1700000000,
         "source": "web1",
         "description": "v42 shipped [alert: success; priority: low; tags: env:prod, canary:true]",
+    }
+
+
+def test_an_annotation_posted_to_the_intake_keeps_its_stream_end_and_links() -> None:
+    event = Event(
+        "deploy",
+        "v2",
+        timestamp=1700000000,
+        host="ci",
+        stream="app-deploys",
+        end_time=1700000300,
+        links=(Link("github", "https://example.com/c/1", "commit"), Link("ci", "https://x")),
+    )
+    assert stream_of(event, "statsd") == "app-deploys"
+    assert stream_of(Event("dogstatsd", ""), "statsd") == "statsd"
+    assert to_annotation(event, "proxy-host", 1) == {
+        "title": "deploy",
+        "start_time": 1700000000,
+        "source": "ci",
+        "description": "v2",
+        "end_time": 1700000300,
+        "links": [
+            {"rel": "github", "href": "https://example.com/c/1", "label": "commit"},
+            {"rel": "ci", "href": "https://x"},
+        ],
     }
 
 
@@ -67,3 +92,25 @@ def test_annotations_never_hold_shutdown_past_the_drain_deadline() -> None:
             assert sink.annotations_posted == 0
 
     asyncio.run(scenario())
+
+
+def test_the_appoptics_sink_posts_an_intake_annotation_to_its_own_stream() -> None:
+    import io
+
+    import orjson
+
+    from statsd_ao.core.measurements import Converter
+    from statsd_ao.io.appoptics import AppOpticsSink
+    from statsd_ao.io.sink import DryRunSink
+
+    out = io.BytesIO()
+    sink = AppOpticsSink(
+        Converter(), DryRunSink(out), batch_size=10, annotation_stream="statsd", host="h"
+    )
+    sink.event(Event("deploy", "", timestamp=1, stream="app-deploys", end_time=2))
+    sink.event(Event("dogstatsd", "", timestamp=1))
+    posted = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert [(p["stream"], p["annotation"].get("end_time")) for p in posted] == [
+        ("app-deploys", 2),
+        ("statsd", None),
+    ]

@@ -146,6 +146,28 @@ def test_buckets_of_a_reservoir_stand_for_the_whole_count() -> None:
     assert abs(point.buckets[0] - point.count / 2) < point.count * 0.05
 
 
+def test_a_summary_posted_to_the_api_intake_is_a_histogram_without_unknown_fields() -> None:
+    from statsd_ao.core import api_rules
+    from statsd_ao.core.api_intake import ApiIntake
+
+    intake = ApiIntake(Naming({"host": "h1"}), interval=PERIOD, clock=lambda: STAMP + 1.0)
+    body = (
+        b'{"tags": {"a": "b"}, "measurements": [{"name": "rt", "count": 4, "sum": 10, "max": 4}]}'
+    )
+    env = api_rules.envelope(body)
+    sample = api_rules.judge(env, 0)
+    assert isinstance(sample, api_rules.Sample) and intake.add(sample) is None
+    part = intake.take()
+    assert part is not None
+    made = Made()
+    converter = Converter(made.requests, [90], buckets=[5])
+    converter.series(list(part.series.items()), STAMP, PERIOD)
+    [point] = made.points()  # no percentile: a summary's figures hold no values
+    assert (point.type, point.count, point.sum, point.max) == ("histogram", 4, 10.0, 4.0)
+    assert point.min is None  # not sent: not known
+    assert point.buckets == point.bounds == ()  # no values to spread over buckets
+
+
 def test_buckets_must_ascend() -> None:
     with pytest.raises(ValueError, match="ascending"):
         Converter(Made().requests, buckets=[10, 5])
