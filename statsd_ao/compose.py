@@ -17,7 +17,7 @@ import ipaddress
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
@@ -28,6 +28,7 @@ from statsd_ao.app import App, RunState
 from statsd_ao.config import Config
 from statsd_ao.core import hotpath
 from statsd_ao.core.aggregator import Aggregator, Snapshot
+from statsd_ao.core.api_intake import ApiIntake
 from statsd_ao.core.cardinality import WINDOW, CardinalityGuard
 from statsd_ao.core.idle import IdleKeeper
 from statsd_ao.core.logs import fields
@@ -39,6 +40,7 @@ from statsd_ao.etsy.admin import AdminCommands, AdminEndpoint
 from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import CONVERT_CHUNK, Flusher, FlushReport
 from statsd_ao.gcpolicy import GcPolicy
+from statsd_ao.io.api_server import AppOpticsIntake
 from statsd_ao.io.appoptics import AppOpticsSink
 from statsd_ao.io.health import HealthState, HttpEndpoint, assess, cardinality_status
 from statsd_ao.io.listeners import DatagramListener
@@ -46,11 +48,12 @@ from statsd_ao.io.sink import DryRunSink, HttpSink
 from statsd_ao.io.spool import Spool
 from statsd_ao.io.tcp import TcpListener
 from statsd_ao.otlp import OtlpDryRunSink, OtlpSink
-from statsd_ao.pipeline import PartSource, Sink, Source
+from statsd_ao.pipeline import Sink, Source
 from statsd_ao.remapping import Remapping
 from statsd_ao.selfreport import (
     KernelDropWatch,
     SinkReport,
+    register_intake,
     register_process,
     standard_metrics,
 )
@@ -94,11 +97,19 @@ def build(
         window=WINDOW + config.flush_interval,
     )
     spec = aggregator_spec(config)
-    aggregator = spec.build(guard, rules_file[1] if rules_file else None)
+    naming = spec.naming(rules_file[1] if rules_file else None)
+    aggregator = spec.build(guard, naming=naming)
     pool = _worker_pool(config, spec, rules_file)
     datagrams = _datagram_listeners(config, aggregator, with_udp=pool is None)
     tcp = _tcp_listener(config, aggregator)
-    sources: list[Source] = [*([pool] if pool else []), *datagrams, *([tcp] if tcp else [])]
+    keeper = ApiIntake(naming, interval=config.flush_interval, clock=clock)
+    intake = _api_intake(config, keeper, clock)
+    sources: list[Source] = [
+        *([pool] if pool else []),
+        *datagrams,
+        *([tcp] if tcp else []),
+        *([intake] if intake else []),
+    ]
     flush_timings, post_timings = Timings(), Timings()
     sinks = _sinks(config, stdout, clock, post_timings.observe)
     policy = GcPolicy() if gc else None
@@ -136,7 +147,7 @@ def build(
         aggregator,
         sinks,
         interval=config.flush_interval,
-        take=_merging_take(aggregator, guard, [pool] if pool else []),
+        take=_merging_take(aggregator, guard, pool, intake),
         idle=idle,
         extras=self_measurements if config.posts_self_metrics else None,
         pause=policy.pause if policy is not None else contextlib.nullcontext,
@@ -171,6 +182,8 @@ def build(
     )
 
     register_process(metrics, __version__, hotpath.NATIVE is not None)
+    if intake is not None:
+        register_intake(metrics, keeper, intake.stats)
 
     def health() -> HealthState:
         health_state = assess(
@@ -416,19 +429,45 @@ def _otlp_sink(config: Config, stdout: IO[bytes] | None) -> OtlpSink | OtlpDryRu
 
 
 def _merging_take(
-    aggregator: Aggregator, guard: CardinalityGuard, parts: Sequence[PartSource]
+    aggregator: Aggregator,
+    guard: CardinalityGuard,
+    pool: WorkerPool | None,
+    intake: AppOpticsIntake | None,
 ) -> Callable[[], Awaitable[Snapshot]] | None:
-    """With part sources, each interval is the merge of their parts and the aggregator's
-    own (the guard runs in the merge); None: the aggregator's swap alone."""
-    if not parts:
+    """With part sources, each interval joins their parts with the aggregator's (the guard
+    runs in the merge): the workers' whole intervals are merged (gauges continue across
+    them); the API intake's small parts are folded in at O(part).  None: the aggregator's
+    swap alone."""
+    if pool is None and intake is None:
         return None
     merger = Merger(guard, aggregator.overflow_tags, aggregator.folded_samples)
 
     async def take() -> Snapshot:
-        taken = await asyncio.gather(*(part.take() for part in parts))
-        return merger.merge([*itertools.chain.from_iterable(taken), aggregator.swap()])
+        workers = await pool.take() if pool is not None else []
+        interval = merger.merge([*workers, aggregator.swap()]) if workers else aggregator.swap()
+        for part in await intake.take() if intake is not None else []:
+            merger.fold_into(interval, part)
+        return interval
 
     return take
+
+
+def _api_intake(
+    config: Config, keeper: ApiIntake, clock: Callable[[], float]
+) -> AppOpticsIntake | None:
+    """The AppOptics API stand-in (--appoptics-listen), naming series as StatsD lines are."""
+    if config.appoptics_listen is None:
+        return None
+    return AppOpticsIntake(
+        config.appoptics_listen,
+        keeper,
+        config.intake_tokens,
+        max_body=config.intake_max_body,
+        max_connections=config.intake_max_connections,
+        rate=config.intake_rate,
+        burst=config.intake_burst,
+        clock=clock,
+    )
 
 
 def _remapping(

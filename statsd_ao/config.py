@@ -24,6 +24,10 @@ from statsd_ao.core.outbox import MAX_PENDING
 from statsd_ao.core.retry import MAX_AGE, MAX_ATTEMPTS
 from statsd_ao.core.sanitize import MAX_TAGS, fit_tag
 from statsd_ao.io.address import Address, parse_address
+from statsd_ao.io.api_server import DEFAULT_BURST as DEFAULT_INTAKE_BURST
+from statsd_ao.io.api_server import DEFAULT_MAX_BODY as DEFAULT_INTAKE_BODY
+from statsd_ao.io.api_server import DEFAULT_MAX_CONNECTIONS as DEFAULT_INTAKE_CONNECTIONS
+from statsd_ao.io.api_server import DEFAULT_RATE as DEFAULT_INTAKE_RATE
 from statsd_ao.io.listeners import UNIX_MODE
 from statsd_ao.io.pacing import DEFAULT_PAUSE
 from statsd_ao.io.spoolfile import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
@@ -76,6 +80,12 @@ class Config:
     container_tag: str | None = None
     annotation_stream: str = DEFAULT_STREAM
     http: Address | None = None
+    appoptics_listen: Address | None = None
+    intake_tokens: frozenset[str] = field(default_factory=frozenset, repr=False)
+    intake_max_body: int = DEFAULT_INTAKE_BODY
+    intake_max_connections: int = DEFAULT_INTAKE_CONNECTIONS
+    intake_rate: float = DEFAULT_INTAKE_RATE
+    intake_burst: int = DEFAULT_INTAKE_BURST
     max_pending: int = MAX_PENDING
     spool_dir: str | None = None
     spool_max_bytes: int = DEFAULT_SPOOL_BYTES
@@ -200,8 +210,10 @@ def build(
         raise ConfigError("--tag, --host-tag: every measurement needs a tag; set one with --tag")
     if config.max_pending < config.batch_size:
         raise ConfigError("--max-pending: must hold at least one batch (--batch-size)")
-    if not (config.udp or config.tcp or config.unix):
+    if not (config.udp or config.tcp or config.unix or config.appoptics_listen):
         raise ConfigError("--udp, --tcp, --unix: at least one listener must be on")
+    if config.appoptics_listen and not config.intake_tokens:
+        raise ConfigError("--intake-token: the AppOptics API intake needs at least one token")
     return config
 
 

@@ -197,6 +197,88 @@ class AnnotationCounts(Protocol):
     def annotations_lost(self) -> int: ...
 
 
+class IntakeCounts(Protocol):
+    """The AppOptics API intake's part keeper: measurements taken in, left out, refused."""
+
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def filtered(self) -> Mapping[str, int]: ...
+    @property
+    def refused(self) -> Mapping[str, int]: ...
+
+
+class IntakeServerCounts(Protocol):
+    """The intake's HTTP server."""
+
+    @property
+    def requests(self) -> Mapping[int, int]: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def failed(self) -> Mapping[str, int]: ...
+    @property
+    def connections(self) -> int: ...
+    @property
+    def open(self) -> int: ...
+    @property
+    def over_limit(self) -> int: ...
+    @property
+    def timed_out(self) -> int: ...
+    @property
+    def too_large(self) -> int: ...
+    @property
+    def unauthorized(self) -> int: ...
+    @property
+    def rate_limited(self) -> int: ...
+    @property
+    def annotations(self) -> int: ...
+
+
+def register_intake(metrics: SelfMetrics, keeper: IntakeCounts, server: IntakeServerCounts) -> None:
+    """The AppOptics API intake's figures (with --appoptics-listen)."""
+    metrics.register_counter(
+        "intake.requests",
+        "API intake requests answered, by HTTP status",
+        lambda: {str(status): n for status, n in server.requests.items()},
+        label="status",
+    )
+    metrics.register_counter("intake.bytes", "API intake request bytes read", lambda: server.bytes)
+    metrics.register_counter(
+        "intake.measurements_accepted",
+        "measurements the API intake took in",
+        lambda: keeper.accepted,
+    )
+    metrics.register_counter(
+        "intake.measurements_refused",
+        "measurements the API intake refused, by reason (the API's rules, age, the series cap)",
+        lambda: {**server.failed, **keeper.refused},
+        label="reason",
+    )
+    metrics.register_counter(
+        "intake.measurements_left_out",
+        "measurements left out as configured (filters, drop rules), by reason",
+        lambda: keeper.filtered,
+        label="reason",
+    )
+    metrics.register_gauge("intake.connections", "API intake connections open", lambda: server.open)
+    metrics.register_counter(
+        "intake.requests_refused",
+        "API intake requests refused before their body was judged, by reason",
+        lambda: {
+            "too_many_connections": server.over_limit,
+            "too_slow": server.timed_out,
+            "too_large": server.too_large,
+            "unauthorized": server.unauthorized,
+            "rate_limited": server.rate_limited,
+        },
+        label="reason",
+    )
+    metrics.register_counter(
+        "intake.annotations", "annotations posted to the API intake", lambda: server.annotations
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SinkReport:
     """What one sink reports, each labelled ``sink=<name>``: ``lost`` reads every loss by

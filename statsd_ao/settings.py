@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from statsd_ao.core.annotations import stream_name
 from statsd_ao.core.batching import MAX_BATCH
 from statsd_ao.io.address import Address, parse_address
+from statsd_ao.io.api_server import parse_tokens
 from statsd_ao.io.pacing import MAX_PAUSE as MAX_READ_PAUSE
 from statsd_ao.io.pacing import TICK as READ_PAUSE_TICK
 from statsd_ao.io.spoolfile import MIN_MAX_BYTES
@@ -400,6 +401,50 @@ SETTINGS: tuple[Setting, ...] = (
         "HTTP HOST:PORT for /health /ready /metrics /status",
     ),
     Setting(
+        "appoptics_listen",
+        "--appoptics-listen",
+        "STATSD_AO_APPOPTICS_LISTEN",
+        parse_listen,
+        "serve the AppOptics API's POST /v1/measurements on HOST:PORT (default off)",
+    ),
+    Setting(
+        "intake_tokens",
+        "--intake-token",
+        "STATSD_AO_INTAKE_TOKENS",
+        parse_tokens,
+        "an API token the intake accepts (repeatable; comma-separated in the environment)",
+        repeat=True,
+        secret=True,
+    ),
+    Setting(
+        "intake_max_body",
+        "--intake-max-body",
+        "STATSD_AO_INTAKE_MAX_BODY",
+        parse_bytes,
+        "largest request body the intake reads (413 beyond it)",
+    ),
+    Setting(
+        "intake_max_connections",
+        "--intake-max-connections",
+        "STATSD_AO_INTAKE_MAX_CONNECTIONS",
+        _positive_int,
+        "intake connections open at once (503 beyond)",
+    ),
+    Setting(
+        "intake_rate",
+        "--intake-rate",
+        "STATSD_AO_INTAKE_RATE",
+        _positive_float,
+        "requests per second per client address (429 beyond, with rate-limit headers)",
+    ),
+    Setting(
+        "intake_burst",
+        "--intake-burst",
+        "STATSD_AO_INTAKE_BURST",
+        _positive_int,
+        "requests a client may send at once above --intake-rate",
+    ),
+    Setting(
         "self_metrics",
         "--self-metrics",
         "STATSD_AO_SELF_METRICS",
@@ -623,6 +668,12 @@ HELP_LAYOUT: dict[str, tuple[str, str]] = {
     "exclude_metrics": ("naming", "REGEX"),
     "source_regex": ("naming", "REGEX"),
     "http": ("operations", "HOST:PORT"),
+    "appoptics_listen": ("intake", "HOST:PORT"),
+    "intake_tokens": ("intake", "TOKEN"),
+    "intake_max_body": ("intake", "SIZE"),
+    "intake_max_connections": ("intake", "N"),
+    "intake_rate": ("intake", "PER_SECOND"),
+    "intake_burst": ("intake", "REQUESTS"),
     "admin": ("operations", "HOST:PORT"),
     "health_status": ("operations", "up|down"),
     "self_metrics": ("operations", BOOLEAN),

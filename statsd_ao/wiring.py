@@ -40,10 +40,15 @@ class AggregatorSpec:
         return Naming(dict(self.global_tags), rules, mapping)
 
     def build(
-        self, guard: CardinalityGuard | None, mapping: MappingRules | None = None
+        self,
+        guard: CardinalityGuard | None,
+        mapping: MappingRules | None = None,
+        naming: Naming | None = None,
     ) -> Aggregator:
+        """``naming``: one made by `naming` to share with another source (the API intake),
+        so a reload of the mapping rules reaches both."""
         return Aggregator(
-            self.naming(mapping),
+            naming or self.naming(mapping),
             guard=guard,
             container_tag=self.container_tag,
             interval=self.interval,

@@ -273,6 +273,11 @@ class AppOpticsIntake:
             raise
         self._runner = runner
         assert MALFORMED_REQUESTS  # (counts and briefly logs requests aiohttp cannot parse)
+        log.info(
+            "listening on appoptics api http %s:%d (POST /v1/measurements, /v1/annotations/:name)",
+            self._address.host,
+            self.port,
+        )
 
     async def close(self) -> None:
         """Stop listening; requests whose headers have arrived get `CLOSE_TIMEOUT` to
