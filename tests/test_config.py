@@ -173,3 +173,22 @@ def test_the_spool_is_off_unless_a_directory_is_given() -> None:
     )
     assert (config.spool_dir, config.spool_max_bytes) == ("/var/spool/x", 1 << 30)
     assert build({"spool_dir": "off"}, environ={"STATSD_AO_SPOOL_DIR": "/x"}).spool_dir is None
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        '[token]\nsecret = "s3cr3t-token"\n',  # a table where the token belongs
+        'api_url = {url = "https://api.appoptics.com"}\n',
+        'percentiles = {p = 90}\n',
+    ],
+)
+def test_a_table_where_a_single_value_belongs_is_refused(
+    tmp_path: Path, toml: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "statsd-ao.toml"
+    file.write_text(toml)
+    with pytest.raises(ConfigError, match=r"\(configuration file\)"):
+        build({}, environ={}, config_file=file)
+    assert cli.main(["--config", str(file), "--check-config"]) == cli.EXIT_CONFIG
+    assert "s3cr3t-token" not in capsys.readouterr().err
