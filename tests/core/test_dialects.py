@@ -3,6 +3,9 @@ Graphite and InfluxDB tags in names."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,7 +14,7 @@ from statsd_ao.core.aggregator import Aggregator, Snapshot
 from statsd_ao.core.events import Event, ServiceCheck, parse_event, parse_service_check
 from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.core.protocol import Kind, ParseError, parse_line, split_multi_metric
-from statsd_ao.core.sanitize import Naming
+from statsd_ao.core.sanitize import Naming, TagTuple
 
 
 def aggregate(datagram: bytes, **options: str) -> tuple[list[Measurement], Snapshot]:
@@ -418,3 +421,63 @@ def test_a_timestamped_sample_between_tick_and_swap_joins_the_closing_interval()
     snapshot = aggregator.swap()
     assert not snapshot.past
     assert [m["value"] for m in Converter().convert(snapshot.series.items(), 0, 10)] == [6.0]
+
+
+def test_an_event_length_of_thousands_of_digits_is_a_bad_line_not_a_parser_bug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    line = b"_e{" + b"9" * 5000 + b",1}:a|b"
+    with pytest.raises(ParseError, match="bad event lengths"):
+        parse_event(line)
+    _, snapshot = aggregate(b"\n".join([line] * 3000))
+    assert snapshot.rejected == {"bad event lengths": 3000}
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+class BuggyNaming(Naming):
+    """Naming with a bug: a name starting with ``bug`` raises a plain ValueError."""
+
+    def series(
+        self, name: str, tags: Iterable[tuple[str, str]], kind: str = "c"
+    ) -> tuple[str, TagTuple]:
+        if name.startswith("bug"):
+            raise ValueError("a bug in naming")
+        return super().series(name, tags, kind)
+
+
+def test_a_parser_bug_is_counted_per_line_and_logged_once_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    aggregator = Aggregator(BuggyNaming({"host": "h"}))
+    lines = [b"bug%d:1|c" % i for i in range(1500)] + [b"bug:1|c"] * 1500 + [b"ok:1|c"]
+    aggregator.ingest(b"\n".join(lines))
+    snapshot = aggregator.swap()
+    assert snapshot.rejected == {"unparsable line": 3000}
+    assert list(snapshot.series) == [(Kind.COUNTER, "ok", (("host", "h"),))]
+    bugs = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(bugs) == 1
+    assert "parser bug" in bugs[0].getMessage() and bugs[0].exc_info is not None
+
+
+@pytest.mark.parametrize(
+    ("date", "reason"),
+    [
+        (b"1", "timestamp too old"),  # 1970
+        (b"1699999000", "timestamp too old"),  # 1,007 s ago: older than any |T sample kept
+        (b"99999999999", "timestamp in the future"),  # the year 5138
+        (b"1700000068", "timestamp in the future"),  # 61 s ahead
+    ],
+)
+def test_event_dates_are_bounded_as_timestamped_samples_are(date: bytes, reason: str) -> None:
+    aggregator = Aggregator(Naming({"host": "h"}), interval=10, clock=Clock(1_700_000_007.0))
+    aggregator.ingest(b"_e{2,2}:hi|ok|d:" + date + b"\nx:1|c|T" + date)
+    snapshot = aggregator.swap()
+    assert snapshot.events == []
+    assert snapshot.rejected == {reason: 2}
+
+
+@pytest.mark.parametrize("date", [1_699_999_407, 1_700_000_007, 1_700_000_067])
+def test_event_dates_within_the_bounds_are_kept(date: int) -> None:
+    aggregator = Aggregator(Naming({"host": "h"}), interval=10, clock=Clock(1_700_000_007.0))
+    aggregator.ingest(b"_e{2,2}:hi|ok|d:%d" % date)
+    assert [event.timestamp for event in aggregator.swap().events] == [date]
