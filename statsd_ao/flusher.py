@@ -143,6 +143,7 @@ class Flusher:
         pending: list[Measurement] = []
         series = posted = 0
         for group_stamp, table in [(stamp, snapshot.series), *sorted(snapshot.past.items())]:
+            self._converter.claim(table)  # percentile names another series has
             while table:
                 chunk = [table.popitem() for _ in range(min(CONVERT_CHUNK, len(table)))]
                 series += len(chunk)
@@ -153,6 +154,7 @@ class Flusher:
                 _free_some(snapshot.feeds)
                 posted += self._submit(pending, whole_batches_only=True)
                 await asyncio.sleep(0)  # let the listener read between chunks
+        self._converter.claim({})
         snapshot.feeds.clear()  # what the chunks left (lines shapes of no series)
         self.series_flushed = series  # before the extras, whose self-metrics report it
         pending.extend(self._closing_measurements(stamp))

@@ -12,8 +12,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from statsd_ao.core.aggregator import Aggregator
 from statsd_ao.core.cardinality import CardinalityGuard
-from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.sanitize import Naming
+from tests.core import converting
 
 
 class Clock:
@@ -82,7 +83,7 @@ def test_limit_below_two_is_refused() -> None:
 
 
 def convert(aggregator: Aggregator, stamp: int = 0) -> list[Measurement]:
-    return Converter([50]).convert(aggregator.swap().series.items(), stamp, 10)
+    return converting.convert(aggregator.swap().series.items(), stamp, 10, [50])[0]
 
 
 def test_folded_samples_keep_counter_and_timer_totals_exact() -> None:

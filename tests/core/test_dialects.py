@@ -12,16 +12,17 @@ from hypothesis import strategies as st
 
 from statsd_ao.core.aggregator import Aggregator, Snapshot
 from statsd_ao.core.events import Event, ServiceCheck, parse_event, parse_service_check
-from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.protocol import Kind, ParseError, parse_line, split_multi_metric
 from statsd_ao.core.sanitize import Naming, TagTuple
+from tests.core import converting
 
 
 def aggregate(datagram: bytes, **options: str) -> tuple[list[Measurement], Snapshot]:
     aggregator = Aggregator(Naming({"host": "h"}), **options)  # type: ignore[arg-type]
     aggregator.ingest(datagram)
     snapshot = aggregator.swap()
-    return Converter([50]).convert(snapshot.series.items(), 0, 10), snapshot
+    return converting.convert(snapshot.series.items(), 0, 10, [50])[0], snapshot
 
 
 def values(measurements: list[Measurement]) -> dict[str, float]:
@@ -129,7 +130,7 @@ def test_dogstatsd_multi_value_is_never_multi_metric(kind: bytes, numbers: list[
 
 def measured(snapshot: Snapshot) -> list[Measurement]:
     return sorted(
-        Converter([50]).convert(snapshot.series.items(), 0, 10),
+        converting.convert(snapshot.series.items(), 0, 10, [50])[0],
         key=lambda m: (m["name"], sorted(m)),
     )
 
@@ -388,11 +389,10 @@ def test_timestamped_samples_go_to_the_interval_of_their_timestamp() -> None:
         )
     )
     snapshot = aggregator.swap()
-    converter = Converter()
-    current = converter.convert(snapshot.series.items(), 1_700_000_000, 10)
+    current = converting.convert(snapshot.series.items(), 1_700_000_000, 10)[0]
     assert [m["value"] for m in current] == [1 + 2 + 64]
     past = {
-        stamp: [m["value"] for m in converter.convert(table.items(), stamp, 10)]
+        stamp: [m["value"] for m in converting.convert(table.items(), stamp, 10)[0]]
         for stamp, table in snapshot.past.items()
     }
     assert past == {1_699_999_990: [4.0], 1_699_999_700: [8.0]}
@@ -405,10 +405,10 @@ def test_a_timestamped_gauge_of_a_past_interval_does_not_disturb_the_current_one
     aggregator.swap()
     aggregator.ingest(b"g:+1|g|T1699999995\ng:+5|g")
     snapshot = aggregator.swap()
-    current = Converter().convert(snapshot.series.items(), 0, 10)
+    current = converting.convert(snapshot.series.items(), 0, 10)[0]
     assert [m["value"] for m in current] == [15.0]  # 10 carried over, plus 5
     [past] = snapshot.past.values()
-    assert [m["value"] for m in Converter().convert(past.items(), 0, 10)] == [1.0]
+    assert [m["value"] for m in converting.convert(past.items(), 0, 10)[0]] == [1.0]
 
 
 def test_a_timestamped_sample_between_tick_and_swap_joins_the_closing_interval() -> None:
@@ -420,7 +420,7 @@ def test_a_timestamped_sample_between_tick_and_swap_joins_the_closing_interval()
     aggregator.ingest(b"req:5|c\nreq:1|c|T1700000009")
     snapshot = aggregator.swap()
     assert not snapshot.past
-    assert [m["value"] for m in Converter().convert(snapshot.series.items(), 0, 10)] == [6.0]
+    assert [m["value"] for m in converting.convert(snapshot.series.items(), 0, 10)[0]] == [6.0]
 
 
 def test_an_event_length_of_thousands_of_digits_is_a_bad_line_not_a_parser_bug(
