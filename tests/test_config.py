@@ -180,7 +180,7 @@ def test_the_spool_is_off_unless_a_directory_is_given() -> None:
     [
         '[token]\nsecret = "s3cr3t-token"\n',  # a table where the token belongs
         'api_url = {url = "https://api.appoptics.com"}\n',
-        'percentiles = {p = 90}\n',
+        "percentiles = {p = 90}\n",
     ],
 )
 def test_a_table_where_a_single_value_belongs_is_refused(

@@ -105,6 +105,30 @@ def test_folded_samples_keep_counter_and_timer_totals_exact() -> None:
     assert aggregator.folded_samples == {"hits": 8, "lat": 8}
 
 
+def test_a_fold_keeps_each_kind_exact_with_its_sample_rate() -> None:
+    # Users 1 and 2 are admitted (the budget of 3 keeps one place for the overflow series);
+    # users 3-6 are folded, each line with its own sample rate, which the fold must honour.
+    aggregator = Aggregator(Naming({"host": "h"}), guard=CardinalityGuard(3, None, clock=Clock()))
+    for user in range(1, 7):
+        aggregator.ingest(
+            b"hits:%d|c|@0.5|#user:%d\n" % (user, user)
+            + b"lat:%d|ms|@0.25|#user:%d\n" % (user, user)
+            + b"temp:+%d|g|@0.5|#user:%d\n" % (user, user)
+            + b"seen:u%d|s|@0.5|#user:%d" % (user % 4, user)
+        )
+    overflow = {
+        m["name"]: m
+        for m in convert(aggregator)
+        if m["tags"] == {"host": "h", "overflow": "true"} and "." not in m["name"]
+    }
+    assert overflow["hits"]["value"] == 36.0  # (3 + 4 + 5 + 6) / 0.5
+    lat = overflow["lat"]
+    assert (lat["count"], lat["sum"], lat["min"], lat["max"]) == (16, 72.0, 3.0, 6.0)
+    assert overflow["temp"]["value"] == 18.0  # deltas 3 + 4 + 5 + 6 (rates never scale gauges)
+    assert overflow["seen"]["value"] == 4.0  # u3, u0, u1, u2
+    assert aggregator.folded_samples == {"hits": 4, "lat": 4, "temp": 4, "seen": 4}
+
+
 def test_guard_sees_tags_as_the_api_does() -> None:
     """Case and tag order do not make new tag sets: they are one series to the API too."""
     aggregator = Aggregator(Naming({"host": "h"}), guard=CardinalityGuard(2, None, clock=Clock()))
