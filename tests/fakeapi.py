@@ -412,6 +412,16 @@ def _credentials(header: str) -> tuple[str, str] | None:
     return (user, password) if colon else None
 
 
+def by_name(measurements: Iterable[AcceptedMeasurement]) -> dict[str, AcceptedMeasurement]:
+    """The measurements by name, failing if a name came twice: a plain ``{m["name"]: m}``
+    would silently keep the last of two posts and hide the duplicate."""
+    named: dict[str, AcceptedMeasurement] = {}
+    for m in measurements:
+        assert m["name"] not in named, f"posted twice: {named[m['name']]} and {m}"
+        named[m["name"]] = m
+    return named
+
+
 def _count_measurements(body: bytes) -> int:
     try:
         doc = orjson.loads(body)

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.fakeapi import FakeAppOptics
+from tests.fakeapi import FakeAppOptics, by_name
 from tests.proxy import Proxy
-from tests.test_e2e import by_name
 
 TOKEN = "abuse-token"
 SEED = 20261205
@@ -125,7 +124,7 @@ def test_slow_endless_and_idle_tcp_senders_cost_only_their_own_connection() -> N
                 await asyncio.gather(slow, endless)
                 proxy.wait_tcp_done()
                 assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
-            got = {m["name"]: m for m in api.accepted if not m["tags"].get("reason")}
+            got = by_name(m for m in api.accepted if not m["tags"].get("reason"))
             assert got["good.tcp"]["value"] == GOOD_LINES
             assert got["slow.hits"]["value"] == 1  # survived: every byte is activity
             assert got["after"]["value"] == 1  # the endless line was dropped, not the rest

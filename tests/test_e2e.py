@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
+from tests.fakeapi import AcceptedMeasurement, FakeAppOptics, by_name
 from tests.proxy import Proxy
 
 TOKEN = "e2e-secret-token"
@@ -25,12 +25,6 @@ DAY = "86400"
 
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(scenario())
-
-
-def by_name(accepted: list[AcceptedMeasurement]) -> dict[str, AcceptedMeasurement]:
-    named = {m["name"]: m for m in accepted}
-    assert len(named) == len(accepted), "one measurement per series expected"
-    return named
 
 
 async def deliver(lines: list[bytes], *args: str) -> tuple[list[AcceptedMeasurement], Proxy]:

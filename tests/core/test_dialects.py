@@ -342,13 +342,29 @@ def test_service_check_round_trip(
 
 @given(
     st.sampled_from([b"c", b"g", b"ms", b"h", b"d"]),
-    st.lists(st.integers(-1000, 1000), min_size=1, max_size=6),
+    st.lists(st.tuples(st.integers(-1000, 1000), st.booleans()), min_size=1, max_size=6),
 )
-def test_multi_value_round_trip(kind: bytes, numbers: list[int]) -> None:
-    line = b"m:" + b":".join(str(abs(n)).encode() for n in numbers) + b"|" + kind
+def test_multi_value_round_trip(kind: bytes, numbers: list[tuple[int, bool]]) -> None:
+    # Signs as clients write them: "-5", "5", and "+5" (explicit); on a gauge a sign makes a
+    # delta, on every other kind it is only the number's sign.
+    texts = [f"+{n}" if plus and n >= 0 else str(n) for n, plus in numbers]
+    line = b"m:" + ":".join(texts).encode() + b"|" + kind
     sample = parse_line(line)
-    assert [v for v, _ in sample.values] == [float(abs(n)) for n in numbers]
+    expected = [(float(int(text)), kind == b"g" and text[0] in "+-") for text in texts]
+    assert list(sample.values) == expected
     assert sample.shape.kind is not Kind.SET
+
+
+@pytest.mark.parametrize(
+    ("line", "values"),
+    [
+        (b"m:-5:+3:4|g", [(-5.0, True), (3.0, True), (4.0, False)]),
+        (b"m:-5:+3:4|c", [(-5.0, False), (3.0, False), (4.0, False)]),
+        (b"m:-2.5:-0|ms", [(-2.5, False), (-0.0, False)]),
+    ],
+)
+def test_multi_value_signs(line: bytes, values: list[tuple[float, bool]]) -> None:
+    assert list(parse_line(line).values) == values
 
 
 class Clock:

@@ -19,7 +19,7 @@ from statsd_ao.io import tcp
 from statsd_ao.io.address import Address
 from statsd_ao.io.listeners import DatagramListener
 from statsd_ao.io.tcp import TcpListener
-from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
+from tests.fakeapi import AcceptedMeasurement, FakeAppOptics, by_name
 from tests.proxy import Proxy
 
 TOKEN = "transport-token"
@@ -166,10 +166,6 @@ def test_unix_socket_refuses_to_replace_a_regular_file(tmp_path: Path) -> None:
     finally:
         loop.close()
     assert path.read_text() == "precious"
-
-
-def by_name(accepted: list[AcceptedMeasurement]) -> dict[str, AcceptedMeasurement]:
-    return {m["name"]: m for m in accepted}
 
 
 def send_with_client(client: DogStatsd) -> None:
