@@ -65,7 +65,7 @@ async def run_client(
                 *command, str(CLIENTS / script), str(port), *args, cwd=CLIENTS
             )
             assert await asyncio.wait_for(client.wait(), 30) == 0
-            proxy.wait_tcp_done() if tcp else proxy.wait_taken()
+            await (proxy.wait_tcp_done() if tcp else proxy.wait_taken())
             assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
         assert not api.rejected, api.rejected
         series: Series = {}

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.bounded import E2E_TIMEOUT, run_bounded
 from tests.fakeapi import AcceptedMeasurement, FakeAppOptics, by_name
 from tests.proxy import Proxy
 
@@ -24,7 +25,7 @@ DAY = "86400"
 
 
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(scenario())
+    run_bounded(scenario(), E2E_TIMEOUT)
 
 
 async def deliver(lines: list[bytes], *args: str) -> tuple[list[AcceptedMeasurement], Proxy]:
@@ -32,7 +33,7 @@ async def deliver(lines: list[bytes], *args: str) -> tuple[list[AcceptedMeasurem
     async with FakeAppOptics(token=TOKEN) as api:
         flags = ("--api-url", api.url, "--flush-interval", DAY, *args)
         async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-            proxy.send(lines)
+            await proxy.send(lines)
             assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
         assert not api.rejected, api.rejected
         return api.accepted, proxy
@@ -104,7 +105,7 @@ def test_five_thousand_series_go_out_in_posts_of_at_most_a_thousand() -> None:
         async with FakeAppOptics(token=TOKEN) as api:
             flags = ("--api-url", api.url, "--flush-interval", DAY, "--batch-size", "1000")
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-                proxy.send(lines, per_datagram=25)
+                await proxy.send(lines, per_datagram=25)
                 assert await proxy.stop() == 0, proxy.log
             sizes = [r.measurements for r in api.requests]
             assert sum(sizes) == 5000 and max(sizes) <= 1000
@@ -120,7 +121,7 @@ def test_periodic_flush_without_stopping() -> None:
         async with FakeAppOptics(token=TOKEN) as api:
             flags = ("--api-url", api.url, "--flush-interval", "1")
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-                proxy.send([b"tick:1|c"])
+                await proxy.send([b"tick:1|c"])
                 await api.wait_for(lambda a: len(a.accepted) >= 1, timeout=10)
                 assert api.accepted[0]["name"] == "tick"
                 assert await proxy.stop() == 0
@@ -133,7 +134,7 @@ def test_wrong_token_is_never_logged() -> None:
         async with FakeAppOptics(token="the-right-one") as api:
             flags = ("--api-url", api.url, "--flush-interval", DAY)
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-                proxy.send([b"x:1|c"])
+                await proxy.send([b"x:1|c"])
                 assert await proxy.stop() == 0
             assert [r.status for r in api.requests] == [401]
             assert TOKEN not in proxy.log
@@ -145,7 +146,7 @@ def test_wrong_token_is_never_logged() -> None:
 def test_dry_run_prints_measurements_and_sigint_exits_zero() -> None:
     async def scenario() -> None:
         async with Proxy("--flush-interval", DAY) as proxy:
-            proxy.send([b"page.views:1|c|#env:prod"])
+            await proxy.send([b"page.views:1|c|#env:prod"])
             assert await proxy.stop(signal.SIGINT) == 0
         assert sum("dry run" in line for line in proxy.stderr) == 1
         bodies: list[dict[str, Any]] = [orjson.loads(line) for line in proxy.stdout]
@@ -163,7 +164,7 @@ def test_a_dry_run_prints_only_the_users_metrics_and_a_summary_per_flush() -> No
     async def scenario() -> None:
         command = [sys.executable, "-m", "statsd_ao"]  # the defaults, as a new user runs it
         async with Proxy(command=command, env=env) as proxy:
-            proxy.send([b"page.views:1|c|#env:prod", b"latency:12|ms"])
+            await proxy.send([b"page.views:1|c|#env:prod", b"latency:12|ms"])
             assert await proxy.stop(signal.SIGTERM) == 0
         bodies: list[dict[str, Any]] = [orjson.loads(line) for line in proxy.stdout]
         names = sorted(m["name"] for body in bodies for m in body["measurements"])
@@ -201,7 +202,7 @@ def test_self_metrics_are_posted_and_accepted() -> None:
         async with FakeAppOptics(token=TOKEN) as api:
             flags = ("--api-url", api.url, "--flush-interval", DAY, "--self-metrics", "on")
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-                proxy.send([b"x:1|c", b"bad line", b"y:2|c"])
+                await proxy.send([b"x:1|c", b"bad line", b"y:2|c"])
                 assert await proxy.stop() == 0, proxy.log
             assert not api.rejected
             got = {(m["name"], m["tags"].get("reason")): m.get("value") for m in api.accepted}
@@ -263,7 +264,7 @@ def test_kernel_receive_buffer_drops_are_reported() -> None:
         async with Proxy(*flags) as proxy:
             payload = b"burst:1|c\n" * 140  # ~1400 bytes a datagram
             for _ in range(20):  # bounded: 20 bursts of 500 datagrams at most
-                proxy.send([payload] * 500, per_datagram=1, paced=False)
+                await proxy.send([payload] * 500, per_datagram=1, paced=False)
                 if any("kernel dropped" in line for line in proxy.stderr):
                     break
             line = await proxy.wait_for_log("kernel dropped", timeout=15)

@@ -565,7 +565,7 @@ def test_delay_outlasts_a_client_timeout_and_close_cuts_it_short() -> None:
                 await post(session, api, {"measurements": [gauge()]}, timeout=0.1)
             started = time.monotonic()
             await api.close()
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 10.0  # not the delay's 60 s
 
     run(go())
 
@@ -641,7 +641,7 @@ def test_wait_for_times_out_with_a_useful_message() -> None:
             started = time.monotonic()
             with pytest.raises(TimeoutError, match=r"never still false after 0\.05s") as info:
                 await api.wait_for(never, timeout=0.05)
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 5.0  # its own timeout, not the default 10 s
             assert "requests=1 statuses=[202] accepted=1" in str(info.value)
 
     run(go())

@@ -223,9 +223,31 @@ async def pause_then_send(
     sock = listener._sock  # (the listener's socket)
     assert sock is not None
     wait_queued(sock, charge(more[0]) * len(more))
-    for _ in range(5):  # loop iterations, each polling the sockets still watched
-        await asyncio.sleep(0)
+    await loop_polled()
     assert len(chunks.datagrams) == 1
+
+
+async def loop_polled() -> None:
+    """Return once the loop has polled its sockets since the call: a datagram on a socket
+    pair of our own, readable from the start, has been read.  Every socket still watched
+    and readable was reported by that same poll, so its reader has run too."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, theirs:
+        theirs.setblocking(False)
+        read = asyncio.Event()
+
+        def on_readable() -> None:
+            theirs.recv(16)
+            read.set()
+
+        ours.send(b"poll")
+        loop.add_reader(theirs.fileno(), on_readable)
+        try:
+            async with asyncio.timeout(10):
+                await read.wait()
+        finally:
+            loop.remove_reader(theirs.fileno())
 
 
 @pytest.mark.usefixtures("any_buffer")
