@@ -11,7 +11,6 @@ installs it).  On a machine without them these tests are skipped, except under C
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -21,18 +20,11 @@ import pytest
 
 from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
 from tests.proxy import Proxy
+from tests.required import require
 
 CLIENTS = Path(__file__).parent / "clients"
 TOKEN = "client-token"
 HOST = "client-test-host"
-
-
-def require(available: bool, what: str) -> None:
-    if available:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing: .ci/run installs it")
-    pytest.skip(f"{what} is not installed (see tests/clients/package.json and .ci/run)")
 
 
 def node_client(package: str) -> list[str]:

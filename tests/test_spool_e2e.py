@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import time
@@ -28,6 +29,7 @@ from statsd_ao.io.spoolfile import Record
 from tests.bounded import E2E_TIMEOUT, run_bounded
 from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
 from tests.proxy import Proxy
+from tests.required import require
 
 TOKEN = "spool-token"
 DAY = "86400"
@@ -229,9 +231,9 @@ def unwritable(directory: Path) -> Iterator[None]:
         yield
         directory.chmod(0o700)
         return
+    require(shutil.which("chattr") is not None, "chattr (e2fsprogs)")
     made = subprocess.run(["chattr", "+i", str(directory)], check=False, capture_output=True)
-    if made.returncode:
-        pytest.skip("running as root on a file system without chattr +i")
+    require(made.returncode == 0, f"chattr +i on {directory} ({made.stderr.decode().strip()})")
     try:
         yield
     finally:
