@@ -296,3 +296,21 @@ def test_post_latency_is_reported_after_the_first_post() -> None:
             assert not api.rejected
 
     run(scenario)
+
+
+def test_sampled_timers_and_a_series_named_like_a_percentile_pass_the_strict_api() -> None:
+    # The strict fake refuses a summary whose sum lies outside count x [min, max] and the
+    # same series twice in one post: both would reach it here without the proxy's care.
+    lines = [b"lat:10|ms|@0.7", b"lat.p90:3|c", b"other:10|ms|@0.6"]
+
+    async def scenario() -> None:
+        accepted, proxy = await deliver(lines, "--percentiles", "90")
+        got = by_name(accepted)
+        assert set(got) == {"lat", "lat.p90", "other", "other.p90"}
+        assert (got["lat"]["count"], got["lat"]["sum"]) == (1, 10.0)
+        assert (got["other"]["count"], got["other"]["sum"]) == (2, 20.0)
+        assert got["lat.p90"]["value"] == 3.0  # the counter, not the timer's percentile
+        warning = await proxy.wait_for_log("is both a series of its own and a percentile")
+        assert "'lat.p90'" in warning
+
+    run(scenario)
