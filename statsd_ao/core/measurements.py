@@ -166,8 +166,8 @@ def percentile_claims(
     """(summary key, suffix) for every series of ``table`` named like that summary's
     percentile (``lat.p90`` beside summary ``lat``, same tags), in ``table``'s order.
 
-    The C conversion's ``claims`` does the same where it is built: over 100,000 series this
-    loop holds the flush ~10 ms in one piece, the C one ~2.5 ms (2-core VM).
+    The C conversion's ``claims`` does the same where it is built: over bench/flush_bench.py's
+    100,000 series this loop holds the flush ~15 ms in one piece, the C one ~3 ms (2-core VM).
     tests/core/test_convert.py holds the two together."""
     found: list[tuple[SeriesKey, str]] = []
     for _kind, name, tags in table:
