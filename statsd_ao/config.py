@@ -261,6 +261,11 @@ def _pick(
     return None, ""
 
 
+# The settings a TOML table may give (``tags = {env = "prod"}``); a table anywhere else
+# (``[token]``) is refused rather than flattened into ``k=v`` text.
+TABLES = frozenset({"tags"})
+
+
 def _convert(setting: Setting, raw: Any) -> Any:
     """Flags and the environment give strings (tags: a list); TOML gives native values."""
     if isinstance(raw, bool):
@@ -268,6 +273,8 @@ def _convert(setting: Setting, raw: Any) -> Any:
     elif isinstance(raw, list | tuple):
         raw = setting.joiner.join(map(str, raw))
     elif isinstance(raw, dict):
+        if setting.name not in TABLES:
+            raise ValueError("expected a single value, not a table")
         raw = ",".join(f"{key}={value}" for key, value in raw.items())
     return setting.parse(str(raw))
 

@@ -149,6 +149,8 @@ class Flusher:
         self._account(snapshot)
         series = made = 0
         for group_stamp, table in [(stamp, snapshot.series), *sorted(snapshot.past.items())]:
+            for sink in self._sinks:
+                sink.prepare(table)  # e.g. percentile names another series has
             while table:
                 chunk = [table.popitem() for _ in range(min(self._chunk, len(table)))]
                 series += len(chunk)
@@ -158,6 +160,8 @@ class Flusher:
                 del chunk  # the accumulators go now, not all at the end
                 _free_some(snapshot.feeds)
                 await asyncio.sleep(0)  # let the listener read between chunks
+        for sink in self._sinks:
+            sink.prepare({})
         snapshot.feeds.clear()  # what the chunks left (lines shapes of no series)
         self.series_flushed = series  # before the extras, whose self-metrics report it
         made += self._closing(stamp)

@@ -73,6 +73,11 @@ class Sink(Protocol):
         """Open the spool and the connection; raises `statsd_ao.io.spool.SpoolError` (or
         `OSError`) when it cannot be used."""
 
+    def prepare(self, table: Mapping[SeriesKey, Accumulator]) -> None:
+        """See a whole table of an interval (its current series, or a past interval's)
+        before its chunks arrive, e.g. to find names two series would both be sent under;
+        ``prepare({})`` after the last.  Read it only."""
+
     def series(self, items: SeriesItems, stamp: int, period: int) -> int:
         """Convert a chunk of series for the interval starting at ``stamp`` and queue what
         fills whole requests; returns the data points made.  Never blocks."""

@@ -13,9 +13,16 @@ Theory of operation: every request goes through one pipeline in `FakeAppOptics._
    waiters are woken again.
 
 Strictness follows the API reference (seed 001: "Create a Measurement", "Summary fields",
-"Measurement Restrictions", "Response Codes & Errors") and is deliberately a little stricter
-where the reference is silent (unknown fields, tag names that collide once lowercased): a
-proxy that passes here sends nothing the real API could misread.
+"Measurement Restrictions", "Response Codes & Errors", "Rate Limiting") and is deliberately
+a little stricter where the reference is silent: unknown fields, tag names that collide once
+lowercased, a summary that contradicts itself (min above max, a negative stddev, a sum
+outside count x [min, max], a last outside [min, max], a count that is not a whole number),
+the same series twice in one post (metric names are case-insensitive, so ``Lat`` and
+``lat`` are one metric), a ``time`` that is not epoch seconds of this century, top-level
+tags that break the tag rules even where every measurement replaces them.  A body whose
+measurements cannot be found at all is answered 429, as the reference documents; every
+answer carries a rate-limit header.  A proxy that passes here sends nothing the real API
+could misread.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import math
 import re
 import time
 from collections import deque
@@ -48,6 +56,15 @@ FLOAT_ZERO = 1e-130
 # The reference names no body limit; aiohttp's 1 MiB default would refuse a full batch of
 # heavily tagged measurements, which the real API takes.
 MAX_BODY_BYTES = 64 * 1024 * 1024
+# "time": Unix epoch seconds.  Outside 2000-01-01 .. 2100-01-01 it is a mistake: milliseconds
+# (1.7e12), or a small number that is not a date at all.
+MIN_TIME = 946_684_800
+MAX_TIME = 4_102_444_800
+# "Every response will include headers that define the current API limits": the fake's limit
+# is far above what any test sends, so the header only ever says how much is left.
+RATE_LIMIT_HEADER = "X-Librato-RateLimit-Std"
+RATE_LIMIT = 1_000_000
+RATE_LIMIT_WINDOW = 3600
 # Seconds close() lets in-flight handlers finish. Delays are released by close(), so only a
 # bug in the fake itself could make shutdown wait this long.
 SHUTDOWN_TIMEOUT = 2.0
@@ -83,7 +100,7 @@ class AcceptedMeasurement(TypedDict):
     time: int | None
     period: int | None
     value: NotRequired[float]
-    count: NotRequired[float]
+    count: NotRequired[int]
     sum: NotRequired[float]
     min: NotRequired[float]
     max: NotRequired[float]
@@ -210,6 +227,13 @@ def _positive_int(doc: Mapping[str, Any], key: str) -> int | None:
     return x
 
 
+def _epoch_seconds(doc: Mapping[str, Any], key: str) -> int | None:
+    x = _positive_int(doc, key)
+    if x is not None and not MIN_TIME <= x <= MAX_TIME:
+        raise _Reject(key, f"must be Unix epoch seconds ({MIN_TIME}..{MAX_TIME}), got {x}")
+    return x
+
+
 def _judge_tags(tags: object) -> dict[str, str]:
     if tags is None or tags == {}:
         raise _Reject("tags", "Must have at least one tag")
@@ -242,8 +266,9 @@ def _judge_fields(m: Mapping[str, Any]) -> dict[str, float]:
     if "count" in fields:
         if "sum" not in fields:
             raise _Reject("sum", "must be set when count is set")
-        if fields["count"] <= 0:
-            raise _Reject("count", "must be greater than 0")
+        if not isinstance(m["count"], int) or fields["count"] <= 0:
+            raise _Reject("count", "must be a whole number greater than 0")
+        _judge_summary({key: m[key] for key in fields})  # the numbers as sent, before zeroing
     elif "value" not in fields:
         raise _Reject("value", "either value, or count and sum, must be set")
     else:
@@ -251,6 +276,20 @@ def _judge_fields(m: Mapping[str, Any]) -> dict[str, float]:
         if orphan is not None:
             raise _Reject(orphan, "is only valid together with count")
     return fields
+
+
+def _judge_summary(fields: Mapping[str, float]) -> None:
+    """A summary that contradicts itself is refused: no set of samples has it."""
+    count, total = fields["count"], fields["sum"]
+    lo, hi = fields.get("min", -math.inf), fields.get("max", math.inf)
+    if lo > hi:
+        raise _Reject("min", f"min {lo!r} is above max {hi!r}")
+    if fields.get("stddev", 0.0) < 0:
+        raise _Reject("stddev", "must not be negative")
+    if not count * lo <= total <= count * hi:
+        raise _Reject("sum", f"sum {total!r} is outside count x [min, max]")
+    if not lo <= fields.get("last", lo) <= hi:
+        raise _Reject("last", "must lie within [min, max]")
 
 
 def _judge_one(
@@ -266,7 +305,7 @@ def _judge_one(
         raise _Reject("name", f"must match {_NAME.pattern}")
     # Embedded tags REPLACE the top-level ones; the two are never merged.
     tags = _judge_tags(m.get("tags", top_tags))
-    m_time, m_period = _positive_int(m, "time"), _positive_int(m, "period")
+    m_time, m_period = _epoch_seconds(m, "time"), _positive_int(m, "period")
     record: dict[str, Any] = {
         "name": name,
         "tags": tags,
@@ -281,30 +320,37 @@ def _judge_one(
     return cast(AcceptedMeasurement, record)
 
 
-def _abort(param: str, reason: str, dropped: Iterable[Any]) -> Verdict:
-    """A 400 for the whole request; every measurement in ``dropped`` is rejected with it."""
+def _abort(param: str, reason: str, dropped: Iterable[Any], status: int = 400) -> Verdict:
+    """A 400 (or 429) for the whole request; every measurement in ``dropped`` is rejected."""
     errors = {"request": [reason]} if param == "request" else {"params": {param: [reason]}}
-    return Verdict(400, {"errors": errors}, [], [(m, f"{param}: {reason}") for m in dropped])
+    return Verdict(status, {"errors": errors}, [], [(m, f"{param}: {reason}") for m in dropped])
+
+
+class _Unparseable(_Reject):
+    """The measurements cannot even be found: "429 ... If creating a measurement, this error
+    returns when it can not parse the basic format of the payload to identify measurements"."""
 
 
 def _judge_envelope(doc: object) -> tuple[list[Any], int | None, int | None]:
     """The measurements list and top-level time/period; a `_Reject` here aborts the post."""
     if not isinstance(doc, dict):
-        raise _Reject("request", "the body must be a JSON object")
+        raise _Unparseable("request", "the body must be a JSON object")
+    ms = doc.get("measurements")
+    if not isinstance(ms, list):
+        raise _Unparseable("request", "no measurements list in the body")
     unknown = doc.keys() - _TOP_KEYS
     if unknown:
         raise _Reject(min(unknown), "is not a top-level parameter")
-    ms = doc.get("measurements")
-    if not isinstance(ms, list) or not ms:
+    if not ms:
         raise _Reject("measurements", "must be a non-empty list")
     if len(ms) > MAX_MEASUREMENTS:
         raise _Reject("measurements", f"at most {MAX_MEASUREMENTS} per post, got {len(ms)}")
     huge = next((x for x in _numbers(doc) if abs(x) >= FLOAT_ABORT), None)
     if huge is not None:
         raise _Reject("measurements", f"{huge!r} is too large (limit {FLOAT_ABORT:g})")
-    if "tags" in doc and not isinstance(doc["tags"], dict):
-        raise _Reject("tags", "must be an object")
-    return ms, _positive_int(doc, "time"), _positive_int(doc, "period")
+    if "tags" in doc:  # judged whether or not a measurement uses them
+        _judge_tags(doc["tags"])
+    return ms, _epoch_seconds(doc, "time"), _positive_int(doc, "period")
 
 
 def judge_measurements(doc: object) -> Verdict:
@@ -313,14 +359,21 @@ def judge_measurements(doc: object) -> Verdict:
         ms, top_time, top_period = _judge_envelope(doc)
     except _Reject as exc:
         sent = doc.get("measurements") if isinstance(doc, dict) else None
-        return _abort(exc.param, exc.reason, sent if isinstance(sent, list) else ())
+        status = 429 if isinstance(exc, _Unparseable) else 400
+        return _abort(exc.param, exc.reason, sent if isinstance(sent, list) else (), status)
     top_tags = cast(dict[str, Any], doc).get("tags")
     accepted: list[AcceptedMeasurement] = []
     rejected: list[tuple[Any, str]] = []
     errors: list[dict[str, str]] = []
+    seen: set[tuple[str, frozenset[tuple[str, str]], int | None]] = set()
     for m in ms:
         try:
-            accepted.append(_judge_one(m, top_tags, top_time, top_period))
+            one = _judge_one(m, top_tags, top_time, top_period)
+            series = (one["name"].lower(), frozenset(one["tags"].items()), one["time"])
+            if series in seen:  # names are case-insensitive: Lat and lat are one metric
+                raise _Reject("name", "the same series (name, tags, time) twice in one post")
+            seen.add(series)
+            accepted.append(one)
         except _Reject as exc:
             rejected.append((m, f"{exc.param}: {exc.reason}"))
             errors.append({"param": exc.param, "reason": exc.reason})
@@ -412,6 +465,16 @@ def _credentials(header: str) -> tuple[str, str] | None:
     return (user, password) if colon else None
 
 
+def by_name(measurements: Iterable[AcceptedMeasurement]) -> dict[str, AcceptedMeasurement]:
+    """The measurements by name, failing if a name came twice: a plain ``{m["name"]: m}``
+    would silently keep the last of two posts and hide the duplicate."""
+    named: dict[str, AcceptedMeasurement] = {}
+    for m in measurements:
+        assert m["name"] not in named, f"posted twice: {named[m['name']]} and {m}"
+        named[m["name"]] = m
+    return named
+
+
 def _count_measurements(body: bytes) -> int:
     try:
         doc = orjson.loads(body)
@@ -435,6 +498,10 @@ class FakeAppOptics:
         self.requests: list[RecordedRequest] = []
         self.annotations: list[Annotation] = []
         self.in_flight = 0
+        # Each metric under the spelling it was first posted with (names are case-insensitive).
+        self.metric_names: dict[str, str] = {}
+        self._window_start: float | None = None  # the rate limit's current window
+        self._window_requests = 0
         self._script: deque[AnyFault] = deque()
         self._changed = asyncio.Condition()
         self._closing = asyncio.Event()
@@ -534,6 +601,8 @@ class FakeAppOptics:
             answer, label = await self._apply_faults(request)
             if label in {None, "delay"}:
                 answer = route(request, body)
+            if answer is not None:
+                answer.headers.setdefault(RATE_LIMIT_HEADER, self._rate_limit())
             # After a drop the transport is aborted: aiohttp's write of this placeholder fails
             # with a ConnectionError, which it swallows without logging.
             return answer if answer is not None else web.Response()
@@ -553,6 +622,17 @@ class FakeAppOptics:
                 )
             )
             await self._notify()
+
+    def _rate_limit(self) -> str:
+        """The rate-limit header's value for this request: ``limit=..,remaining=..,reset=..``
+        (reset: seconds until the window's budget is whole again)."""
+        now = time.monotonic()
+        if self._window_start is None or now - self._window_start >= RATE_LIMIT_WINDOW:
+            self._window_start, self._window_requests = now, 0
+        self._window_requests += 1
+        remaining = max(RATE_LIMIT - self._window_requests, 0)
+        reset = math.ceil(RATE_LIMIT_WINDOW - (now - self._window_start))
+        return f"limit={RATE_LIMIT},remaining={remaining},reset={reset}"
 
     async def _apply_faults(self, request: web.Request) -> tuple[web.Response | None, str | None]:
         """The answer a fault imposes (None for a drop) and the fault's label."""
@@ -594,9 +674,11 @@ class FakeAppOptics:
             return denied
         try:
             doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return _error(400, "request", f"the body is not JSON: {exc}")
+        except orjson.JSONDecodeError as exc:  # no measurements to be found: 429 (seed 001)
+            return _error(429, "request", f"the body is not JSON: {exc}")
         verdict = judge_measurements(doc)
+        for m in verdict.accepted:
+            m["name"] = self.metric_names.setdefault(m["name"].lower(), m["name"])
         self.accepted.extend(verdict.accepted)
         self.rejected.extend(verdict.rejected)
         headers = {"x-partial-failure": "true"} if verdict.partial else None

@@ -15,7 +15,6 @@ import re
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Self
@@ -30,6 +29,8 @@ START_TIMEOUT = 20.0
 # Bytes of loopback datagrams in flight at once, counting each one's kernel overhead.
 SEND_WINDOW = 64 * 1024
 SKB_OVERHEAD = 1024
+# Seconds between two reads of /proc while waiting on what the kernel does not signal.
+POLL = 0.001
 
 
 _TCP_LISTEN, _TCP_OPEN = "0A", {"01": "established", "08": "close-wait"}
@@ -145,7 +146,9 @@ class Proxy:
     def log(self) -> str:
         return "\n".join(self.stderr)
 
-    def send(self, lines: Iterable[bytes], per_datagram: int = 20, *, paced: bool = True) -> int:
+    async def send(
+        self, lines: Iterable[bytes], per_datagram: int = 20, *, paced: bool = True
+    ) -> int:
         """Send lines in datagrams of ``per_datagram`` lines; returns datagrams sent.
 
         Loopback UDP has no flow control: a burst larger than the proxy's receive buffer
@@ -159,32 +162,40 @@ class Proxy:
         window = 0
         for datagram in datagrams:
             if paced and window + len(datagram) + SKB_OVERHEAD > SEND_WINDOW:
-                self.wait_taken()
+                await self.wait_taken()
                 window = 0
             self._sock.sendto(datagram, ("127.0.0.1", self.port))
             window += len(datagram) + SKB_OVERHEAD
         if paced:
-            self.wait_taken()
+            await self.wait_taken()
         return len(datagrams)
 
-    def wait_taken(self, timeout: float = 10.0) -> None:
+    async def wait_taken(self, timeout: float = 10.0) -> None:
         """Return once the kernel holds nothing for the proxy's UDP port; fail loudly if it
-        dropped anything.  The kernel signals neither, so /proc/net/udp is read until then."""
-        deadline = time.monotonic() + timeout
-        while (stats := udp_socket_stats(self.port)) is not None and stats.receive_queue:
-            assert time.monotonic() < deadline, f"proxy left {stats.receive_queue} bytes unread"
-            time.sleep(0.001)
+        dropped anything.  The kernel signals neither, so /proc/net/udp is read until then,
+        yielding to the loop between reads (the test's fake API runs on it)."""
+        unread = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while (stats := udp_socket_stats(self.port)) is not None and stats.receive_queue:
+                    unread = stats.receive_queue
+                    await asyncio.sleep(POLL)
+        except TimeoutError:
+            raise AssertionError(f"proxy left {unread} bytes unread") from None
         drops = 0 if stats is None else stats.drops
         assert drops == 0, f"the kernel dropped {drops} datagrams for the proxy"
 
-    def wait_tcp_done(self, timeout: float = 10.0) -> None:
+    async def wait_tcp_done(self, timeout: float = 10.0) -> None:
         """Return once the proxy has accepted, read to the end and closed every connection
         to its TCP port: none waits in the accept queue, none is established or half-closed
-        by the peer (CLOSE_WAIT).  Read from /proc/net/tcp, as the kernel signals neither."""
-        deadline = time.monotonic() + timeout
-        while busy := _tcp_busy(self.ports["tcp"]):
-            assert time.monotonic() < deadline, f"proxy left TCP connections open: {busy}"
-            time.sleep(0.001)
+        by the peer (CLOSE_WAIT).  Read from /proc/net/tcp, as the kernel signals neither,
+        yielding to the loop between reads."""
+        try:
+            async with asyncio.timeout(timeout):
+                while busy := _tcp_busy(self.ports["tcp"]):
+                    await asyncio.sleep(POLL)
+        except TimeoutError:
+            raise AssertionError(f"proxy left TCP connections open: {busy}") from None
 
     async def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``signum`` and wait for the exit status."""

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.fakeapi import FakeAppOptics
+from tests.fakeapi import FakeAppOptics, by_name
 from tests.proxy import Proxy
-from tests.test_e2e import by_name
 
 TOKEN = "abuse-token"
 SEED = 20261205
@@ -62,13 +61,13 @@ def test_random_bytes_on_every_port_leave_other_senders_exact(tmp_path: Path) ->
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
                 http = _port(proxy.log, r"http endpoint on [^ ]+:(\d+)")
                 admin = _port(proxy.log, r"listening on admin tcp [^ ]+:(\d+)")
-                proxy.send(_junk_datagrams(rng), per_datagram=1)
+                await proxy.send(_junk_datagrams(rng), per_datagram=1)
                 with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unix:
                     for datagram in _junk_datagrams(rng)[:50]:
                         unix.sendto(datagram[:8192], unix_path)
                 for port in (proxy.ports["tcp"], http, admin):
                     await _junk_stream(port, rng.randbytes(JUNK_STREAM_BYTES))
-                proxy.send([b"good.hits:1|c|#env:prod"] * GOOD_LINES)
+                await proxy.send([b"good.hits:1|c|#env:prod"] * GOOD_LINES)
                 _, writer = await asyncio.open_connection("127.0.0.1", proxy.ports["tcp"])
                 writer.write(b"good.tcp:2|c\ngood.tcp:3|c\n")
                 await writer.drain()
@@ -123,9 +122,9 @@ def test_slow_endless_and_idle_tcp_senders_cost_only_their_own_connection() -> N
                 assert await idle_reader.read() == b""  # the idle one was closed
                 idle_writer.close()
                 await asyncio.gather(slow, endless)
-                proxy.wait_tcp_done()
+                await proxy.wait_tcp_done()
                 assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
-            got = {m["name"]: m for m in api.accepted if not m["tags"].get("reason")}
+            got = by_name(m for m in api.accepted if not m["tags"].get("reason"))
             assert got["good.tcp"]["value"] == GOOD_LINES
             assert got["slow.hits"]["value"] == 1  # survived: every byte is activity
             assert got["after"]["value"] == 1  # the endless line was dropped, not the rest

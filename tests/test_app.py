@@ -17,7 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -27,7 +27,8 @@ import pytest
 from statsd_ao import compose
 from statsd_ao.app import App, RunState
 from statsd_ao.config import build as build_config
-from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.accumulators import Accumulator
+from statsd_ao.core.aggregator import Aggregator, SeriesKey
 from statsd_ao.core.events import Event
 from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.sanitize import Naming
@@ -74,6 +75,9 @@ class FakeSink:
     async def start(self) -> None:
         self.is_open = True
         self.journal.append(f"start {self.name}")
+
+    def prepare(self, table: Mapping[SeriesKey, Accumulator]) -> None:
+        return None
 
     def series(self, items: SeriesItems, stamp: int, period: int) -> int:
         self.series_seen.extend((key[1], stamp) for key, _ in items)

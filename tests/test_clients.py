@@ -11,7 +11,6 @@ installs it).  On a machine without them these tests are skipped, except under C
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -21,18 +20,11 @@ import pytest
 
 from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
 from tests.proxy import Proxy
+from tests.required import require
 
 CLIENTS = Path(__file__).parent / "clients"
 TOKEN = "client-token"
 HOST = "client-test-host"
-
-
-def require(available: bool, what: str) -> None:
-    if available:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing: .ci/run installs it")
-    pytest.skip(f"{what} is not installed (see tests/clients/package.json and .ci/run)")
 
 
 def node_client(package: str) -> list[str]:
@@ -65,7 +57,7 @@ async def run_client(
                 *command, str(CLIENTS / script), str(port), *args, cwd=CLIENTS
             )
             assert await asyncio.wait_for(client.wait(), 30) == 0
-            proxy.wait_tcp_done() if tcp else proxy.wait_taken()
+            await (proxy.wait_tcp_done() if tcp else proxy.wait_taken())
             assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
         assert not api.rejected, api.rejected
         series: Series = {}

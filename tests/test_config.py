@@ -233,3 +233,22 @@ def test_help_groups_every_setting_with_a_placeholder_and_its_default(
     assert "--self-metrics true|false" in text  # booleans written one way
     assert "default 0.0.0.0:8125]" in " ".join(text.split())
     assert "default 10s]" in " ".join(text.split())  # --flush-interval
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        '[token]\nsecret = "s3cr3t-token"\n',  # a table where the token belongs
+        'api_url = {url = "https://api.appoptics.com"}\n',
+        "percentiles = {p = 90}\n",
+    ],
+)
+def test_a_table_where_a_single_value_belongs_is_refused(
+    tmp_path: Path, toml: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "statsd-ao.toml"
+    file.write_text(toml)
+    with pytest.raises(ConfigError, match=r"\(configuration file\)"):
+        build({}, environ={}, config_file=file)
+    assert cli.main(["--config", str(file), "--check-config"]) == cli.EXIT_CONFIG
+    assert "s3cr3t-token" not in capsys.readouterr().err

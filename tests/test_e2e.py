@@ -16,7 +16,8 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
+from tests.bounded import E2E_TIMEOUT, run_bounded
+from tests.fakeapi import AcceptedMeasurement, FakeAppOptics, by_name
 from tests.proxy import Proxy
 
 TOKEN = "e2e-secret-token"
@@ -24,13 +25,7 @@ DAY = "86400"
 
 
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(scenario())
-
-
-def by_name(accepted: list[AcceptedMeasurement]) -> dict[str, AcceptedMeasurement]:
-    named = {m["name"]: m for m in accepted}
-    assert len(named) == len(accepted), "one measurement per series expected"
-    return named
+    run_bounded(scenario(), E2E_TIMEOUT)
 
 
 async def deliver(lines: list[bytes], *args: str) -> tuple[list[AcceptedMeasurement], Proxy]:
@@ -38,7 +33,7 @@ async def deliver(lines: list[bytes], *args: str) -> tuple[list[AcceptedMeasurem
     async with FakeAppOptics(token=TOKEN) as api:
         flags = ("--api-url", api.url, "--flush-interval", DAY, *args)
         async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-            proxy.send(lines)
+            await proxy.send(lines)
             assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
         assert not api.rejected, api.rejected
         return api.accepted, proxy
@@ -110,7 +105,7 @@ def test_five_thousand_series_go_out_in_posts_of_at_most_a_thousand() -> None:
         async with FakeAppOptics(token=TOKEN) as api:
             flags = ("--api-url", api.url, "--flush-interval", DAY, "--batch-size", "1000")
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-                proxy.send(lines, per_datagram=25)
+                await proxy.send(lines, per_datagram=25)
                 assert await proxy.stop() == 0, proxy.log
             sizes = [r.measurements for r in api.requests]
             assert sum(sizes) == 5000 and max(sizes) <= 1000
@@ -126,7 +121,7 @@ def test_periodic_flush_without_stopping() -> None:
         async with FakeAppOptics(token=TOKEN) as api:
             flags = ("--api-url", api.url, "--flush-interval", "1")
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-                proxy.send([b"tick:1|c"])
+                await proxy.send([b"tick:1|c"])
                 await api.wait_for(lambda a: len(a.accepted) >= 1, timeout=10)
                 assert api.accepted[0]["name"] == "tick"
                 assert await proxy.stop() == 0
@@ -139,7 +134,7 @@ def test_wrong_token_is_never_logged() -> None:
         async with FakeAppOptics(token="the-right-one") as api:
             flags = ("--api-url", api.url, "--flush-interval", DAY)
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-                proxy.send([b"x:1|c"])
+                await proxy.send([b"x:1|c"])
                 assert await proxy.stop() == 0
             assert [r.status for r in api.requests] == [401]
             assert TOKEN not in proxy.log
@@ -151,7 +146,7 @@ def test_wrong_token_is_never_logged() -> None:
 def test_dry_run_prints_measurements_and_sigint_exits_zero() -> None:
     async def scenario() -> None:
         async with Proxy("--flush-interval", DAY) as proxy:
-            proxy.send([b"page.views:1|c|#env:prod"])
+            await proxy.send([b"page.views:1|c|#env:prod"])
             assert await proxy.stop(signal.SIGINT) == 0
         assert sum("dry run" in line for line in proxy.stderr) == 1
         bodies: list[dict[str, Any]] = [orjson.loads(line) for line in proxy.stdout]
@@ -169,7 +164,7 @@ def test_a_dry_run_prints_only_the_users_metrics_and_a_summary_per_flush() -> No
     async def scenario() -> None:
         command = [sys.executable, "-m", "statsd_ao"]  # the defaults, as a new user runs it
         async with Proxy(command=command, env=env) as proxy:
-            proxy.send([b"page.views:1|c|#env:prod", b"latency:12|ms"])
+            await proxy.send([b"page.views:1|c|#env:prod", b"latency:12|ms"])
             assert await proxy.stop(signal.SIGTERM) == 0
         bodies: list[dict[str, Any]] = [orjson.loads(line) for line in proxy.stdout]
         names = sorted(m["name"] for body in bodies for m in body["measurements"])
@@ -207,7 +202,7 @@ def test_self_metrics_are_posted_and_accepted() -> None:
         async with FakeAppOptics(token=TOKEN) as api:
             flags = ("--api-url", api.url, "--flush-interval", DAY, "--self-metrics", "on")
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-                proxy.send([b"x:1|c", b"bad line", b"y:2|c"])
+                await proxy.send([b"x:1|c", b"bad line", b"y:2|c"])
                 assert await proxy.stop() == 0, proxy.log
             assert not api.rejected
             got = {(m["name"], m["tags"].get("reason")): m.get("value") for m in api.accepted}
@@ -269,7 +264,7 @@ def test_kernel_receive_buffer_drops_are_reported() -> None:
         async with Proxy(*flags) as proxy:
             payload = b"burst:1|c\n" * 140  # ~1400 bytes a datagram
             for _ in range(20):  # bounded: 20 bursts of 500 datagrams at most
-                proxy.send([payload] * 500, per_datagram=1, paced=False)
+                await proxy.send([payload] * 500, per_datagram=1, paced=False)
                 if any("kernel dropped" in line for line in proxy.stderr):
                     break
             line = await proxy.wait_for_log("kernel dropped", timeout=15)
@@ -299,5 +294,23 @@ def test_post_latency_is_reported_after_the_first_post() -> None:
                 )
                 assert await proxy.stop() == 0
             assert not api.rejected
+
+    run(scenario)
+
+
+def test_sampled_timers_and_a_series_named_like_a_percentile_pass_the_strict_api() -> None:
+    # The strict fake refuses a summary whose sum lies outside count x [min, max] and the
+    # same series twice in one post: both would reach it here without the proxy's care.
+    lines = [b"lat:10|ms|@0.7", b"lat.p90:3|c", b"other:10|ms|@0.6"]
+
+    async def scenario() -> None:
+        accepted, proxy = await deliver(lines, "--percentiles", "90")
+        got = by_name(accepted)
+        assert set(got) == {"lat", "lat.p90", "other", "other.p90"}
+        assert (got["lat"]["count"], got["lat"]["sum"]) == (1, 10.0)
+        assert (got["other"]["count"], got["other"]["sum"]) == (2, 20.0)
+        assert got["lat.p90"]["value"] == 3.0  # the counter, not the timer's percentile
+        warning = await proxy.wait_for_log("is both a series of its own and a percentile")
+        assert "'lat.p90'" in warning
 
     run(scenario)

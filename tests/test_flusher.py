@@ -163,3 +163,24 @@ def test_flush_posts_timestamped_samples_under_their_own_interval() -> None:
     asyncio.run(flusher.flush(2000))
     stamps = {m["name"]: m["time"] for batch in sink.batches for m in batch}
     assert stamps == {"now": 2000, "late": 1980}
+
+
+def test_a_series_named_like_a_percentile_is_posted_once_and_the_collision_counted() -> None:
+    # A counter lat.p90 and the 90th percentile of timer lat, same tags: one measurement of
+    # that name, the counter's; a later interval (and other tags) untouched.
+    aggregator = Aggregator(Naming({"host": "h"}))
+    sink = ListSink()
+    converter = Converter([90])
+    flusher = Flusher(aggregator, [appoptics(sink, converter, batch_size=2)], interval=10)
+    aggregator.ingest(b"lat:5|ms\nlat:7|ms\nlat.p90:3|c\nlat.p90:1|c|#env:dev\nx:1|c")
+    asyncio.run(flusher.flush(1000))
+    posted = [(m["name"], m["tags"].get("env"), m.get("value")) for b in sink.batches for m in b]
+    assert sorted(posted, key=str) == sorted(
+        [("lat", None, None), ("lat.p90", None, 3.0), ("lat.p90", "dev", 1.0), ("x", None, 1.0)],
+        key=str,
+    )
+    assert converter.dropped == {"percentile name taken": 1}
+    sink.batches.clear()
+    aggregator.ingest(b"lat:5|ms")
+    asyncio.run(flusher.flush(1010))
+    assert [m["name"] for b in sink.batches for m in b] == ["lat", "lat.p90"]

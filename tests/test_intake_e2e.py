@@ -64,7 +64,7 @@ def test_the_client_and_statsd_merge_into_one_series_at_the_appoptics_api() -> N
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": "out-token"}) as proxy:
                 api_client = client(proxy)
                 await in_thread(lambda: api_client.submit("latency", 80, tags={"route": "a"}))
-                proxy.send([b"latency:100|ms|#route:a", b"latency:120|ms|#route:a"])
+                await proxy.send([b"latency:100|ms|#route:a", b"latency:120|ms|#route:a"])
                 await in_thread(
                     lambda: api_client.post_annotation("deploys", title="v42", description="ok")
                 )

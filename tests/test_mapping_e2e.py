@@ -40,15 +40,15 @@ def test_sighup_reloads_under_traffic_and_a_bad_file_keeps_the_rules(tmp_path: P
             flags = ("--api-url", api.url, "--flush-interval", "86400", "--mapping", str(rules))
             async with Proxy(*flags, "--tag", "host=h", env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
                 assert proxy.process is not None
-                proxy.send(lines(300, "200"))
+                await proxy.send(lines(300, "200"))
                 rules.write_text(NEW)
                 proxy.process.send_signal(signal.SIGHUP)
                 await proxy.wait_for_log("mapping: 2 rules loaded")
-                proxy.send(lines(200, "500"))
+                await proxy.send(lines(200, "500"))
                 rules.write_text(BAD)
                 proxy.process.send_signal(signal.SIGHUP)
                 await proxy.wait_for_log("not reloaded, keeping the 2 rules in use")
-                proxy.send(lines(100, "404"))
+                await proxy.send(lines(100, "404"))
                 assert await proxy.stop() == 0, proxy.log
             assert "rules.toml:3: rule 1: name '$7'" in proxy.log
             assert not api.rejected

@@ -62,7 +62,7 @@ def test_every_type_and_dialect_arrives_with_exact_numbers() -> None:
     async def scenario() -> None:
         async with FakeOtlp(token=TOKEN) as otlp:
             async with otlp_proxy(otlp, "--percentiles", "50") as proxy:
-                proxy.send(lines, per_datagram=1)
+                await proxy.send(lines, per_datagram=1)
                 assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
             assert not otlp.rejected, otlp.describe()
             hits = one(otlp, "hits", env="prod")
@@ -108,7 +108,7 @@ def test_kill_9_during_an_outage_then_restart_delivers_everything_once(tmp_path:
         async with FakeOtlp(token=TOKEN) as otlp:
             otlp.down = True
             async with otlp_proxy(otlp, "--spool-dir", str(spool), "--flush-interval", "1") as p:
-                p.send(lines)
+                await p.send(lines)
                 await otlp.wait_for(lambda fake: len(fake.requests) >= 1)  # flushed, refused
                 async with asyncio.timeout(30):
                     while not spooled_posts(spool / "otlp"):
@@ -135,7 +135,7 @@ def test_dual_write_with_one_sink_down_holds_neither_back(tmp_path: Path) -> Non
             flags = ("--api-url", api.url, "--spool-dir", str(tmp_path / "spool"))
             env = {"APPOPTICS_TOKEN": "ao-token"}
             async with otlp_proxy(otlp, *flags, "--flush-interval", "1", env=env) as proxy:
-                proxy.send(lines)
+                await proxy.send(lines)
                 await otlp.wait_for(lambda fake: len(fake.find("both.s0")) >= 1, timeout=30)
                 await api.wait_for(lambda fake: len(fake.requests) >= 1)
                 signalled = time.monotonic()
@@ -155,7 +155,7 @@ def test_the_dry_run_prints_otlp_json() -> None:
     async def scenario() -> None:
         flags = ("--otlp-url", "https://example.invalid/v1/metrics", "--dry-run")
         async with Proxy(*flags, "--flush-interval", DAY, "--tag", "host=h") as proxy:
-            proxy.send([b"printed:5|c|#k:v"])
+            await proxy.send([b"printed:5|c|#k:v"])
             assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
         requests = [orjson.loads(line) for line in proxy.stdout if line.strip()]
         metrics = [

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import time
@@ -25,8 +26,10 @@ import pytest
 
 from statsd_ao.io import spoolfile
 from statsd_ao.io.spoolfile import Record
+from tests.bounded import E2E_TIMEOUT, run_bounded
 from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
 from tests.proxy import Proxy
+from tests.required import require
 
 TOKEN = "spool-token"
 DAY = "86400"
@@ -34,7 +37,7 @@ SHUTDOWN = 2.0
 
 
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(scenario())
+    run_bounded(scenario(), E2E_TIMEOUT)
 
 
 def spooled(directory: Path) -> Counter[str]:
@@ -90,11 +93,11 @@ def test_kill_9_during_an_outage_then_restart_loses_and_duplicates_nothing(
     async def scenario() -> None:
         async with FakeAppOptics(token=TOKEN) as api:
             async with spool_proxy(api, spool, "--flush-interval", "1") as proxy:
-                proxy.send(counters("before", 50))  # delivered and acknowledged
+                await proxy.send(counters("before", 50))  # delivered and acknowledged
                 await api.wait_for(lambda a: sent("before", 50) <= {m["name"] for m in a.accepted})
                 await until(lambda: not spooled(spool / "appoptics"))
                 api.down = True
-                proxy.send(counters("during", 300))
+                await proxy.send(counters("during", 300))
                 await until(lambda: set(spooled(spool / "appoptics")) >= sent("during", 300))
                 await proxy.kill()  # SIGKILL: no final flush, no drain, no close
             restarted_at = time.time()
@@ -122,7 +125,7 @@ def test_sigterm_during_an_outage_exits_in_time_and_the_next_run_delivers(
         async with FakeAppOptics(token=TOKEN) as api:
             api.down = True
             async with spool_proxy(api, spool, "--flush-interval", DAY) as proxy:
-                proxy.send(counters("kept", 2500))
+                await proxy.send(counters("kept", 2500))
                 signalled = time.monotonic()
                 assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
                 took = time.monotonic() - signalled
@@ -153,7 +156,7 @@ def test_a_full_disk_is_counted_and_what_is_in_memory_still_goes_out(tmp_path: P
             api.down = True
             flags = ("--flush-interval", "1", "--http", "127.0.0.1:0", "--self-metrics", "on")
             async with spool_proxy(api, spool, *flags, preexec=_small_files) as proxy:
-                proxy.send(counters("big", 400))
+                await proxy.send(counters("big", 400))
                 await proxy.wait_for_log("File too large", timeout=20.0)
                 assert "the posts stay in memory" in proxy.log
                 api.down = False
@@ -230,9 +233,9 @@ def unwritable(directory: Path) -> Iterator[None]:
         yield
         directory.chmod(0o700)
         return
+    require(shutil.which("chattr") is not None, "chattr (e2fsprogs)")
     made = subprocess.run(["chattr", "+i", str(directory)], check=False, capture_output=True)
-    if made.returncode:
-        pytest.skip("running as root on a file system without chattr +i")
+    require(made.returncode == 0, f"chattr +i on {directory} ({made.stderr.decode().strip()})")
     try:
         yield
     finally:
@@ -268,7 +271,7 @@ def test_sigterm_during_an_outage_returns_once_everything_is_in_the_spool(
             api.down = True
             flags = ("--api-url", api.url, "--spool-dir", str(spool), "--shutdown-timeout", "60")
             async with Proxy(*flags, "--flush-interval", DAY, env={"APPOPTICS_TOKEN": TOKEN}) as p:
-                p.send(counters("safe", 500))
+                await p.send(counters("safe", 500))
                 signalled = time.monotonic()
                 assert await p.stop(signal.SIGTERM) == 0, p.log
                 took = time.monotonic() - signalled

@@ -34,6 +34,7 @@ from statsd_ao.core.events import (
 )
 from statsd_ao.core.gauge_memory import gauge_memory
 from statsd_ao.core.hotpath import NATIVE, Errored, Feed, Feeds, Native
+from statsd_ao.core.logs import RateLimitedLog
 from statsd_ao.core.mapping import MappingRules
 from statsd_ao.core.protocol import (
     Kind,
@@ -68,6 +69,10 @@ GAUGE_MEMORY = 200_000
 SeriesKey = tuple[Kind, str, TagTuple]
 log = logging.getLogger(__name__)
 EXAMPLE_BYTES = 120
+# A parser bug (an exception other than ParseError) is logged with its traceback at most
+# this often: every such line is counted as rejected, but a flood of one bad line must not
+# flood the log.
+PARSER_BUG_LOG_INTERVAL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +179,7 @@ class Aggregator:
         # by identity (swap, forget, the feed limit), and takes over each feed it caches.
         self._feeds: Feeds = {}
         self._now = Snapshot()
+        self._bug_log = RateLimitedLog(log, PARSER_BUG_LOG_INTERVAL, time.monotonic)
 
     def ingest(self, datagram: bytes) -> None:
         """Aggregate every line of a datagram.  Never raises on any input."""
@@ -307,7 +313,13 @@ class Aggregator:
         except ParseError as error:  # (the inner paths catch their own; this is the backstop)
             return _rejecter(error.reason)
         except ValueError:
-            log.exception("parser bug on line %r (counted as rejected)", line[:EXAMPLE_BYTES])
+            self._bug_log.log(
+                logging.ERROR,
+                "parser bug",
+                "parser bug on line %r (counted as rejected)",
+                line[:EXAMPLE_BYTES],
+                exc_info=True,
+            )
             return _rejecter("unparsable line")
 
     def _new_feed(self, key: bytes, value: bytes, line: bytes) -> Feed:
@@ -363,6 +375,8 @@ class Aggregator:
             raise ParseError("too many events in one interval")
         if event.timestamp is None:  # an event without d: happened when it arrived
             event = replace(event, timestamp=int(self._clock()))
+        else:  # its date within the bounds of a |T sample's (no 1970, no year 5138)
+            self._check_timestamp(event.timestamp)
         self._now.events.append(event)
 
     def _guarded_feed(self, resolved: Resolved) -> Feed:
@@ -384,15 +398,20 @@ class Aggregator:
         """The series table of the interval a sample belongs to."""
         if timestamp is None:
             return self._now.series
+        self._check_timestamp(timestamp)
+        stamp = timestamp - timestamp % self._interval
+        if stamp >= self._current_start:
+            return self._now.series
+        return self._now.past.setdefault(stamp, {})
+
+    def _check_timestamp(self, timestamp: int) -> None:
+        """A `ParseError` unless ``timestamp`` is at most `FUTURE_TOLERANCE` ahead of the
+        clock and at most ``max_sample_age`` behind it."""
         now = self._clock()
         if timestamp > now + FUTURE_TOLERANCE:
             raise ParseError("timestamp in the future")
         if now - timestamp > self._max_sample_age:
             raise ParseError("timestamp too old")
-        stamp = timestamp - timestamp % self._interval
-        if stamp >= self._current_start:
-            return self._now.series
-        return self._now.past.setdefault(stamp, {})
 
     def maintain(self) -> None:
         """Housekeeping between flushes (expire the guard's old tag sets); not the hot path."""

@@ -19,6 +19,9 @@ from statsd_ao.core.protocol import PRESENCE_VALUE, ParseError, parse_timestamp
 EVENT_PREFIX = b"_e{"
 CHECK_PREFIX = b"_sc|"
 CHECK_STATUSES = {b"0": 0, b"1": 1, b"2": 2, b"3": 3}
+# Digits of an event's title or text length: no line is a gigabyte, and ``int()`` raises
+# its own ValueError past 4,300 digits.
+MAX_LENGTH_DIGITS = 9
 
 Tags = tuple[tuple[str, str], ...]
 
@@ -114,6 +117,8 @@ def _lengths(raw: bytes) -> tuple[int, int]:
     title, comma, text = raw.partition(b",")
     if not (comma and title.isdigit() and text.isdigit()):
         raise ParseError("bad event header")
+    if len(title) > MAX_LENGTH_DIGITS or len(text) > MAX_LENGTH_DIGITS:
+        raise ParseError("bad event lengths")
     return int(title), int(text)
 
 

@@ -17,6 +17,7 @@ bool, None (``null`` and ``undefined``) and `JsRegExp`.  Any exception other tha
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
@@ -53,6 +54,10 @@ _RADIX = {"x": 16, "o": 8, "b": 2}
 _ID_START = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nl"})
 _ID_PART = _ID_START | {"Mn", "Mc", "Nd", "Pc"}
 _ID_JOINERS = frozenset({"$", "\u200c", "\u200d"})
+# Keys whose values are secrets (``token``, ``apiKey``, ``password``...): an error inside
+# such a value names the line and column but quotes none of its text.
+_SECRET_KEY = re.compile(r"token|key|secret|pass|auth|credential", re.IGNORECASE)
+HIDDEN = "(text not shown: it is the value of a secret)"
 
 
 class EtsyConfigError(ValueError):
@@ -115,6 +120,7 @@ class _Parser:
         self.text = text.removeprefix("\ufeff")
         self.pos = 0
         self.depth = 0
+        self.in_secret = False  # parsing the value of a key that names a secret
 
     # --- errors and scanning ----------------------------------------------------------------
 
@@ -130,7 +136,11 @@ class _Parser:
 
     def describe_here(self) -> str:
         char = self.peek()
-        return "end of file" if not char else repr(char)
+        return "end of file" if not char else self.quote(char)
+
+    def quote(self, text: str) -> str:
+        """``text`` quoted for an error message, unless it is part of a secret."""
+        return HIDDEN if self.in_secret else repr(text)
 
     def skip_space(self) -> None:
         """Skip whitespace and comments."""
@@ -216,7 +226,7 @@ class _Parser:
         word = self.identifier()
         if word not in _WORDS:
             raise self.fail(
-                f"unsupported JavaScript expression starting with {word!r}"
+                f"unsupported JavaScript expression starting with {self.quote(word)}"
                 " (statsd-ao reads literal values only)",
                 start,
             )
@@ -232,7 +242,9 @@ class _Parser:
                 return result
             key = self.key()
             self.expect(":")
+            outer, self.in_secret = self.in_secret, self.in_secret or bool(_SECRET_KEY.search(key))
             result[key] = self.value()
+            self.in_secret = outer
             self.skip_space()
             if self.peek() == ",":
                 self.pos += 1
@@ -377,7 +389,8 @@ class _Parser:
                 raise self.fail("malformed exponent in a number", start)
             self.digits()
         if self.peek() and (_is_id_start(self.peek()) or self.peek() in _DIGITS):
-            raise self.fail(f"malformed number {self.text[start : self.pos + 1]!r}", start)
+            malformed = self.quote(self.text[start : self.pos + 1])
+            raise self.fail(f"malformed number {malformed}", start)
         if is_float:
             return float(self.text[start : self.pos])
         if len(integer) > 1 and integer[0] == "0" and all(c in _OCTAL for c in integer):
@@ -398,7 +411,8 @@ class _Parser:
         try:
             return int(self.text[start + 2 : self.pos], radix)
         except ValueError:
-            raise self.fail(f"malformed number {self.text[start : self.pos]!r}", start) from None
+            malformed = self.quote(self.text[start : self.pos])
+            raise self.fail(f"malformed number {malformed}", start) from None
 
     def regexp(self) -> JsRegExp:
         start = self.pos
@@ -426,7 +440,8 @@ class _Parser:
             self.pos += 1
         flags = text[flags_start : self.pos]
         if not source or set(flags) - set("dgimsuvy") or len(set(flags)) != len(flags):
-            raise self.fail(f"malformed regular expression {text[start : self.pos]!r}", start)
+            malformed = self.quote(text[start : self.pos])
+            raise self.fail(f"malformed regular expression {malformed}", start)
         return JsRegExp(source, flags)
 
 

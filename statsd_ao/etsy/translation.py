@@ -318,7 +318,9 @@ def _api_url(raw: Any, backend: Backend) -> str:
         return LIBRATO_API_URL if backend == "librato" else APPOPTICS_API_URL
     parts = urlsplit(str(raw))
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise EtsyConfigError(f"{backend}.api: expected an http(s) URL, got {raw!r}")
+        # A URL may carry the token ("https://TOKEN:@api.appoptics.com"): never quoted whole.
+        shown = repr(str(raw)) if "@" not in str(raw) else "(not shown: it may hold the token)"
+        raise EtsyConfigError(f"{backend}.api: expected an http(s) URL, got {shown}")
     return f"{parts.scheme}://{parts.netloc}"
 
 

@@ -13,6 +13,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from statsd_ao.core.accumulators import Accumulator
+from statsd_ao.core.aggregator import SeriesKey
 from statsd_ao.core.annotations import stream_of, to_annotation
 from statsd_ao.core.batching import chunked
 from statsd_ao.core.events import Event
@@ -60,6 +62,9 @@ class AppOpticsSink:
 
     async def start(self) -> None:
         await self.poster.start()
+
+    def prepare(self, table: Mapping[SeriesKey, Accumulator]) -> None:
+        self.converter.claim(table)  # percentile names another series is sent under
 
     def series(self, items: SeriesItems, stamp: int, period: int) -> int:
         return self.measurements(self.converter.convert(items, stamp, period))

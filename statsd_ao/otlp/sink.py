@@ -25,6 +25,8 @@ from typing import IO
 
 from google.protobuf import json_format
 
+from statsd_ao.core.accumulators import Accumulator
+from statsd_ao.core.aggregator import SeriesKey
 from statsd_ao.core.events import Event
 from statsd_ao.core.logs import RateLimitedLog
 from statsd_ao.core.measurements import Measurement
@@ -198,6 +200,9 @@ class OtlpSink:
         left in it, and start posting."""
         await self.http.start()
 
+    def prepare(self, table: Mapping[SeriesKey, Accumulator]) -> None:
+        return None  # (a series named like a percentile gauge: both are sent; docs/otlp.md)
+
     def series(self, items: SeriesItems, stamp: int, period: int) -> int:
         return self.converter.series(items, stamp, period)
 
@@ -283,6 +288,9 @@ class OtlpDryRunSink:
 
     async def start(self) -> None:
         return None
+
+    def prepare(self, table: Mapping[SeriesKey, Accumulator]) -> None:
+        return None  # (a series named like a percentile gauge: both are sent; docs/otlp.md)
 
     def series(self, items: SeriesItems, stamp: int, period: int) -> int:
         return self.converter.series(items, stamp, period)

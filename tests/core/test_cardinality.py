@@ -12,8 +12,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from statsd_ao.core.aggregator import Aggregator
 from statsd_ao.core.cardinality import CardinalityGuard
-from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.sanitize import Naming
+from tests.core import converting
 
 
 class Clock:
@@ -82,7 +83,7 @@ def test_limit_below_two_is_refused() -> None:
 
 
 def convert(aggregator: Aggregator, stamp: int = 0) -> list[Measurement]:
-    return Converter([50]).convert(aggregator.swap().series.items(), stamp, 10)
+    return converting.convert(aggregator.swap().series.items(), stamp, 10, [50])[0]
 
 
 def test_folded_samples_keep_counter_and_timer_totals_exact() -> None:
@@ -102,6 +103,30 @@ def test_folded_samples_keep_counter_and_timer_totals_exact() -> None:
     assert sum(m["count"] for m in lat) == 10
     assert sum(m["sum"] for m in lat) == sum(range(1, 11))
     assert aggregator.folded_samples == {"hits": 8, "lat": 8}
+
+
+def test_a_fold_keeps_each_kind_exact_with_its_sample_rate() -> None:
+    # Users 1 and 2 are admitted (the budget of 3 keeps one place for the overflow series);
+    # users 3-6 are folded, each line with its own sample rate, which the fold must honour.
+    aggregator = Aggregator(Naming({"host": "h"}), guard=CardinalityGuard(3, None, clock=Clock()))
+    for user in range(1, 7):
+        aggregator.ingest(
+            b"hits:%d|c|@0.5|#user:%d\n" % (user, user)
+            + b"lat:%d|ms|@0.25|#user:%d\n" % (user, user)
+            + b"temp:+%d|g|@0.5|#user:%d\n" % (user, user)
+            + b"seen:u%d|s|@0.5|#user:%d" % (user % 4, user)
+        )
+    overflow = {
+        m["name"]: m
+        for m in convert(aggregator)
+        if m["tags"] == {"host": "h", "overflow": "true"} and "." not in m["name"]
+    }
+    assert overflow["hits"]["value"] == 36.0  # (3 + 4 + 5 + 6) / 0.5
+    lat = overflow["lat"]
+    assert (lat["count"], lat["sum"], lat["min"], lat["max"]) == (16, 72.0, 3.0, 6.0)
+    assert overflow["temp"]["value"] == 18.0  # deltas 3 + 4 + 5 + 6 (rates never scale gauges)
+    assert overflow["seen"]["value"] == 4.0  # u3, u0, u1, u2
+    assert aggregator.folded_samples == {"hits": 4, "lat": 4, "temp": 4, "seen": 4}
 
 
 def test_guard_sees_tags_as_the_api_does() -> None:

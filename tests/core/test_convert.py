@@ -20,7 +20,13 @@ from hypothesis import strategies as st
 from statsd_ao.core import measurements, native
 from statsd_ao.core.accumulators import Accumulator, Counter, Gauge, Running, SetOf, Summary
 from statsd_ao.core.aggregator import SeriesKey
-from statsd_ao.core.measurements import COUNTER_ATTRIBUTES, Converter, Measurement
+from statsd_ao.core.measurements import (
+    COUNTER_ATTRIBUTES,
+    DROPPED_PERCENTILE,
+    Converter,
+    Measurement,
+    percentile_claims,
+)
 from statsd_ao.core.protocol import Kind
 from statsd_ao.core.sanitize import MAX_NAME
 
@@ -119,6 +125,16 @@ def test_c_and_python_post_the_same_measurements(
     assert fast.dropped == pure.dropped
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(summaries, min_size=1, max_size=5))
+def test_every_summary_posted_is_self_consistent(accs: list[Summary]) -> None:
+    chunk: list[Item] = [((Kind.SUMMARY, f"x{i}", ()), acc) for i, acc in enumerate(accs)]
+    for converter in converters([], "p"):
+        for m in converter.convert(chunk, 60, 10):
+            count, total = m["count"], m["sum"]
+            assert count * m["min"] <= total <= count * m["max"], m
+
+
 def ordinary_interval() -> list[Item]:
     tags = (("env", "prod"), ("host", "a"))
     chunk: list[Item] = [
@@ -145,6 +161,26 @@ def test_the_c_code_takes_every_ordinary_series_itself() -> None:
     }  # fmt: skip
     sampled = next(m for m in out if m["name"] == "sampled")
     assert (sampled["count"], sampled["sum"], sampled["stddev"]) == (20, 30.0, 0.5)
+
+
+@needs_c
+@pytest.mark.parametrize(
+    ("values", "weights", "total"),
+    [
+        ([10.0], [1 / 0.7], 10.0),  # count 1: the scaled 14.29 is moved to 1 x max
+        ([-10.0], [1 / 0.7], -10.0),
+        ([10.0], [1 / 0.6], 20.0),  # count 2: the scaled 16.67 is moved to 2 x min
+        ([10.0, 20.0], [1 / 0.7, 1 / 0.7], 42.85714285714286),  # fits: kept
+    ],
+)
+def test_the_c_code_keeps_sampled_summaries_self_consistent(
+    values: list[float], weights: list[float], total: float
+) -> None:
+    assert NATIVE is not None
+    item: Item = ((Kind.SUMMARY, "x", ()), summary(values, weights, running=False))
+    out, rest = NATIVE.convert([item], 60, 10, (), COUNTER_ATTRIBUTES, MAX_NAME)
+    assert rest == []
+    assert out[0]["sum"] == total
 
 
 @needs_c
@@ -213,3 +249,59 @@ def test_bad_arguments_raise_not_crash() -> None:
     arguments_rejected([], 60, 10, [(90.0, ".p90")], {}, MAX_NAME)  # suffixes not a tuple
     arguments_rejected([], 60, 10, ((90.0,),), {}, MAX_NAME)  # not a pair
     arguments_rejected([], 60, 10)
+
+
+# --- percentile names another series has (Converter.claim) ---------------------------------
+
+SUFFIXES = (".p90", ".p99.9", ".9", ".p9")
+claim_names = st.sampled_from(["lat", "lat.p90", "lat.p99.9", "lat.9", "lat.p9", "lat.p90.p90"])
+claim_names |= st.sampled_from(["x.p90", ".p90", "p90", "l\u00e4t", "l\u00e4t.p90"])
+claim_keys = st.tuples(kinds, claim_names, st.sampled_from([(), (("env", "a"),)]))
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(claim_keys, st.none(), max_size=12))
+def test_c_and_python_find_the_same_claims(table: dict[SeriesKey, None]) -> None:
+    assert NATIVE is not None
+    expected = percentile_claims(table, SUFFIXES)
+    assert NATIVE.claims(table, SUFFIXES, Kind.SUMMARY) == expected
+    for owner, suffix in expected:
+        assert owner[0] is Kind.SUMMARY
+        assert (owner[1] + suffix, owner[2]) in {(name, tags) for _, name, tags in table}
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("kind", [Kind.COUNTER, Kind.GAUGE, Kind.SET, Kind.SUMMARY])
+def test_a_series_named_like_a_percentile_wins_over_the_percentile(
+    native: bool, kind: Kind, caplog: pytest.LogCaptureFixture
+) -> None:
+    tags = (("env", "prod"),)
+    owner: Item = ((Kind.SUMMARY, "lat", tags), summary([5.0, 7.0], None, running=False))
+    accs: dict[Kind, Accumulator] = {
+        Kind.COUNTER: counter(3.0),
+        Kind.GAUGE: gauge(3.0),
+        Kind.SET: set_of({b"a", b"b", b"c"}),
+        Kind.SUMMARY: summary([3.0], None, running=False),
+    }
+    taker: Item = ((kind, "lat.p90", tags), accs[kind])
+    elsewhere: Item = ((Kind.SUMMARY, "lat", ()), summary([1.0], None, running=False))
+    converter = Converter([90.0, 99.0], native=native)
+    converter.claim(dict([owner, taker, elsewhere]))
+    out: list[Measurement] = []
+    for _ in range(2):  # two intervals' worth: counted twice, logged once
+        out = converter.convert([owner, taker, elsewhere], 60, 10)
+    named = sorted((m["name"], tuple(m["tags"])) for m in out if m["name"].count(".") < 2)
+    assert named == [
+        ("lat", ()), ("lat", ("env",)), ("lat.p90", ()), ("lat.p90", ("env",)),
+        ("lat.p99", ()), ("lat.p99", ("env",)),
+    ]  # fmt: skip
+    mine = next(m for m in out if m["name"] == "lat.p90" and m["tags"])
+    assert mine.get("value", mine.get("sum")) == 3.0  # the series sent under the name
+    assert converter.dropped == {DROPPED_PERCENTILE: 2}
+    [record] = [r for r in caplog.records if "percentile" in r.getMessage()]
+    assert "'lat.p90'" in record.getMessage()
+    converter.claim({})
+    names = [m["name"] for m in converter.convert([owner], 60, 10)]
+    assert names == ["lat", "lat.p90", "lat.p99"]  # forgotten: the percentile is back
+    assert converter.dropped == {DROPPED_PERCENTILE: 2}

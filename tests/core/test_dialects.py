@@ -3,15 +3,19 @@ Graphite and InfluxDB tags in names."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from statsd_ao.core.aggregator import Aggregator, Snapshot
 from statsd_ao.core.events import Event, ServiceCheck, parse_event, parse_service_check
-from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.protocol import Kind, ParseError, split_multi_metric
-from statsd_ao.core.sanitize import Naming
+from statsd_ao.core.sanitize import Naming, TagTuple
+from tests.core import converting
 from tests.core.grammar import parse_line
 
 
@@ -19,7 +23,7 @@ def aggregate(datagram: bytes, **options: str) -> tuple[list[Measurement], Snaps
     aggregator = Aggregator(Naming({"host": "h"}), **options)  # type: ignore[arg-type]
     aggregator.ingest(datagram)
     snapshot = aggregator.swap()
-    return Converter([50]).convert(snapshot.series.items(), 0, 10), snapshot
+    return converting.convert(snapshot.series.items(), 0, 10, [50])[0], snapshot
 
 
 def values(measurements: list[Measurement]) -> dict[str, float]:
@@ -127,7 +131,7 @@ def test_dogstatsd_multi_value_is_never_multi_metric(kind: bytes, numbers: list[
 
 def measured(snapshot: Snapshot) -> list[Measurement]:
     return sorted(
-        Converter([50]).convert(snapshot.series.items(), 0, 10),
+        converting.convert(snapshot.series.items(), 0, 10, [50])[0],
         key=lambda m: (m["name"], sorted(m)),
     )
 
@@ -339,13 +343,29 @@ def test_service_check_round_trip(
 
 @given(
     st.sampled_from([b"c", b"g", b"ms", b"h", b"d"]),
-    st.lists(st.integers(-1000, 1000), min_size=1, max_size=6),
+    st.lists(st.tuples(st.integers(-1000, 1000), st.booleans()), min_size=1, max_size=6),
 )
-def test_multi_value_round_trip(kind: bytes, numbers: list[int]) -> None:
-    line = b"m:" + b":".join(str(abs(n)).encode() for n in numbers) + b"|" + kind
+def test_multi_value_round_trip(kind: bytes, numbers: list[tuple[int, bool]]) -> None:
+    # Signs as clients write them: "-5", "5", and "+5" (explicit); on a gauge a sign makes a
+    # delta, on every other kind it is only the number's sign.
+    texts = [f"+{n}" if plus and n >= 0 else str(n) for n, plus in numbers]
+    line = b"m:" + ":".join(texts).encode() + b"|" + kind
     sample = parse_line(line)
-    assert [v for v, _ in sample.values] == [float(abs(n)) for n in numbers]
+    expected = [(float(int(text)), kind == b"g" and text[0] in "+-") for text in texts]
+    assert list(sample.values) == expected
     assert sample.shape.kind is not Kind.SET
+
+
+@pytest.mark.parametrize(
+    ("line", "values"),
+    [
+        (b"m:-5:+3:4|g", [(-5.0, True), (3.0, True), (4.0, False)]),
+        (b"m:-5:+3:4|c", [(-5.0, False), (3.0, False), (4.0, False)]),
+        (b"m:-2.5:-0|ms", [(-2.5, False), (-0.0, False)]),
+    ],
+)
+def test_multi_value_signs(line: bytes, values: list[tuple[float, bool]]) -> None:
+    assert list(parse_line(line).values) == values
 
 
 class Clock:
@@ -386,11 +406,10 @@ def test_timestamped_samples_go_to_the_interval_of_their_timestamp() -> None:
         )
     )
     snapshot = aggregator.swap()
-    converter = Converter()
-    current = converter.convert(snapshot.series.items(), 1_700_000_000, 10)
+    current = converting.convert(snapshot.series.items(), 1_700_000_000, 10)[0]
     assert [m["value"] for m in current] == [1 + 2 + 64]
     past = {
-        stamp: [m["value"] for m in converter.convert(table.items(), stamp, 10)]
+        stamp: [m["value"] for m in converting.convert(table.items(), stamp, 10)[0]]
         for stamp, table in snapshot.past.items()
     }
     assert past == {1_699_999_990: [4.0], 1_699_999_700: [8.0]}
@@ -403,10 +422,10 @@ def test_a_timestamped_gauge_of_a_past_interval_does_not_disturb_the_current_one
     aggregator.swap()
     aggregator.ingest(b"g:+1|g|T1699999995\ng:+5|g")
     snapshot = aggregator.swap()
-    current = Converter().convert(snapshot.series.items(), 0, 10)
+    current = converting.convert(snapshot.series.items(), 0, 10)[0]
     assert [m["value"] for m in current] == [15.0]  # 10 carried over, plus 5
     [past] = snapshot.past.values()
-    assert [m["value"] for m in Converter().convert(past.items(), 0, 10)] == [1.0]
+    assert [m["value"] for m in converting.convert(past.items(), 0, 10)[0]] == [1.0]
 
 
 def test_a_timestamped_sample_between_tick_and_swap_joins_the_closing_interval() -> None:
@@ -418,4 +437,64 @@ def test_a_timestamped_sample_between_tick_and_swap_joins_the_closing_interval()
     aggregator.ingest(b"req:5|c\nreq:1|c|T1700000009")
     snapshot = aggregator.swap()
     assert not snapshot.past
-    assert [m["value"] for m in Converter().convert(snapshot.series.items(), 0, 10)] == [6.0]
+    assert [m["value"] for m in converting.convert(snapshot.series.items(), 0, 10)[0]] == [6.0]
+
+
+def test_an_event_length_of_thousands_of_digits_is_a_bad_line_not_a_parser_bug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    line = b"_e{" + b"9" * 5000 + b",1}:a|b"
+    with pytest.raises(ParseError, match="bad event lengths"):
+        parse_event(line)
+    _, snapshot = aggregate(b"\n".join([line] * 3000))
+    assert snapshot.rejected == {"bad event lengths": 3000}
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+class BuggyNaming(Naming):
+    """Naming with a bug: a name starting with ``bug`` raises a plain ValueError."""
+
+    def series(
+        self, name: str, tags: Iterable[tuple[str, str]], kind: str = "c"
+    ) -> tuple[str, TagTuple]:
+        if name.startswith("bug"):
+            raise ValueError("a bug in naming")
+        return super().series(name, tags, kind)
+
+
+def test_a_parser_bug_is_counted_per_line_and_logged_once_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    aggregator = Aggregator(BuggyNaming({"host": "h"}))
+    lines = [b"bug%d:1|c" % i for i in range(1500)] + [b"bug:1|c"] * 1500 + [b"ok:1|c"]
+    aggregator.ingest(b"\n".join(lines))
+    snapshot = aggregator.swap()
+    assert snapshot.rejected == {"unparsable line": 3000}
+    assert list(snapshot.series) == [(Kind.COUNTER, "ok", (("host", "h"),))]
+    bugs = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(bugs) == 1
+    assert "parser bug" in bugs[0].getMessage() and bugs[0].exc_info is not None
+
+
+@pytest.mark.parametrize(
+    ("date", "reason"),
+    [
+        (b"1", "timestamp too old"),  # 1970
+        (b"1699999000", "timestamp too old"),  # 1,007 s ago: older than any |T sample kept
+        (b"99999999999", "timestamp in the future"),  # the year 5138
+        (b"1700000068", "timestamp in the future"),  # 61 s ahead
+    ],
+)
+def test_event_dates_are_bounded_as_timestamped_samples_are(date: bytes, reason: str) -> None:
+    aggregator = Aggregator(Naming({"host": "h"}), interval=10, clock=Clock(1_700_000_007.0))
+    aggregator.ingest(b"_e{2,2}:hi|ok|d:" + date + b"\nx:1|c|T" + date)
+    snapshot = aggregator.swap()
+    assert snapshot.events == []
+    assert snapshot.rejected == {reason: 2}
+
+
+@pytest.mark.parametrize("date", [1_699_999_407, 1_700_000_007, 1_700_000_067])
+def test_event_dates_within_the_bounds_are_kept(date: int) -> None:
+    aggregator = Aggregator(Naming({"host": "h"}), interval=10, clock=Clock(1_700_000_007.0))
+    aggregator.ingest(b"_e{2,2}:hi|ok|d:%d" % date)
+    assert [event.timestamp for event in aggregator.swap().events] == [date]

@@ -20,6 +20,7 @@ from statsd_ao.core.aggregator import Aggregator
 from statsd_ao.core.batching import chunked, encode
 from statsd_ao.core.measurements import Converter, Measurement, percentile_suffix
 from statsd_ao.core.sanitize import Naming
+from tests.core import converting
 
 GLOBAL = {"host": "h"}
 T0 = 1_700_000_000
@@ -44,6 +45,23 @@ def api_violations(m: Measurement) -> list[str]:
         problems.append("count must be an integer, with sum")
     if not isinstance(m["time"], int) or not isinstance(m["period"], int):
         problems.append("time and period must be integers")
+    if "count" in m and not problems:
+        problems += summary_violations(m)
+    return problems
+
+
+def summary_violations(m: Measurement) -> list[str]:
+    """How a summary contradicts itself (a strict API refuses it; a chart misreads it)."""
+    count, total, lo, hi = m["count"], m["sum"], m.get("min", -math.inf), m.get("max", math.inf)
+    problems = []
+    if lo > hi:
+        problems.append(f"min {lo} > max {hi}")
+    if not count * lo <= total <= count * hi:
+        problems.append(f"sum {total} outside count {count} x [{lo}, {hi}]")
+    if m.get("stddev", 0.0) < 0:
+        problems.append("negative stddev")
+    if "last" in m and not lo <= m["last"] <= hi:
+        problems.append("last outside [min, max]")
     return problems
 
 
@@ -78,8 +96,7 @@ def pipeline(
     agg = Aggregator(Naming(global_tags))
     for datagram in datagrams:
         agg.ingest(datagram)
-    converter = Converter(percentiles)
-    return converter.convert(agg.swap().series.items(), T0, PERIOD), converter
+    return converting.convert(agg.swap().series.items(), T0, PERIOD, percentiles)
 
 
 def measurements(*datagrams: bytes, percentiles: Sequence[float] = ()) -> dict[str, Measurement]:
@@ -137,7 +154,7 @@ def test_never_value_together_with_count() -> None:
 def test_time_and_period_are_those_given() -> None:
     agg = Aggregator(Naming(GLOBAL))
     agg.ingest(b"c:1|c\nt:1|ms")
-    for m in Converter((50,)).convert(agg.swap().series.items(), 1_700_000_060, 60):
+    for m in converting.convert(agg.swap().series.items(), 1_700_000_060, 60, (50,))[0]:
         assert (m["time"], m["period"]) == (1_700_000_060, 60)
 
 
@@ -157,6 +174,22 @@ def test_percentile_names(percentile: float, suffix: str) -> None:
     got = measurements(b"x:1|ms", percentiles=(percentile,))
     assert set(got) == {"x", "x" + suffix}
     assert "count" not in got["x" + suffix]
+
+
+@pytest.mark.parametrize(
+    ("datagram", "count", "total"),
+    [
+        (b"x:10|ms|@0.7", 1, 10.0),  # weight 1.43: count 1, scaled sum 14.29 > 1 x max
+        (b"x:-10|ms|@0.7", 1, -10.0),  # ... and below 1 x min when negative
+        (b"x:10|ms|@0.6", 2, 20.0),  # weight 1.67: count 2, scaled sum 16.67 < 2 x min
+        (b"x:10|ms|@0.7\nx:20|ms|@0.7", 3, 42.85714285714286),  # 300 / 7 fits [30, 60]: kept
+        (b"x:10|ms|@0.5\nx:-4|ms", 3, 16.0),  # whole weights: exact
+    ],
+)
+def test_a_sampled_summary_is_self_consistent(datagram: bytes, count: int, total: float) -> None:
+    m = measurements(datagram)["x"]
+    assert (m["count"], m["sum"]) == (count, total)
+    assert summary_violations(m) == []
 
 
 # --- names and tags -------------------------------------------------------------------------
@@ -269,8 +302,8 @@ def test_backend_percentiles_out_of_range_are_dropped_and_counted_never_raised()
     # losing the whole interval).
     agg = Aggregator(Naming(GLOBAL))
     agg.ingest(b"t:0|ms\nt:1.9e154|ms\nok:1|c")
-    converter = Converter([90.0], style="backend")
-    ms = converter.convert(agg.swap().series.items(), T0, PERIOD)
+    series = agg.swap().series.items()
+    ms, converter = converting.convert(series, T0, PERIOD, [90.0], style="backend")
     assert {m["name"] for m in ms} == {"ok"}
     assert converter.dropped == {"value out of range": 2}
 
@@ -288,7 +321,7 @@ FRAGMENTS = (
     b":", b"|", b"@", b"#", b",", b"=", b"\n", b" ", b"c", b"g", b"ms", b"h", b"s", b"d",
     b"x", b"0", b"1", b"-", b"+", b".", b"e", b"0.5", b"1e-20", b"nan", b"1e999", b"1e308",
     b"1e130", b"6e125", b"1e160", b"5e-324", b"\xff", b"\xc3\xbc", b"/", b"?", b"A", b"name",
-    b"k", b"v",
+    b"k", b"v", b"0.7", b"0.3", b"@0.6",
 )  # fmt: skip
 near_valid = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map(b"".join)
 
@@ -315,5 +348,6 @@ def test_measurements_from_arbitrary_bytes_obey_the_api(received: list[bytes]) -
 @example([b"t:-1e308|ms\nt:0|ms\nt:7e307|ms"])
 @example([b"t:1|ms|@1e-320"])
 @example([b"t:1|ms|@1e-20"])
+@example([b"t:10|ms|@0.7"])
 def test_measurements_from_near_valid_lines_obey_the_api(received: list[bytes]) -> None:
     check_api_rules(received)

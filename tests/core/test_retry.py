@@ -252,11 +252,25 @@ def test_policy_bounds_each_batch_by_age_and_attempts(
     else:
         assert isinstance(decision, Retry)
         assert decision.attempts == after
-        assert decision.at == now + (policy.backoff.delay(after, lambda: r) if charged else 0.0)
+        # Backoff(1.0, 30.0) with full jitter, written out: r x min(30, 2^(failures - 1)).
+        wait = r * min(30.0, 2.0 ** (after - 1)) if charged else 0.0
+        assert decision.at == now + wait
         capped = policy.after_failure(
             attempts, expires, now, charged=charged, random=lambda: r, max_delay=0.5
         )
         assert isinstance(capped, Retry) and capped.at <= now + 0.5
+
+
+@pytest.mark.parametrize(
+    ("attempts", "at"),
+    [(0, 1000.5), (1, 1001.0), (2, 1002.0), (3, 1004.0), (4, 1008.0), (5, 1015.0), (9, 1015.0)],
+)
+def test_a_charged_failure_waits_half_its_ceiling_at_a_draw_of_one_half(
+    attempts: int, at: float
+) -> None:
+    policy = Policy(Backoff(1.0, 30.0), max_attempts=20, max_age=60.0)
+    decision = policy.after_failure(attempts, 1050.0, 1000.0, charged=True, random=lambda: 0.5)
+    assert decision == Retry(at, attempts + 1)
 
 
 def verdict(kind: Kind, wait: float | None = None) -> Verdict:

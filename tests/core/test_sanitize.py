@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from statsd_ao.core.aggregator import Aggregator
+from statsd_ao.core.measurements import Converter
 from statsd_ao.core.sanitize import MAX_TAGS, Naming, fit_name, fit_tag
 
 NAME_RE = re.compile(r"[A-Za-z0-9.:_-]{1,255}")
@@ -56,6 +58,29 @@ def test_long_names_sharing_a_prefix_stay_distinct() -> None:
 
 def test_long_names_differing_only_in_an_invalid_character_stay_distinct() -> None:
     assert fit_name(LONG + "\u00e9") != fit_name(LONG + "\u00e8")
+
+
+@pytest.mark.parametrize(
+    ("name", "kept", "digest"),
+    [
+        # The digest is blake2b-64 of the full name's UTF-8, its first 10 hex digits: the
+        # same in every process and every run (Python's hash() would change per process).
+        ("service." + "x" * 300, "service." + "x" * 236, "9d910927a2"),
+        ("svc/" + "\u00e9" * 260, "svc_" + "_" * 240, "c1be23e268"),
+    ],
+)
+def test_a_long_name_is_cut_to_its_exact_stable_form(name: str, kept: str, digest: str) -> None:
+    assert fit_name(name) == kept + "." + digest
+    assert len(kept + "." + digest) == 255
+
+
+def test_a_long_timer_and_its_percentile_get_their_exact_stable_names() -> None:
+    aggregator = Aggregator(Naming({"host": "h"}))
+    aggregator.ingest(b"service." + b"x" * 300 + b":1|ms")
+    snapshot = aggregator.swap()
+    names = sorted(m["name"] for m in Converter([90]).convert(list(snapshot.series.items()), 0, 10))
+    prefix = "service." + "x" * 236 + "."
+    assert names == [prefix + "9d910927a2", prefix + "ed87825386"]
 
 
 def test_shortening_is_deterministic() -> None:

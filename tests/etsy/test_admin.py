@@ -31,6 +31,7 @@ from statsd_ao.etsy.admin import (
 )
 from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher
+from tests.required import require
 from tests.test_flusher import FakeClock, ListSink, appoptics
 
 STARTED = 1_700_000_000.0
@@ -282,8 +283,8 @@ def random_dumps(seed: int, count: int) -> list[dict[str, float] | dict[str, lis
     return [d for d in dumps if not any(k.isdigit() for k in d)]
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
 def test_inspect_matches_node() -> None:
+    require(shutil.which("node") is not None, "Node.js (node)")
     dumps = random_dumps(seed=2024, count=400)
     script = (
         "const util = require('util');"

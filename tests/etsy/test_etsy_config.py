@@ -143,6 +143,34 @@ def test_refuses_with_line_and_column(text: str, where: str, reason: str) -> Non
     assert isinstance(caught.value, ValueError)  # (the CLI reports it: test_migration.py)
 
 
+SECRET = "0123abcdef9876fedcba"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("{appoptics: {token: abcdef0123456789fedcba}}", "1:21"),  # unquoted: an identifier
+        (f"{{appoptics: {{token: {SECRET}}}}}", "1:21"),  # unquoted: a malformed number
+        (f"{{librato: {{email: 'a@b', token: 0x{SECRET}zz}}}}", "1:33"),
+        (f"{{datadog: {{apiKey: /{SECRET}/{SECRET}}}}}", "1:20"),  # regexp flags
+        (f"{{graphite: {{password: {{nested: [{SECRET}]}}}}}}", "1:33"),
+    ],
+)
+def test_an_error_inside_a_secret_never_shows_its_text(text: str, where: str) -> None:
+    with pytest.raises(EtsyConfigError) as caught:
+        parse_config(text)
+    message = str(caught.value)
+    assert message.startswith(f"{where}: ")
+    assert "abcdef" not in message and SECRET[:4] not in message
+    assert "not shown" in message
+
+
+def test_an_api_url_holding_the_token_is_not_quoted() -> None:
+    with pytest.raises(EtsyConfigError) as caught:
+        translate(parse_config(f"{{appoptics: {{api: 'api://{SECRET}:@api.appoptics.com'}}}}"))
+    assert SECRET not in str(caught.value)
+
+
 def test_load_config_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.js"
     path.write_text("{\n  port: 8125\n  flushInterval: 1000\n}\n")

@@ -25,7 +25,7 @@ from statsd_ao.etsy import migration
 from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher
 from statsd_ao.io.address import Address
-from tests.fakeapi import FakeAppOptics
+from tests.fakeapi import FakeAppOptics, by_name
 from tests.proxy import Proxy
 from tests.test_flusher import ListSink, appoptics
 
@@ -171,7 +171,7 @@ def test_side_by_side_with_the_backends_mapping() -> None:
             async with Proxy(*flags) as proxy:
                 send(proxy.port, lines)
                 assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
-        got = {m["name"]: m for m in api.accepted}
+        got = by_name(api.accepted)
         assert set(got) == {
             "legacy.hits",
             "legacy.requests",

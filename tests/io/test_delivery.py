@@ -271,16 +271,23 @@ def test_401_logs_an_error_keeps_the_data_and_backs_off(caplog: pytest.LogCaptur
 
     async def scenario() -> None:
         async with FakeAppOptics(token=TOKEN) as api:
-            async with sink_for(api.url, token="wrong-token", random=lambda: 0.5) as sink:
+            answered = asyncio.Event()
+            async with sink_for(
+                api.url,
+                token="wrong-token",
+                random=lambda: 0.5,
+                on_latency=lambda _: answered.set(),  # called as the answer is read
+            ) as sink:
                 sink.submit(batch)
-                await api.wait_for(lambda a: [r.status for r in a.requests] == [401])
-                await asyncio.sleep(0)  # let the sink read the answer
+                async with asyncio.timeout(10):
+                    await answered.wait()
+                assert sink.outcomes == {"401": 1}
                 assert sink.pending == 100 and sink.lost == {}  # kept for the operator
                 started = time.monotonic()
-                # Nothing can be delivered with this token: the drain does not wait for
-                # its deadline, and the next try (5 s away) never happens.
-                assert await sink.drain(10.0) == 100
-                assert time.monotonic() - started < 1.0
+                # Nothing can be delivered with this token: the drain ends long before its
+                # 30 s deadline, and the next try (5 s away) never happens.
+                assert await sink.drain(30.0) == 100
+                assert time.monotonic() - started < 10.0
                 assert sink.lost == {"shutdown": 100}
             assert [r.status for r in api.requests] == [401]
 
@@ -419,24 +426,43 @@ def test_a_batch_submitted_after_shutdown_is_counted_as_lost() -> None:
     run(scenario())
 
 
-@pytest.mark.parametrize("turns", range(6))
-def test_close_racing_a_wake_up_still_stops_the_dispatcher(turns: int) -> None:
-    # A submit wakes the dispatcher from a timed wait; close cancels it ``turns`` loop
-    # turns later.  At some turn the wake-up and the cancellation land together, and the
-    # cancellation must win (asyncio.wait_for in 3.11 swallowed it: close then hung).
+class TickingClock:
+    """time.monotonic, setting ``ticked`` at each reading.  The dispatcher reads the clock
+    as it wakes and then runs without a pause to its next wait, so once ``ticked`` fires
+    (after a clear, with nothing else reading the clock) it is parked again."""
+
+    def __init__(self) -> None:
+        self.ticked = asyncio.Event()
+
+    def __call__(self) -> float:
+        self.ticked.set()
+        return time.monotonic()
+
+    async def next_park(self) -> None:
+        self.ticked.clear()
+        async with asyncio.timeout(10):
+            await self.ticked.wait()
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_close_racing_a_wake_up_still_stops_the_dispatcher(together: bool) -> None:
+    # A submit wakes the dispatcher from a timed wait and close cancels it in the same step
+    # (``together``: the wake-up and the cancellation land at once, and the cancellation
+    # must win; asyncio.wait_for in 3.11 swallowed it and close hung), or once the
+    # dispatcher has handled the wake-up and waits again.
     async def scenario() -> None:
         async with FakeAppOptics(token=TOKEN) as api:
             api.script([Fault.delay(10.0)])
-            sink = HttpSink(api.url, TOKEN, concurrency=1, timeout=20.0)
+            clock = TickingClock()
+            sink = HttpSink(api.url, TOKEN, concurrency=1, timeout=20.0, clock=clock)
             await sink.start()
             sink.submit(series("flying", 3))
             await api.wait_for(lambda a: len(a.requests) + a.in_flight >= 1, timeout=5)
             sink.submit(series("queued", 4))  # no room: the dispatcher waits with a timeout
-            for _ in range(3):
-                await asyncio.sleep(0)  # one loop turn each: the dispatcher reaches its wait
+            await clock.next_park()
             sink.submit(series("racing", 5))
-            for _ in range(turns):
-                await asyncio.sleep(0)
+            if not together:
+                await clock.next_park()
             async with asyncio.timeout(5.0):
                 await sink.close()
             assert sink.pending == 0 and sink.lost == {"shutdown": 12}
@@ -454,7 +480,7 @@ def test_drain_ends_at_its_deadline_when_the_api_hangs() -> None:
             await api.wait_for(lambda a: a.in_flight == 1)
             started = time.monotonic()
             assert await sink.drain(0.5) == 100
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 5.0  # not the post's 10 s, nor the API's 30
             assert sink.lost == {"shutdown": 100}
 
     run(scenario())
@@ -489,7 +515,7 @@ def test_sigterm_during_an_outage_exits_by_the_deadline_and_logs_the_loss() -> N
             api.down = True
             flags = ("--api-url", api.url, "--flush-interval", DAY, "--shutdown-timeout", "1")
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-                proxy.send(lines)
+                await proxy.send(lines)
                 started = time.monotonic()
                 assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
                 assert time.monotonic() - started < 4.0, proxy.log
@@ -508,7 +534,7 @@ def test_sigterm_during_an_outage_delivers_everything_if_the_api_returns_in_time
             api.down = True
             flags = ("--api-url", api.url, "--flush-interval", DAY, "--shutdown-timeout", "10")
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
-                proxy.send(lines)
+                await proxy.send(lines)
                 stopping = asyncio.create_task(proxy.stop(signal.SIGTERM))
                 await api.wait_for(lambda a: len(a.requests) >= 1)  # draining, and failing
                 api.down = False
@@ -529,7 +555,7 @@ def test_a_second_sigterm_ends_the_delivery_at_once() -> None:
             flags = ("--api-url", api.url, "--flush-interval", DAY, "--shutdown-timeout", "60")
             async with Proxy(*flags, env={"APPOPTICS_TOKEN": TOKEN}) as proxy:
                 assert proxy.process is not None
-                proxy.send(lines)
+                await proxy.send(lines)
                 proxy.process.send_signal(signal.SIGTERM)
                 await proxy.wait_for_log("shutting down")
                 await api.wait_for(lambda a: len(a.requests) >= 1)  # delivering, and failing

@@ -21,12 +21,13 @@ from statsd_ao.io.health import (
     cardinality_status,
     start_http,
 )
+from tests.bounded import run_bounded
 
 HOST = "127.0.0.1"
 
 
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(scenario())
+    run_bounded(scenario())
 
 
 class State:

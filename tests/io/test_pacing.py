@@ -105,21 +105,35 @@ def test_the_kernel_says_what_a_socket_holds() -> None:
         assert queued(receiver) == 0  # (released once the queue is empty, not per datagram)
 
 
+# A pause and the buffer it needs, written out: 4 MiB per started millisecond.
+PAUSES_AND_NEEDS = [
+    (0.0, 0),
+    (0.001, 4 << 20),
+    (0.0015, 8 << 20),
+    (0.002, 8 << 20),
+    (0.0071, 32 << 20),
+    (0.01, 40 << 20),
+]
+
+
 @settings(deadline=None)
 @given(
-    st.floats(0, pacing.MAX_PAUSE),
-    st.integers(0, 1 << 26),
+    st.sampled_from(PAUSES_AND_NEEDS),
+    st.integers(0, 1 << 26) | st.sampled_from([-1, 0, 1]),
     st.lists(st.tuples(st.integers(0, 2000), st.none() | st.integers(0, 1 << 26))),
 )
 def test_pauses_only_after_few_datagrams_with_room(
-    pause: float, granted: int, reads: list[tuple[int, int | None]]
+    pause_and_need: tuple[float, int], granted: int, reads: list[tuple[int, int | None]]
 ) -> None:
+    pause, need = pause_and_need
+    if granted <= 1:  # just below, at, or just above what the pause needs
+        granted = max(0, need + granted)
     pacer = Pacer(pause, granted, Clock())
     for datagrams, backlog in reads:
         got = pacer.after_read(datagrams, backlog=backlog)
         assert got in {0, pause}
         if got:
-            assert 0 < datagrams < FEW and granted >= needed(pause) and pause > 0
+            assert 0 < datagrams < FEW and granted >= need and pause > 0
             assert backlog is None or backlog <= granted // 4
 
 
@@ -209,9 +223,31 @@ async def pause_then_send(
     sock = listener._sock  # (the listener's socket)
     assert sock is not None
     wait_queued(sock, charge(more[0]) * len(more))
-    for _ in range(5):  # loop iterations, each polling the sockets still watched
-        await asyncio.sleep(0)
+    await loop_polled()
     assert len(chunks.datagrams) == 1
+
+
+async def loop_polled() -> None:
+    """Return once the loop has polled its sockets since the call: a datagram on a socket
+    pair of our own, readable from the start, has been read.  Every socket still watched
+    and readable was reported by that same poll, so its reader has run too."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, theirs:
+        theirs.setblocking(False)
+        read = asyncio.Event()
+
+        def on_readable() -> None:
+            theirs.recv(16)
+            read.set()
+
+        ours.send(b"poll")
+        loop.add_reader(theirs.fileno(), on_readable)
+        try:
+            async with asyncio.timeout(10):
+                await read.wait()
+        finally:
+            loop.remove_reader(theirs.fileno())
 
 
 @pytest.mark.usefixtures("any_buffer")

@@ -18,12 +18,13 @@ from hypothesis import strategies as st
 from statsd_ao.io import spoolfile
 from statsd_ao.io.spool import Spool, SpoolError, Ticket
 from statsd_ao.io.spoolfile import MIN_MAX_BYTES, Record
+from tests.bounded import run_bounded
 
 T = Any
 
 
 def run(coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    return asyncio.run(coroutine())
+    return run_bounded(coroutine())
 
 
 async def end_of_pass(spool: Spool) -> None:

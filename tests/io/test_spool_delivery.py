@@ -13,6 +13,7 @@ from statsd_ao.core.retry import Backoff
 from statsd_ao.io.sink import HttpSink
 from statsd_ao.io.spool import Spool
 from statsd_ao.io.spoolfile import MIN_MAX_BYTES
+from tests.bounded import run_bounded
 from tests.fakeapi import FakeAppOptics
 
 TOKEN = "spool-sink"
@@ -21,7 +22,7 @@ ROUNDS = 30
 
 
 def run(scenario: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(scenario)
+    run_bounded(scenario)
 
 
 def batch(prefix: str, n: int, stamp: int = 1_700_000_000, pad: int = 0) -> list[Measurement]:

@@ -19,14 +19,15 @@ from statsd_ao.io import tcp
 from statsd_ao.io.address import Address
 from statsd_ao.io.listeners import DatagramListener
 from statsd_ao.io.tcp import TcpListener
-from tests.fakeapi import AcceptedMeasurement, FakeAppOptics
+from tests.bounded import run_bounded
+from tests.fakeapi import AcceptedMeasurement, FakeAppOptics, by_name
 from tests.proxy import Proxy
 
 TOKEN = "transport-token"
 
 
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(scenario())
+    run_bounded(scenario())
 
 
 class Collector:
@@ -109,8 +110,9 @@ def test_tcp_final_line_without_newline_is_taken_at_eof_and_at_close() -> None:
         _, second = await asyncio.open_connection("127.0.0.1", listener.bound.port)
         second.write(b"pending:1|c")
         await second.drain()
-        while listener.stats.bytes < len(b"a:1|c\nlast:1|c") + len(b"pending:1|c"):
-            await asyncio.sleep(0)  # yield until the server has read the bytes
+        async with asyncio.timeout(10):  # (the listener signals nothing: yield until read)
+            while listener.stats.bytes < len(b"a:1|c\nlast:1|c") + len(b"pending:1|c"):
+                await asyncio.sleep(0)
         await listener.close()
         assert collector.lines == [b"a:1|c", b"last:1|c", b"pending:1|c"]
         first.close()
@@ -166,10 +168,6 @@ def test_unix_socket_refuses_to_replace_a_regular_file(tmp_path: Path) -> None:
     finally:
         loop.close()
     assert path.read_text() == "precious"
-
-
-def by_name(accepted: list[AcceptedMeasurement]) -> dict[str, AcceptedMeasurement]:
-    return {m["name"]: m for m in accepted}
 
 
 def send_with_client(client: DogStatsd) -> None:
@@ -231,7 +229,7 @@ def test_tcp_end_to_end() -> None:
                 await writer.drain()
                 writer.close()
                 await writer.wait_closed()
-                proxy.wait_tcp_done()
+                await proxy.wait_tcp_done()
                 assert await proxy.stop(signal.SIGTERM) == 0, proxy.log
             got = by_name(api.accepted)
             assert got["tcp.hits"]["value"] == 5.0
