@@ -31,13 +31,17 @@ def test_the_program_s_json_logs_are_one_object_per_line() -> None:
 
     lines = run_bounded(scenario(), E2E_TIMEOUT)
     entries = [orjson.loads(line) for line in lines]  # every line: one JSON object
-    assert entries and all(set(entry) == FIELDS for entry in entries), lines
+    # Every entry has the four fields; those that report figures carry them as "fields" too.
+    assert entries and all(set(entry) - {"fields"} == FIELDS for entry in entries), lines
     assert all(UTC_MILLIS.fullmatch(entry["time"]) for entry in entries), lines
     assert {entry["level"] for entry in entries} <= {"INFO", "WARNING"}
     assert any(entry["message"].startswith("ready: ") for entry in entries), lines
     [rejected] = [e for e in entries if e["message"].startswith("rejected 1 lines")]
     assert (rejected["level"], rejected["logger"]) == ("WARNING", "statsd_ao.flusher")
     assert "missing type" in rejected["message"] and "b'bad line'" in rejected["message"]
+    assert rejected["fields"] == {"rejected": {"missing type": 1}}
+    [stopped] = [e for e in entries if e["message"].startswith("stopped: ")]
+    assert stopped["fields"]["lines"] == 2 and stopped["fields"]["undelivered"] == 0
 
 
 def test_a_json_log_entry_carries_its_traceback() -> None:

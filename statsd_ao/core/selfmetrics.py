@@ -245,6 +245,8 @@ class SelfMetrics:
                 self._summary(out, info, family.distribution, time, period)
             values: dict[str | None, float] = {}  # by label value as posted (sanitized)
             for label_value, number in family.points:
+                if label_value is not None and number == 0 and info.kind is Kind.COUNTER:
+                    continue  # a reason that never happened: shown on /metrics, not posted
                 change = number
                 if info.kind is Kind.COUNTER:
                     change = self._delta((info.name, info.constant, label_value), number)
