@@ -173,3 +173,16 @@ def test_the_spool_is_off_unless_a_directory_is_given() -> None:
     )
     assert (config.spool_dir, config.spool_max_bytes) == ("/var/spool/x", 1 << 30)
     assert build({"spool_dir": "off"}, environ={"STATSD_AO_SPOOL_DIR": "/x"}).spool_dir is None
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_a_spool_dir_that_is_a_file_is_a_configuration_error(
+    tmp_path: Path, under: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("precious")
+    path = tmp_path / "file" / "spool" if under else tmp_path / "file"
+    status = cli.main(["--spool-dir", str(path), "--token", "t", "--udp", "127.0.0.1:0"])
+    assert status == cli.EXIT_CONFIG
+    assert f"--spool-dir: '{path}' " in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "precious"
+    assert build({"spool_dir": str(tmp_path / "new" / "spool")}, environ={}).spool_dir

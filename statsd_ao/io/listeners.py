@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -222,11 +223,33 @@ def ingest_failed(data: bytes) -> None:
 
 
 def _remove_stale_socket(path: str) -> None:
-    """A socket file left by a previous run is removed; any other file is an error."""
+    """A socket file nobody listens on (left by a crashed run) is removed; a socket another
+    process holds, or any other file, is an error (FileExistsError, naming the path).
+
+    Whether anyone holds it is asked of the kernel: a datagram socket connected to a socket
+    file that no process has bound is refused (ECONNREFUSED); a live one accepts the
+    connection (or, bound as a stream socket, answers EPROTOTYPE)."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
         raise FileExistsError(f"{path} exists and is not a socket")
-    os.unlink(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # nobody listens on it: a leftover
+            return
+        except FileNotFoundError:
+            return  # removed meanwhile
+        except OSError as error:
+            if error.errno != errno.EPROTOTYPE:
+                raise FileExistsError(
+                    f"{path} is a socket that cannot be probed ({error.strerror}): "
+                    "refusing to replace it"
+                ) from None
+    raise FileExistsError(
+        f"{path} is a socket another process is listening on: refusing to take it over "
+        "(stop that process or give --unix another path)"
+    )
