@@ -12,8 +12,10 @@ import pytest
 from statsd_ao.core import accumulators
 from statsd_ao.core.accumulators import Counter, Gauge, SetOf, Summary
 from statsd_ao.core.aggregator import Aggregator, Snapshot
+from statsd_ao.core.cardinality import OVERFLOW_TAG, SHARED_OVERFLOW, CardinalityGuard
 from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.core.merge import Merger, from_wire, to_wire
+from statsd_ao.core.protocol import Kind
 from statsd_ao.core.sanitize import Naming
 from tests.fakeapi import FakeAppOptics
 from tests.proxy import Proxy
@@ -95,6 +97,20 @@ def test_merge_equals_one_aggregator_for_order_free_series(splits: int) -> None:
         convert(alone.series.items(), 0, 10)
     )
     assert merged.lines == alone.lines
+
+
+def test_the_merge_folds_new_names_past_the_total_into_the_shared_overflow() -> None:
+    guard = CardinalityGuard(10, 2)
+    overflow = Naming({"host": "h"}).tags([OVERFLOW_TAG])
+    merger = Merger(guard, overflow)
+    lines = [b"n%d:1|c" % i for i in range(100)] + [b"t%d:%d|ms" % (i, i) for i in range(50)]
+    merged = merger.merge(parts_of(lines, 2))
+    names = sorted(key[1] for key in merged.series)
+    assert names == ["n0", "n2", SHARED_OVERFLOW + ".counter", SHARED_OVERFLOW + ".timer"]
+    shared = merged.series[(Kind.COUNTER, SHARED_OVERFLOW + ".counter", overflow)]
+    assert isinstance(shared, Counter) and shared.total == 98
+    assert merger.folded_samples == {SHARED_OVERFLOW: 148}
+    assert sum(1 for _ in guard.tag_sets()) == 2
 
 
 def test_merged_gauges_continue_across_intervals() -> None:
