@@ -50,10 +50,13 @@ class DatagramListener:
         reuse_port: bool = False,
         receive: Receive | None = None,
         pause: float = DEFAULT_PAUSE,
+        sock: socket.socket | None = None,
     ) -> None:
         """``receive``, when given, reads and ingests in C (``recvmmsg``) in place of a
         Python ``recv`` and ``ingest`` per datagram.  ``pause``: seconds a UDP listener
-        leaves a nearly empty socket alone (see `Pacer`; 0: never)."""
+        leaves a nearly empty socket alone (see `Pacer`; 0: never).  ``sock``: a UDP
+        socket already bound to ``target`` to read instead of binding one (--workers)."""
+        self._given = sock
         self._receive = receive
         self._pause = pause
         self.pacer = Pacer(0.0, 0)  # until open() knows the buffer granted
@@ -104,6 +107,11 @@ class DatagramListener:
 
     def _bind(self) -> socket.socket:
         target = self._target
+        if self._given is not None:
+            sock, self._given = self._given, None
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
+            return sock
         if isinstance(target, Address):
             family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_DGRAM)
