@@ -28,15 +28,18 @@ from statsd_ao.core.mapping import MappingError, MappingRules
 from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.core.merge import Merger
 from statsd_ao.core.selfmetrics import SelfMetrics, Timings
-from statsd_ao.etsy.admin import AdminCommands, serve_admin
+from statsd_ao.etsy.admin import MAX_ADMIN_SESSIONS, AdminCommands, serve_admin
 from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher, FlushReport
 from statsd_ao.gcpolicy import GcPolicy
+from statsd_ao.io import descriptors
 from statsd_ao.io.address import Address
 from statsd_ao.io.health import HealthState, HttpServer, assess, cardinality_status, start_http
+from statsd_ao.io.httpconns import MAX_CONNECTIONS as MAX_HTTP_CONNECTIONS
 from statsd_ao.io.listeners import DatagramListener, Receive
 from statsd_ao.io.sink import DryRunSink, HttpSink
 from statsd_ao.io.spool import Spool, SpoolError
+from statsd_ao.io.tcp import MAX_CONNECTIONS as MAX_TCP_CONNECTIONS
 from statsd_ao.io.tcp import TcpListener
 from statsd_ao.remapping import Remapping
 from statsd_ao.selfreport import standard_metrics, udp_drops
@@ -178,6 +181,7 @@ class App:
         config = self.config
         log.info("statsd-ao starting: %s", config.describe())
         log.info("hot path: %s", hotpath.describe())
+        self._check_descriptors()
         if not config.posting:
             if config.spool_dir:
                 log.info("dry run: --spool-dir %s is not used", config.spool_dir)
@@ -211,6 +215,18 @@ class App:
         where = "stdout" if not config.posting else config.api_url
         log.info("ready: flushing every %ds to %s", config.flush_interval, where)
         return True
+
+    def _check_descriptors(self) -> None:
+        """Raise the descriptor limit to what the endpoints' connection caps need."""
+        config = self.config
+        caps = (
+            MAX_TCP_CONNECTIONS if config.tcp is not None else 0,
+            MAX_HTTP_CONNECTIONS if config.http is not None else 0,
+            MAX_ADMIN_SESSIONS if config.admin is not None else 0,
+        )
+        warning = descriptors.ensure(descriptors.needed(*caps))
+        if warning is not None:
+            log.warning("%s", warning)
 
     async def shutdown(self) -> int:
         config = self.config

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+import resource
 import socket
 import threading
 import time
+from collections.abc import Callable
 
+import orjson
+
+from statsd_ao.io.httpconns import REQUEST_TIMEOUT
 from tests.proxy import Proxy
 
 FLOOD = b"a\n" * 32_500  # 65,000 bytes: 32,500 bad lines, ~35-45 ms of work a datagram
@@ -88,3 +93,91 @@ def test_a_flood_of_costly_datagrams_leaves_flushes_and_health_their_time() -> N
             assert await proxy.stop() == 0
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def nofile(limit: int) -> Callable[[], None]:
+    def lower() -> None:  # in the child, before the program
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return lower
+
+
+def posted_value(proxy: Proxy, name: str) -> float:
+    found = [
+        m["value"]
+        for line in proxy.stdout
+        for m in orjson.loads(line)["measurements"]
+        if m["name"] == name
+    ]
+    assert len(found) == 1, found
+    return float(found[0])
+
+
+async def open_slowly(port: int) -> asyncio.StreamWriter | None:
+    """A connection that sends the first byte of a request line and nothing more."""
+    try:
+        async with asyncio.timeout(5):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except (TimeoutError, OSError):
+        return None
+    writer.write(b"G")
+    return writer
+
+
+def test_slow_http_clients_leave_descriptors_to_the_intake_and_to_health() -> None:
+    """Under the documented minimum of 2,048 descriptors, 2,100 HTTP connections that never
+    finish their request: TCP senders still connect and count, /health still answers, the
+    cap is logged, and a client trickling a byte at a time is closed at the deadline."""
+    limit, slow = 2048, 2100
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = slow + 512  # this process holds the client ends
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # fails loudly if it cannot
+
+    async def scenario() -> None:
+        flags = ("--flush-interval", "86400", "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0")
+        async with Proxy(*flags, preexec=nofile(limit)) as proxy:
+            port = http_port(proxy)
+            held: list[asyncio.StreamWriter | None] = []
+            for start in range(0, slow, 100):
+                batch = min(100, slow - start)
+                held += await asyncio.gather(*(open_slowly(port) for _ in range(batch)))
+            assert None not in held, f"{held.count(None)} HTTP connections never connected"
+            async with asyncio.timeout(5):
+                _, sender = await asyncio.open_connection("127.0.0.1", proxy.ports["tcp"])
+            sender.write(b"tcp.ok:1|c\n")
+            await sender.drain()
+            sender.close()
+            await get_health(port)
+            await proxy.wait_for_log("http: 64 connections open, the most allowed")
+            reader, trickler = await asyncio.open_connection("127.0.0.1", port)
+            began = time.monotonic()
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT + 3):
+                    for byte in b"GET /health HTTP/1.1\r\n":
+                        trickler.write(bytes([byte]))
+                        if await _closed_within(reader, 0.5):
+                            break
+            finally:
+                trickler.close()
+            assert REQUEST_TIMEOUT - 0.5 <= time.monotonic() - began <= REQUEST_TIMEOUT + 3
+            await proxy.wait_for_log("http: closed a connection that sent no whole request")
+            proxy.wait_tcp_done()
+            assert await proxy.stop() == 0, proxy.log
+            for writer in held:
+                if writer is not None:
+                    writer.close()
+        assert posted_value(proxy, "tcp.ok") == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """True when the peer closed (EOF or reset) within ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await reader.read(100) == b""
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
