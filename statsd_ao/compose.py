@@ -36,16 +36,19 @@ from statsd_ao.core.mapping import MappingRules
 from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.core.merge import Merger
 from statsd_ao.core.selfmetrics import SelfMetrics, Timings
-from statsd_ao.etsy.admin import AdminCommands, AdminEndpoint
+from statsd_ao.etsy.admin import MAX_ADMIN_SESSIONS, AdminCommands, AdminEndpoint
 from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import CONVERT_CHUNK, Flusher, FlushReport
 from statsd_ao.gcpolicy import GcPolicy
+from statsd_ao.io import descriptors
 from statsd_ao.io.api_server import AppOpticsIntake
 from statsd_ao.io.appoptics import AppOpticsSink
 from statsd_ao.io.health import HealthState, HttpEndpoint, assess, cardinality_status
+from statsd_ao.io.httpconns import MAX_CONNECTIONS as MAX_HTTP_CONNECTIONS
 from statsd_ao.io.listeners import DatagramListener
 from statsd_ao.io.sink import DryRunSink, HttpSink
 from statsd_ao.io.spool import Spool
+from statsd_ao.io.tcp import MAX_CONNECTIONS as MAX_TCP_CONNECTIONS
 from statsd_ao.io.tcp import TcpListener
 from statsd_ao.otlp import OtlpDryRunSink, OtlpSink
 from statsd_ao.pipeline import Sink, Source
@@ -89,6 +92,7 @@ def build(
     schedule; ``stdout`` takes a dry run's output; ``gc`` False leaves the garbage collector
     alone (tests running the app in-process)."""
     _say_what_runs(config)
+    _ensure_descriptors(config)
     guard = CardinalityGuard(
         # Tag sets free their slot an hour plus an interval after they were last seen, so the
         # hour the API counts by measurement time (interval starts) is respected.
@@ -278,6 +282,20 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def _ensure_descriptors(config: Config) -> None:
+    """Raise the descriptor limit to what the endpoints' connection caps need, so no crowd
+    of clients on one endpoint can take the descriptors another needs."""
+    caps = (
+        MAX_TCP_CONNECTIONS if config.tcp is not None else 0,
+        MAX_HTTP_CONNECTIONS if config.http is not None else 0,
+        MAX_ADMIN_SESSIONS if config.admin is not None else 0,
+        config.intake_max_connections if config.appoptics_listen is not None else 0,
+    )
+    warning = descriptors.ensure(descriptors.needed(*caps))
+    if warning is not None:
+        log.warning("%s", warning)
 
 
 def _worker_pool(

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -159,6 +160,21 @@ def _spool_bytes(text: str) -> int:
     if value < MIN_MAX_BYTES:
         raise ValueError(f"must be at least {MIN_MAX_BYTES >> 20}M, got {text!r}")
     return value
+
+
+def _spool_dir(text: str) -> str | None:
+    """A directory path (created at start when missing); a path that names a file, or lies
+    under one, can never become the spool: a configuration error, not a failure at start."""
+    path = parse_optional(text)
+    if path is None:
+        return None
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the nearest part of the path that exists
+    if existing.exists() and not existing.is_dir():
+        where = "is" if str(existing) == path else f"is under {existing}, which is"
+        raise ValueError(f"{path!r} {where} not a directory")
+    return path
 
 
 def _cardinality(text: str) -> int:
@@ -362,7 +378,7 @@ SETTINGS: tuple[Setting, ...] = (
         "spool_dir",
         "--spool-dir",
         "STATSD_AO_SPOOL_DIR",
-        parse_optional,
+        _spool_dir,
         "directory that keeps pending posts across restarts (off: memory only)",
     ),
     Setting(

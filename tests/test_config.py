@@ -252,3 +252,16 @@ def test_a_table_where_a_single_value_belongs_is_refused(
         build({}, environ={}, config_file=file)
     assert cli.main(["--config", str(file), "--check-config"]) == cli.EXIT_CONFIG
     assert "s3cr3t-token" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_a_spool_dir_that_is_a_file_is_a_configuration_error(
+    tmp_path: Path, under: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("precious")
+    path = tmp_path / "file" / "spool" if under else tmp_path / "file"
+    status = cli.main(["--spool-dir", str(path), "--token", "t", "--udp", "127.0.0.1:0"])
+    assert status == cli.EXIT_CONFIG
+    assert f"--spool-dir: '{path}' " in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "precious"
+    assert build({"spool_dir": str(tmp_path / "new" / "spool")}, environ={}).spool_dir

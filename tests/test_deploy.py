@@ -118,11 +118,13 @@ _MI = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
 @pytest.mark.parametrize(("name", "doc"), workloads())
 def test_the_spool_is_a_volume_with_room_for_its_bound(name: str, doc: Doc) -> None:
     """The root file system is read-only: the spool needs a mounted volume, and the volume's
-    sizeLimit (past which the kubelet evicts the pod) must hold --spool-max-bytes."""
+    sizeLimit (past which the kubelet evicts the pod) must hold --spool-max-bytes.  The
+    spool is a subdirectory of the mount: an emptyDir is 0777, which the proxy refuses."""
     container = statsd_ao(doc)
     env = env_values(container)
     directory = env["STATSD_AO_SPOOL_DIR"]
-    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    parent = directory.rpartition("/")[0]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == parent]
     volumes = {v["name"]: v for v in doc["spec"]["template"]["spec"]["volumes"]}
     limit = volumes[mount["name"]]["emptyDir"]["sizeLimit"]
     number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", limit).groups()  # type: ignore[union-attr]

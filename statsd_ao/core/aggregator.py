@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from statsd_ao.core.accumulators import Accumulator, Counter, Gauge, Rated, SetOf, Summary
-from statsd_ao.core.cardinality import OVERFLOW_TAG, CardinalityGuard
+from statsd_ao.core.cardinality import OVERFLOW_TAG, SHARED_OVERFLOW, CardinalityGuard
 from statsd_ao.core.events import (
     CHECK_PREFIX,
     EVENT_PREFIX,
@@ -383,14 +383,17 @@ class Aggregator:
         """The series' feed, or, past the metric's tag-set budget, its overflow's feed."""
         kind, metric, tags = resolved.key
         table = self._table_for(resolved.timestamp)
-        if self.guard is None or self.guard.admit(metric, tags):
+        guard = self.guard
+        if guard is None or guard.admit(metric, tags):
             return self._feed_of(table, resolved.key, resolved.rate)
-        overflow = self._feed_of(table, (kind, metric, self._overflow_tags), resolved.rate)
+        into = guard.overflow_metric(metric, kind.value)
+        overflow = self._feed_of(table, (kind, into, self._overflow_tags), resolved.rate)
         folded = self.folded_samples
+        counted = metric if into == metric else SHARED_OVERFLOW  # (no state per new name)
 
         def fold(raw: bytes) -> None:
             overflow(raw)
-            folded[metric] = folded.get(metric, 0) + 1
+            folded[counted] = folded.get(counted, 0) + 1
 
         return fold
 

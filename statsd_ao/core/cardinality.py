@@ -13,7 +13,10 @@ never per line, so the window's resolution is the flush interval; `sweep` (once 
 expires metrics that stopped sending.
 
 Memory: one entry per admitted tag set (its tag tuple is shared with the series key); the
-optional total limit across all metrics bounds it whatever the traffic.
+optional total limit across all metrics bounds it whatever the traffic.  Past the total, a
+metric the guard does not track yet gets no state of its own: its samples fold into one
+shared overflow series per kind (`shared_overflow`), counted under `SHARED_OVERFLOW`, so a
+flood of new metric names costs a fixed amount however many names it brings.
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ WINDOW = 3600.0  # the API counts tag sets per hour
 
 Tags = tuple[tuple[str, str], ...]
 OVERFLOW_TAG = ("overflow", "true")
+# Where metrics new past the total limit fold: one series per kind (a counter and a timer
+# under one name and tag set would be one metric with two meanings to the API), named
+# ``statsd_ao.cardinality.overflow.<kind>``; their folds are counted under this name.
+SHARED_OVERFLOW = "statsd_ao.cardinality.overflow"
+_KIND_NAMES = {"c": "counter", "g": "gauge", "ms": "timer", "s": "set"}
+
+
+def shared_overflow(kind: str) -> str:
+    """The shared overflow metric of a kind (``c``, ``g``, ``ms``, ``s``)."""
+    return f"{SHARED_OVERFLOW}.{_KIND_NAMES[kind]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,9 @@ class CardinalityGuard:
         now = self._clock()
         seen = self._seen.get(metric)
         if seen is None:
+            if self._at_total_limit():  # no state for a new name: the shared overflow
+                self.folded_tag_sets[SHARED_OVERFLOW] += 1
+                return False
             seen = self._seen[metric] = {}
         else:
             self._expire(seen, now)
@@ -88,6 +104,11 @@ class CardinalityGuard:
         seen[tags] = now
         self._total += 1
         return True
+
+    def overflow_metric(self, metric: str, kind: str) -> str:
+        """Where a refused tag set of ``metric`` (a series of ``kind``) folds: the metric's
+        own overflow series while the guard tracks the metric, else the shared one."""
+        return metric if metric in self._seen else shared_overflow(kind)
 
     def tag_sets(self) -> Iterator[tuple[str, Tags]]:
         """Every ``(metric, tags)`` counted in the window (for the status page)."""

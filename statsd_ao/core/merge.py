@@ -24,7 +24,7 @@ from statsd_ao.core.accumulators import (
     Summary,
 )
 from statsd_ao.core.aggregator import SeriesKey, Snapshot
-from statsd_ao.core.cardinality import CardinalityGuard
+from statsd_ao.core.cardinality import SHARED_OVERFLOW, CardinalityGuard
 from statsd_ao.core.sanitize import TagTuple
 
 
@@ -84,10 +84,13 @@ class Merger:
 
     def _admitted(self, key: SeriesKey) -> SeriesKey:
         """The key itself, or its metric's overflow series past the tag-set budget."""
-        if self._guard is None or self._guard.admit(key[1], key[2]):
+        guard = self._guard
+        if guard is None or guard.admit(key[1], key[2]):
             return key
-        self.folded_samples[key[1]] = self.folded_samples.get(key[1], 0) + 1
-        return (key[0], key[1], self._overflow_tags)
+        into = guard.overflow_metric(key[1], key[0].value)
+        counted = key[1] if into == key[1] else SHARED_OVERFLOW  # (no state per new name)
+        self.folded_samples[counted] = self.folded_samples.get(counted, 0) + 1
+        return (key[0], into, self._overflow_tags)
 
 
 def combine(into: Accumulator, part: Accumulator) -> Accumulator:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import email.utils
 import math
 import random as _random
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -111,6 +112,7 @@ class Answer:
     error: str | None = None  # name of the error when there was no answer
     # With no answer: the request may have reached the API whole, so it may be stored.
     sent: bool = False
+    truncated: bool = False  # ``body`` is the start of a longer body (see `classify`)
 
     @property
     def label(self) -> str:
@@ -151,6 +153,8 @@ def classify(answer: Answer, count: int, wall: float) -> Verdict:
     if status is None:
         return Verdict(Kind.TRANSIENT, wait=wait)
     summary, errors = parse_summary(answer.body), parse_errors(answer.body)
+    if summary is None and answer.truncated:  # the summary may still be whole in the start
+        summary = find_summary(answer.body)
     if 200 <= status < 300:
         if PARTIAL_HEADER in answer.headers:
             return _partial(count, summary, errors, wait)
@@ -228,6 +232,17 @@ def parse_summary(body: bytes) -> Summary | None:
         return None
     total, accepted, failed, filtered = (value or 0 for value in fields)
     return Summary(total, accepted, failed, filtered)
+
+
+_SUMMARY = re.compile(rb'"summary"\s*:\s*(\{[^{}]*\})')
+
+
+def find_summary(start: bytes) -> Summary | None:
+    """The summary object in the start of a body too long to read whole (not JSON then)."""
+    match = _SUMMARY.search(start)
+    if match is None:
+        return None
+    return parse_summary(b'{"measurements":{"summary":' + match.group(1) + b"}}")
 
 
 def parse_errors(body: bytes) -> tuple[str, ...]:

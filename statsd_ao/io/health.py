@@ -22,7 +22,9 @@ access log: probes every few seconds would drown the useful lines.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from statsd_ao.core.logs import RateLimitedLog
+from statsd_ao.io.httpconns import ConnectionGate
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ CLOSE_TIMEOUT = 1.0
 MAX_LINE_BYTES = 8190
 MAX_HEADERS = 64
 MAX_BODY_BYTES = 4096
+# Connections waiting to be accepted (aiohttp's default).
+BACKLOG = 128
 # Malformed requests are reported at most this often, in one short line.
 BAD_REQUEST_LOG_INTERVAL = 60.0
 EXAMPLE_CHARS = 80
@@ -151,18 +156,23 @@ def cardinality_status(
 
 
 class HttpServer:
-    """A started endpoint; `close` stops it."""
+    """A started endpoint; `close` stops it.  ``gate`` counts the connections it closed."""
 
-    def __init__(self, runner: web.AppRunner) -> None:
+    def __init__(
+        self, runner: web.AppRunner, server: asyncio.AbstractServer, gate: ConnectionGate
+    ) -> None:
         self._runner = runner
+        self._server = server
+        self.gate = gate
 
     @property
     def port(self) -> int:
         """The port actually bound (the real one when 0 was asked for)."""
-        address = self._runner.addresses[0]
-        return int(address[1])
+        sockets: list[socket.socket] = list(getattr(self._server, "sockets", ()))
+        return int(sockets[0].getsockname()[1])
 
     async def close(self) -> None:
+        self._server.close()
         await self._runner.cleanup()
 
 
@@ -174,8 +184,10 @@ async def start_http(
     metrics_text: Callable[[], str],
     status: Callable[[], Mapping[str, object]],
 ) -> HttpServer:
-    """Serve the four routes on ``host:port``.  Raises OSError (e.g. in use) to the caller."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    """Serve the four routes on ``host:port``.  Raises OSError (e.g. in use) to the caller.
+    Its connections are capped and must send their requests in time (`ConnectionGate`)."""
+    gate = ConnectionGate()
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[gate.middleware])
     app.router.add_get("/health", _probe(health, ready=False))
     app.router.add_get("/ready", _probe(health, ready=True))
     app.router.add_get("/metrics", _metrics(metrics_text))
@@ -189,12 +201,15 @@ async def start_http(
         max_headers=MAX_HEADERS,
     )
     await runner.setup()
+    assert runner.server is not None
     try:
-        await web.TCPSite(runner, host, port).start()
+        server = await asyncio.get_running_loop().create_server(
+            gate.wrap(runner.server), host, port, backlog=BACKLOG, reuse_address=True
+        )
     except BaseException:
         await runner.cleanup()
         raise
-    return HttpServer(runner)
+    return HttpServer(runner, server, gate)
 
 
 class HttpEndpoint:

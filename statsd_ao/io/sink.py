@@ -61,6 +61,24 @@ Batch = Sequence[Measurement]
 RESEND_UNCONFIRMED = True
 # Errors before any byte of the request left: a re-send can never be a duplicate.
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# Bytes of an answer's body read at most.  The body matters only for its summary and error
+# list (a post holds at most 1,000 measurements: 1,000 errors of ~200 bytes); the rest of a
+# larger body is left unread and its connection closed, so a broken or hostile API cannot
+# make the proxy hold a gigabyte.
+MAX_ANSWER_BYTES = 1 << 20
+
+
+async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of ``stream``, and whether there was more."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await stream.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks), False
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:limit], True
 
 
 class Poster(Protocol):
@@ -451,10 +469,17 @@ class HttpSink:
             async with post as response:
                 headers = {name.lower(): value for name, value in response.headers.items()}
                 try:
-                    raw = await response.read()
+                    raw, cut = await read_bounded(response.content, MAX_ANSWER_BYTES)
                 except (aiohttp.ClientError, TimeoutError):
-                    raw = b""  # the status line and headers already say what happened
-                return Answer(response.status, headers, raw)
+                    raw, cut = b"", False  # the status line and headers already say what happened
+                if cut:
+                    self._log.warning(
+                        "answer-cut",
+                        "the API answered %d with a body over %d bytes: read only that much",
+                        response.status,
+                        MAX_ANSWER_BYTES,
+                    )
+                return Answer(response.status, headers, raw, truncated=cut)
         except _NOT_SENT as error:
             return Answer(error=type(error).__name__)
         except (aiohttp.ClientError, TimeoutError) as error:

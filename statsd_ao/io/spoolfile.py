@@ -15,6 +15,12 @@ A spool directory holds, per *segment* (the posts handed over in one pass of the
 
 A segment with every post acknowledged is deleted.  Files are created 0600 in a directory
 created 0700; ``lock`` holds an exclusive flock for as long as a proxy uses the directory.
+
+The directory must be the proxy's own: owned by its user and writable by no one else.  A
+user who can write in it could plant a link named like one of its files and have a proxy
+running as root write or truncate whatever the link points at, so a directory owned by
+someone else, or writable by its group or by others, is refused at start; and every file in
+it is opened with O_NOFOLLOW (and O_EXCL where it is created) all the same.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
@@ -41,6 +48,10 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 # A record claiming more than this is corrupt: no post body comes near it.
 MAX_BODY = 64 * 1024 * 1024
+# Opening a file in the spool never follows a symbolic link (see the module docstring).
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+# Write permission for the group or others on the directory: refused.
+_SHARED = stat.S_IWGRP | stat.S_IWOTH
 
 
 class SpoolError(Exception):
@@ -92,13 +103,23 @@ def encode_record(record: Record) -> bytes:
 
 
 def lock(directory: Path) -> int:
-    """Create the directory if needed and take its lock; the lock's descriptor (keep it
-    open: closing it releases the lock).  Raises `SpoolError` with the reason."""
+    """Create the directory if needed, check that it is the proxy's own, and take its lock;
+    the lock's descriptor (keep it open: closing it releases the lock).  Raises
+    `SpoolError` with the reason."""
     try:
         directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        check_private(directory)
+        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | _NOFOLLOW, FILE_MODE)
     except OSError as error:
-        raise SpoolError(f"cannot use spool directory {directory}: {error.strerror}") from None
+        why = "lock is a symbolic link" if error.errno == errno.ELOOP else error.strerror
+        raise SpoolError(f"cannot use spool directory {directory}: {why}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise SpoolError(
+            f"cannot use spool directory {directory}: its lock is not a plain file of this "
+            "user's (remove it)"
+        )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
@@ -139,10 +160,38 @@ def adopt(source: Path, target: Path) -> int:
     return len(legacy)
 
 
+def check_private(directory: Path) -> None:
+    """Refuse (`SpoolError`) a directory that is not this user's own: owned by another user,
+    or writable by its group or others.  A symbolic link to a directory is judged by the
+    directory it names."""
+    info = os.stat(directory)
+    euid = os.geteuid()
+    if not stat.S_ISDIR(info.st_mode):
+        raise SpoolError(f"spool directory {directory} is not a directory")
+    if info.st_uid != euid:
+        raise SpoolError(
+            f"spool directory {directory} is owned by uid {info.st_uid}, not by this "
+            f"process's user (uid {euid}): refused, its owner could plant links in it; "
+            "give the proxy a directory of its own (it creates a missing one 0700)"
+        )
+    if info.st_mode & _SHARED:
+        raise SpoolError(
+            f"spool directory {directory} is writable by its group or others (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}): refused, they could plant links in it; "
+            "chmod it 0700, or name a subdirectory the proxy creates"
+        )
+
+
 def _check_writable(directory: Path) -> None:
     probe = directory / f".probe-{os.getpid()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
     try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE))
+        try:
+            fd = os.open(probe, flags, FILE_MODE)
+        except FileExistsError:  # a run killed between these two lines (the same pid: pid 1)
+            probe.unlink()  # (never follows a link)
+            fd = os.open(probe, flags, FILE_MODE)
+        os.close(fd)
         probe.unlink()
     except OSError as error:
         raise SpoolError(f"spool directory {directory} is not writable: {error.strerror}") from None
@@ -156,7 +205,7 @@ def write_segment(directory: Path, number: int, records: Sequence[Record]) -> in
     final = segment_path(directory, number)
     temp = final.with_suffix(".seg.tmp")
     data = SEGMENT_MAGIC + b"".join(map(encode_record, records))
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, FILE_MODE)
     try:
         _write_all(fd, data)
         os.fsync(fd)
@@ -173,7 +222,7 @@ def write_segment(directory: Path, number: int, records: Sequence[Record]) -> in
 
 def append_acks(directory: Path, number: int, indices: Iterable[int]) -> None:
     path = ack_path(directory, number)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW, FILE_MODE)
     try:
         prefix = ACK_MAGIC if os.fstat(fd).st_size == 0 else b""
         _write_all(fd, prefix + b"".join(_ACK.pack(i, i ^ 0xFFFFFFFF) for i in indices))
@@ -191,7 +240,7 @@ def sync_acks(directory: Path) -> None:
     """fsync every acknowledgement file (at close: then a power cut re-sends nothing)."""
     for path in directory.glob("*.ack"):
         with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
             try:
                 os.fsync(fd)
             finally:
@@ -202,6 +251,16 @@ def sync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> bytes:
+    """A file's contents, never through a symbolic link (OSError: ELOOP)."""
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return file.read()
     finally:
         os.close(fd)
 
@@ -249,7 +308,7 @@ def next_number(directory: Path) -> int:
 def _read_segment(directory: Path, number: int, found: Scan) -> Segment | None:
     path = segment_path(directory, number)
     try:
-        data = path.read_bytes()
+        data = _read(path)
     except OSError:
         found.corrupt += 1
         return None
@@ -292,8 +351,8 @@ def decode_records(data: bytes) -> tuple[list[Record | None], int]:
 def read_acks(path: Path) -> set[int]:
     """The acknowledged indices; a torn last entry or a damaged one is ignored."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+        data = _read(path)
+    except OSError:  # none yet, or not ours (a link: ELOOP)
         return set()
     if not data.startswith(ACK_MAGIC):
         return set()

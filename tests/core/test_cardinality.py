@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from statsd_ao.core.aggregator import Aggregator
-from statsd_ao.core.cardinality import CardinalityGuard
+from statsd_ao.core.cardinality import SHARED_OVERFLOW, CardinalityGuard
+from statsd_ao.core.hotpath import NATIVE
 from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.sanitize import Naming
 from tests.core import converting
@@ -54,6 +55,16 @@ def test_total_limit_across_metrics() -> None:
     guard = CardinalityGuard(100, 3, clock=Clock())
     assert [guard.admit(f"m{i}", tags("x")) for i in range(4)] == [True, True, True, False]
     assert guard.tracked == 3
+
+
+def test_past_the_total_new_metric_names_keep_no_state_of_their_own() -> None:
+    guard = CardinalityGuard(100, 3, clock=Clock())
+    assert [guard.admit(f"m{i}", tags("x")) for i in range(1000)] == [True] * 3 + [False] * 997
+    assert not guard.admit("m0", tags("new"))  # a tracked metric still folds into its own
+    assert guard.folded_tag_sets == Counter({SHARED_OVERFLOW: 997, "m0": 1})
+    assert [metric for metric, _ in guard.tag_sets()] == ["m0", "m1", "m2"]
+    assert guard.overflow_metric("m0", "c") == "m0"
+    assert guard.overflow_metric("m999", "ms") == "statsd_ao.cardinality.overflow.timer"
 
 
 def test_sweep_expires_metrics_that_went_quiet() -> None:
@@ -127,6 +138,61 @@ def test_a_fold_keeps_each_kind_exact_with_its_sample_rate() -> None:
     assert overflow["temp"]["value"] == 18.0  # deltas 3 + 4 + 5 + 6 (rates never scale gauges)
     assert overflow["seen"]["value"] == 4.0  # u3, u0, u1, u2
     assert aggregator.folded_samples == {"hits": 4, "lat": 4, "temp": 4, "seen": 4}
+
+
+TOTAL = 50
+
+
+def flood(aggregator: Aggregator, start: int, names: int) -> None:
+    """New metric names, each a counter (rate 0.5), a timer, a gauge and a set."""
+    for i in range(start, start + names, 10):
+        aggregator.ingest(
+            b"\n".join(
+                b"n%d:2|c|@0.5|#k:v\nn%d.t:%d|ms\nn%d.g:7|g\nn%d.s:%d|s" % (j, j, j, j, j, j)
+                for j in range(i, i + 10)
+            )
+        )
+
+
+def state_sizes(aggregator: Aggregator, guard: CardinalityGuard) -> tuple[int, ...]:
+    return (
+        guard.tracked,
+        sum(1 for _ in guard.tag_sets()),
+        len(guard.folded_tag_sets),
+        len(aggregator.folded_samples),
+        len(aggregator.current),
+    )
+
+
+@pytest.mark.parametrize("loop", ["c", "python"])
+def test_a_flood_of_new_names_past_the_total_folds_into_one_shared_overflow(loop: str) -> None:
+    """400 names past a total of 50: one overflow series per kind, exact totals, and no
+    state that grows with the names (the sizes after 4,000 names equal those after 400)."""
+    guard = CardinalityGuard(40_000, TOTAL, clock=Clock())
+    hot = NATIVE if loop == "c" else None
+    if loop == "c" and hot is None:
+        pytest.skip("the C loop is not built")
+    aggregator = Aggregator(Naming({"host": "h"}), guard=guard, hot=hot)
+    flood(aggregator, 0, 400)
+    sizes = state_sizes(aggregator, guard)
+    measurements = [m for m in convert(aggregator) if not m["name"].endswith(".p50")]
+    out = {(m["name"], tuple(sorted(m["tags"].items()))): m for m in measurements}
+    shared = tuple(sorted({"host": "h", "overflow": "true"}.items()))
+    counters = out[("statsd_ao.cardinality.overflow.counter", shared)]
+    timers = out[("statsd_ao.cardinality.overflow.timer", shared)]
+    sets = out[("statsd_ao.cardinality.overflow.set", shared)]
+    assert out[("statsd_ao.cardinality.overflow.gauge", shared)]["value"] == 7
+    admitted = [m for k, m in out.items() if k[1] != shared]
+    assert len(admitted) == TOTAL and len(out) == TOTAL + 4
+    assert counters["value"] + sum(m["value"] for m in admitted if m["name"][1:].isdigit()) == 1600
+    assert timers["count"] + sum(m["count"] for m in admitted if m["name"].endswith(".t")) == 400
+    assert sets["value"] + sum(1 for m in admitted if m["name"].endswith(".s")) == 400
+    assert aggregator.folded_samples == {SHARED_OVERFLOW: 1600 - TOTAL}
+    assert guard.folded_tag_sets == Counter({SHARED_OVERFLOW: 1600 - TOTAL})
+    flood(aggregator, 0, 400)  # again, the next interval
+    flood(aggregator, 400, 3600)
+    assert state_sizes(aggregator, guard)[:4] == sizes[:4] == (TOTAL, TOTAL, 1, 1)
+    assert len(aggregator.current) == TOTAL + 4
 
 
 def test_guard_sees_tags_as_the_api_does() -> None:

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from statsd_ao.core import accumulators, hotpath, native
 from statsd_ao.core.accumulators import Accumulator, Gauge, Running
 from statsd_ao.core.aggregator import Aggregator, Snapshot
+from statsd_ao.core.cardinality import CardinalityGuard
 from statsd_ao.core.mapping import parse_rules
 from statsd_ao.core.sanitize import Naming
 from tests.required import require
@@ -236,6 +237,33 @@ DATAGRAMS = st.lists(LINES, max_size=30).map(b"\n".join)
 def test_c_and_python_loops_leave_the_same_state(datagrams: list[bytes]) -> None:
     fast, pure = feed_both(datagrams)
     assert fast == pure
+
+
+GUARDED_LINES = st.builds(
+    lambda n, v, t, tag: b"%s:%s|%s|#u:%s" % (n, v, t, tag),
+    st.sampled_from([b"a", b"b", b"c", b"d", b"e"]),
+    st.sampled_from([b"1", b"2.5", b"x"]),
+    st.sampled_from([b"c", b"c|@0.5", b"ms", b"g", b"s", b"h|@0.25"]),
+    st.sampled_from([b"1", b"2", b"3"]),
+)
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(GUARDED_LINES, max_size=20).map(b"\n".join), max_size=6))
+def test_c_and_python_loops_fold_past_the_budgets_alike(datagrams: list[bytes]) -> None:
+    """With a guard of 2 tag sets per metric and 3 in all: the same series, the same folds
+    into each metric's own overflow and into the shared one, counted the same."""
+    states = []
+    for hot in (HOT, None):
+        guard = CardinalityGuard(2, 3, clock=lambda: 0.0)
+        agg = Aggregator(Naming({"host": "h"}), guard=guard, hot=hot, clock=lambda: 1.8e9)
+        for datagram in datagrams:
+            agg.ingest(datagram)
+        states.append(
+            (snapshot_state(agg.swap()), agg.folded_samples, guard.folded_tag_sets, guard.tracked)
+        )
+    assert states[0] == states[1]
 
 
 @needs_c

@@ -252,6 +252,57 @@ def test_a_partial_failure_is_counted_and_nothing_is_sent_twice() -> None:
     run(scenario())
 
 
+HUGE_ANSWER = 1 << 30
+
+
+def test_a_1_gib_answer_is_read_only_as_far_as_its_summary_needs() -> None:
+    """A 202 partial failure whose error list runs on for 1 GiB (streamed, never held by
+    the server): the sink reads a bounded start, finds the summary in it, counts the post
+    exactly, and closes the connection, so the server gets only a few MiB out."""
+    batch = series("huge", 1000)
+    written = 0
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        nonlocal written
+        await request.read()
+        response = web.StreamResponse(status=202, headers={"x-partial-failure": "true"})
+        response.content_length = HUGE_ANSWER
+        await response.prepare(request)
+        start = (
+            b'{"measurements":{"summary":{"total":1000,"accepted":998,"failed":2,'
+            b'"filtered":0}},"errors":[{"param":"name","reason":"'
+        )
+        chunk = b"x" * (1 << 16)
+        try:
+            await response.write(start)
+            written = len(start)
+            while written + len(chunk) <= HUGE_ANSWER:
+                await response.write(chunk)
+                written += len(chunk)
+        except (ConnectionError, RuntimeError):
+            pass  # the client stopped reading and closed: as it should
+        return response
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/measurements", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with sink_for(f"http://127.0.0.1:{port}") as sink:
+                sink.submit(batch)
+                assert await sink.drain(10.0) == 0
+                assert (sink.posted, sink.lost, sink.outcomes) == (998, {"rejected": 2}, {"202": 1})
+        finally:
+            await runner.cleanup()
+        assert written < 64 << 20, f"the server got {written >> 20} MiB out"
+
+    run(scenario())
+
+
 def test_a_400_that_judged_every_measurement_drops_the_batch_without_splitting() -> None:
     batch = series("invalid", 10)
     for m in batch:

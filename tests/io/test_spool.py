@@ -350,3 +350,84 @@ def test_a_reopened_spool_holds_exactly_the_posts_not_settled(
         await final.close()
 
     run(scenario)
+
+
+OTHER_UID = 4321  # an unprivileged user that is not this process's
+
+
+def as_another_user(directory: Path, mode: int) -> None:
+    directory.mkdir(mode=mode)
+    directory.chmod(mode)
+    os.chown(directory, OTHER_UID, OTHER_UID)
+
+
+def test_links_planted_by_another_user_are_never_followed(tmp_path: Path) -> None:
+    """As root, in a directory another user owns, with the lock and the writability probe
+    planted as links to files of root's: neither file is touched, the spool is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: chown to another user")
+    victim = tmp_path / "victim"
+    victim.write_text("root's data")
+    spool_dir = tmp_path / "spool"
+    as_another_user(spool_dir, 0o755)
+    (spool_dir / "lock").symlink_to(victim)
+    (spool_dir / f".probe-{os.getpid()}").symlink_to(victim)
+
+    async def scenario() -> None:
+        spool = Spool(spool_dir)
+        with pytest.raises(SpoolError, match=r"owned by uid 4321, not by this process's user"):
+            await spool.open()
+        await spool.close()
+
+    run(scenario)
+    assert victim.read_text() == "root's data"
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
+def test_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    spool_dir.chmod(mode)
+
+    async def scenario() -> None:
+        spool = Spool(spool_dir)
+        with pytest.raises(SpoolError, match=rf"writable by its group or others \(mode {mode:04o}"):
+            await spool.open()
+        await spool.close()
+
+    run(scenario)
+    assert list(spool_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["lock", "probe", "segment", "acks"])
+def test_no_spool_file_is_opened_through_a_link(tmp_path: Path, name: str) -> None:
+    """In the proxy's own directory too (O_NOFOLLOW): a link where the lock, the probe, a
+    segment or its acknowledgements go is refused or skipped, and its target is untouched."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700)
+    planted = {
+        "lock": "lock",
+        "probe": f".probe-{os.getpid()}",
+        "segment": "000000000001.seg",
+        "acks": "000000000001.ack",
+    }[name]
+    (spool_dir / planted).symlink_to(victim)
+
+    async def scenario() -> None:
+        spool = Spool(spool_dir)
+        if name == "lock":
+            with pytest.raises(SpoolError, match="lock is a symbolic link"):
+                await spool.open()
+            await spool.close()
+            return
+        await spool.open()  # a stale probe is replaced; a linked segment is not ours
+        ticket = spool.add(b"post", 1, 2e9)
+        await end_of_pass(spool)
+        spool.settle(ticket)
+        await end_of_pass(spool)
+        await spool.close()
+
+    run(scenario)
+    assert victim.read_bytes() == b"precious"

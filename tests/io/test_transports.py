@@ -170,6 +170,24 @@ def test_unix_socket_refuses_to_replace_a_regular_file(tmp_path: Path) -> None:
     assert path.read_text() == "precious"
 
 
+def test_unix_socket_refuses_to_take_over_a_live_socket(tmp_path: Path) -> None:
+    """Another process's socket, bound and open, is left alone: it keeps receiving."""
+    path = str(tmp_path / "statsd.sock")
+    owner = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    owner.bind(path)
+    listener = DatagramListener(path, lambda chunk: None, 1 << 20)
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(FileExistsError, match="another process is listening on"):
+            listener.start_reading(loop)
+    finally:
+        loop.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.sendto(b"still:1|c", path)
+    assert owner.recv(100) == b"still:1|c"
+    owner.close()
+
+
 def send_with_client(client: DogStatsd) -> None:
     client.increment("page.views", tags=["env:prod"])
     client.increment("page.views", 2, tags=["env:prod"])
