@@ -8,7 +8,9 @@ the unmodified Dockerfile against two images made on this machine in their place
   ``pip`` and ``site-packages`` sit where the official images have them
   (``/usr/local/bin/python``, ``/usr/local/lib/python3.11/site-packages``);
 - ``build``, for ``python:3.11-bookworm``: the same plus gcc and the Python headers, which
-  the official full image has for compiling the C parts.
+  the official full image has for compiling the C parts;
+- and ``systemd``, not a base of the Dockerfile: slim with systemd, in which the test runs
+  deploy/systemd/statsd-ao.service as systemd would on a VM.
 
 Both trust what this machine trusts (its CA bundle is copied in: a network that inspects
 TLS would otherwise fail pip's downloads in the build).  They are made once and kept in
@@ -35,6 +37,7 @@ from pathlib import Path
 RELEASE = "bookworm"
 ROOTFS_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 BUILD_PACKAGES = ("gcc", "libc6-dev", "python3-dev")
+SYSTEMD_PACKAGES = ("systemd", "systemd-sysv")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 REPOSITORY = "localhost/statsd-ao-standin"
 LOCK = Path("/var/tmp/statsd-ao-standin.lock")
@@ -55,6 +58,9 @@ RUN apt-get update \\
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {packages} \\
     && rm -rf /var/lib/apt/lists/*
 """
+
+# A third, not a python base: slim with systemd, to run deploy/systemd/statsd-ao.service.
+SYSTEMD_STEPS = BUILD_STEPS
 
 # Timeouts for the slow steps (the machine has 2 shared cores).
 DEBOOTSTRAP_TIMEOUT = 600
@@ -137,6 +143,7 @@ class Bases:
 
     build: str
     slim: str
+    systemd: str
 
     def build_args(self) -> list[str]:
         return [
@@ -148,7 +155,15 @@ class Bases:
 def recipe_hash() -> str:
     """Names this recipe and what it copies from the machine."""
     digest = hashlib.sha256()
-    for part in (RELEASE, *ROOTFS_PACKAGES, *BUILD_PACKAGES, SLIM_STEPS, BUILD_STEPS):
+    recipe = (
+        RELEASE,
+        *ROOTFS_PACKAGES,
+        *BUILD_PACKAGES,
+        *SYSTEMD_PACKAGES,
+        SLIM_STEPS,
+        BUILD_STEPS,
+    )
+    for part in recipe:
         digest.update(part.encode() + b"\0")
     digest.update(str(apt_mirror()).encode() + b"\0")
     if HOST_CA_BUNDLE.exists():
@@ -170,9 +185,13 @@ def _locked() -> Iterator[None]:
 def bases() -> Bases:
     """The stand-ins, made first if this machine does not have them yet."""
     key = recipe_hash()
-    made = Bases(build=f"{REPOSITORY}:build-{key}", slim=f"{REPOSITORY}:slim-{key}")
+    made = Bases(
+        build=f"{REPOSITORY}:build-{key}",
+        slim=f"{REPOSITORY}:slim-{key}",
+        systemd=f"{REPOSITORY}:systemd-{key}",
+    )
     with _locked():
-        if image_exists(made.build) and image_exists(made.slim):
+        if all(image_exists(tag) for tag in (made.build, made.slim, made.systemd)):
             return made
         with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="statsd-ao-standin-") as work:
             rootfs = f"{REPOSITORY}:rootfs-{key}"
@@ -182,6 +201,9 @@ def bases() -> Bases:
             build(made.slim, str(steps), Path(work))
             steps.write_text(BUILD_STEPS.format(slim=made.slim, packages=" ".join(BUILD_PACKAGES)))
             build(made.build, str(steps), Path(work))
+            packages = " ".join(SYSTEMD_PACKAGES)
+            steps.write_text(SYSTEMD_STEPS.format(slim=made.slim, packages=packages))
+            build(made.systemd, str(steps), Path(work))
             podman("rmi", rootfs)
     return made
 

@@ -46,7 +46,7 @@ def image() -> Iterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail(reason + " (.ci/run installs podman, runc and debootstrap)")
         pytest.skip(reason)
-    bases = standin.bases()
+    bases = STANDINS.setdefault("bases", standin.bases())
     # One tag per checkout, so two worktrees testing at once do not replace each other's.
     tag = f"localhost/statsd-ao-test:{hashlib.sha256(bytes(ROOT)).hexdigest()[:12]}"
     before = image_id(tag)
@@ -55,6 +55,9 @@ def image() -> Iterator[str]:
     if before not in (None, after):  # the last build's image, now untagged
         standin.podman("rmi", before, check=False)
     yield tag
+
+
+STANDINS: dict[str, standin.Bases] = {}  # made (or found) once per test run
 
 
 def image_id(tag: str) -> str | None:
@@ -226,3 +229,103 @@ async def _outage_then_delivery(image: str, volume: str) -> None:
             assert status == 0, proxy.log
         (delivered,) = [m for m in api.accepted if m["name"] == "image.spooled"]
         assert delivered["value"] == 5.0
+
+
+# The unit, run by systemd in a container: statsd-ao from the image, its settings from
+# deploy/systemd/statsd-ao.env with the ports and the API moved to this test's.
+# (COPY --from the image itself: a stage `FROM {image}` with nothing in it would be taken
+# for an intermediate image and removed, the test's image with it.)
+SYSTEMD_STEPS = """\
+FROM {systemd}
+COPY --from={image} /usr/local /usr/local
+RUN ln -s /usr/local /opt/statsd-ao && mkdir /etc/statsd-ao
+COPY deploy/systemd/statsd-ao.service /etc/systemd/system/
+"""
+
+
+def test_the_systemd_unit_runs_the_proxy_sandboxed_and_keeps_its_spool_across_restarts(
+    image: str, tmp_path: Path
+) -> None:
+    """deploy/systemd/statsd-ao.service as systemd runs it: a made-up user, no capabilities,
+    seccomp, no new privileges; in an API outage `systemctl stop` ends in success with the
+    post in the state directory, and the next start delivers it."""
+    tag = f"{image}-systemd"
+    steps = tmp_path / "Containerfile"
+    steps.write_text(SYSTEMD_STEPS.format(image=image, systemd=STANDINS["bases"].systemd))
+    standin.build(tag, str(steps), ROOT)
+    name = f"statsd-ao-test-{uuid.uuid4().hex[:8]}"
+    standin.podman(
+        "run",
+        "--detach",
+        f"--name={name}",
+        "--systemd=always",
+        "--network=host",
+        *standin.ulimits(),
+        tag,
+        "/lib/systemd/systemd",
+    )
+    try:
+        asyncio.run(_systemd_scenario(name, tmp_path))
+    finally:
+        standin.podman("rm", "--force", "--time=0", name, check=False)
+        standin.podman("rmi", tag, check=False)
+
+
+async def systemctl(name: str, *args: str) -> str:
+    code, out = await podman("exec", name, "systemctl", *args)
+    assert code == 0, f"systemctl {' '.join(args)}: {out}"
+    return out
+
+
+async def _systemd_scenario(name: str, tmp_path: Path) -> None:
+    udp, http = free_port(), free_port()
+    async with FakeAppOptics() as api:
+        settings = (ROOT / "deploy" / "systemd" / "statsd-ao.env").read_text()
+        settings = settings.replace("127.0.0.1:8125", f"127.0.0.1:{udp}")
+        settings = settings.replace("127.0.0.1:18125", f"127.0.0.1:{http}")
+        settings = settings.replace("REPLACE-WITH-YOUR-APPOPTICS-TOKEN", api.token)
+        settings += f"STATSD_AO_API_URL={api.url}\nSTATSD_AO_FLUSH_INTERVAL=1\n"
+        settings += "STATSD_AO_SELF_METRICS=off\nSTATSD_AO_SHUTDOWN_TIMEOUT=2\n"
+        (tmp_path / "statsd-ao.env").write_text(settings)
+        code, out = await podman("cp", str(tmp_path / "statsd-ao.env"), f"{name}:/etc/statsd-ao/")
+        assert code == 0, out
+        # Booted ("degraded": some unit of the container's own failed; not ours).
+        _, state = await podman("exec", name, "systemctl", "is-system-running", "--wait")
+        assert state.strip() in ("running", "degraded"), state
+        api.down = True
+        await systemctl(name, "start", "statsd-ao")
+        await ready(http)
+        pid = (await systemctl(name, "show", "--property=MainPID", "--value", "statsd-ao")).strip()
+        code, status = await podman("exec", name, "cat", f"/proc/{pid}/status")
+        fields = {line.split(":")[0]: line.split()[1:] for line in status.splitlines()}
+        assert fields["Uid"][0] != "0" and fields["Gid"][0] != "0"  # DynamicUser
+        assert fields["CapEff"] == ["0000000000000000"]
+        assert fields["NoNewPrivs"] == ["1"] and fields["Seccomp"] == ["2"]
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"systemd.spooled:7|c", ("127.0.0.1", udp))
+        await api.wait_for(lambda api: len(api.requests) >= 1, timeout=15)
+        await systemctl(name, "stop", "statsd-ao")
+        shown = await systemctl(name, "show", "--property=Result,ExecMainStatus", "statsd-ao")
+        assert shown.split() == ["Result=success", "ExecMainStatus=0"]
+        code, listing = await podman("exec", name, "ls", "/var/lib/private/statsd-ao")
+        assert code == 0 and ".seg" in listing, listing
+
+        api.down = False
+        await systemctl(name, "start", "statsd-ao")
+        await api.wait_for(
+            lambda api: any(m["name"] == "systemd.spooled" for m in api.accepted), timeout=20
+        )
+        await systemctl(name, "stop", "statsd-ao")
+
+
+async def ready(port: int, timeout: float = 20.0) -> None:
+    """Until /ready answers 200: the service's start gives no other sign from outside."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                if (await asyncio.to_thread(get, port, "/ready"))[0] == 200:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.05)

@@ -1,7 +1,8 @@
 """deploy/systemd/: the unit passes `systemd-analyze verify` and rates OK in `systemd-analyze
 security`, keeps its spool in its state directory, and its example settings are valid.
 
-systemd-analyze comes with systemd; .ci/run installs it.  Where it is missing these are
+tests/test_image.py runs the unit under systemd, in a container.  systemd-analyze comes with
+systemd; .ci/run installs it.  Where it is missing these are
 skipped, except under CI, where that is a failure.
 """
 
