@@ -5,7 +5,7 @@ builds in Docker's format (so HEALTHCHECK is kept) and everything runs on the ho
 network, where the tests reach the proxy and the proxy reaches tests/fakeapi.py on
 127.0.0.1.  Needs root, podman (with runc) and debootstrap: .ci/run installs them.  Without
 them these tests are skipped, except under CI, where that is a failure.  First run about two
-and a half minutes (the stand-ins are then kept in podman's store), later ones about one.
+minutes (the stand-ins are then kept in podman's store), later ones about 45 s.
 """
 
 from __future__ import annotations
@@ -172,6 +172,32 @@ def test_the_proxy_runs_as_10001_answers_health_and_prints_a_metric_sent_over_ud
             status_code, elapsed = await docker_stop(name, proxy)
             assert status_code == 0, proxy.log
             assert elapsed < DOCKER_STOP_TIMEOUT
+
+    asyncio.run(scenario())
+
+
+def test_published_ports_reach_the_endpoint_and_the_udp_listener(image: str) -> None:
+    """`docker run -p` as a user would: the container on its own network (podman's bridge),
+    the image's own addresses (no STATSD_AO_* set), and both ports published on this
+    machine's loopback.  An endpoint bound to the container's loopback is unreachable so."""
+    name = f"statsd-ao-test-{uuid.uuid4().hex[:8]}"
+    http, udp = free_port(), free_port()
+    command = ["podman", "run", "--rm", f"--name={name}", *standin.ulimits()]
+    command += [f"--publish=127.0.0.1:{http}:18125", f"--publish=127.0.0.1:{udp}:8125/udp"]
+    command += ["--env=STATSD_AO_FLUSH_INTERVAL=1", image]
+
+    async def scenario() -> None:
+        try:
+            async with Proxy(command=command) as proxy:
+                assert (await asyncio.to_thread(get, http, "/health"))[0] == 200
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                    sender.sendto(b"published.test:1|c", ("127.0.0.1", udp))
+                await proxy.wait_for_log("1 series, 1 measurements printed", timeout=15)
+                assert b"published.test" in b"".join(proxy.stdout)
+                status, _ = await docker_stop(name, proxy)
+                assert status == 0, proxy.log
+        finally:
+            await podman("rm", "--force", "--time=0", "--ignore", name)
 
     asyncio.run(scenario())
 
