@@ -3,9 +3,10 @@
 The bases are local stand-ins for the official python images (tests/standin.py); podman
 builds in Docker's format (so HEALTHCHECK is kept) and the containers run on the host's
 network, where the tests reach the proxy and the proxy reaches tests/fakeapi.py on
-127.0.0.1 (one runs on podman's bridge, to try published ports).  Needs root, podman (with runc) and debootstrap: .ci/run installs them.  Without
-them these tests are skipped, except under CI, where that is a failure.  First run about two
-minutes (the stand-ins are then kept in podman's store), later ones about 45 s.
+127.0.0.1 (one runs on podman's bridge, to try published ports).  Needs root, podman
+(with runc) and debootstrap: .ci/run installs them.  Without them these tests are skipped,
+except under CI, where that is a failure.  First run about two minutes (the stand-ins are
+then kept in podman's store), later ones about 45 s.
 """
 
 from __future__ import annotations
