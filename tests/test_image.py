@@ -40,7 +40,8 @@ DOCKER_STOP_TIMEOUT = 10.0  # what `docker stop` (and podman's) waits before SIG
 
 @pytest.fixture(scope="module")
 def image() -> Iterator[str]:
-    """The image's tag, built from this checkout (podman's layer cache makes rebuilds cheap)."""
+    """The image's tag, built from this checkout, and removed at the end (a build from the
+    stand-ins takes some 20 s; kept, each clone's image would stay behind)."""
     missing = standin.missing_tools()
     if missing:
         reason = f"cannot build the image here: no {', '.join(missing)}"
@@ -53,9 +54,10 @@ def image() -> Iterator[str]:
     before = image_id(tag)
     standin.build(tag, str(ROOT / "Dockerfile"), ROOT, *bases.build_args())
     after = image_id(tag)
-    if before not in (None, after):  # the last build's image, now untagged
+    if before not in (None, after):  # left by a run that did not finish, now untagged
         standin.podman("rmi", before, check=False)
     yield tag
+    standin.podman("rmi", tag, check=False)
 
 
 STANDINS: dict[str, standin.Bases] = {}  # made (or found) once per test run
