@@ -1,3 +1,15 @@
 """statsd-ao: a StatsD/DogStatsD aggregation proxy for AppOptics."""
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml's ``version`` is the one place it
+    is written.  A source tree used without installing it has no metadata to read."""
+    try:
+        return metadata.version("statsd-ao")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
