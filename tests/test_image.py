@@ -334,7 +334,7 @@ async def _systemd_scenario(name: str, tmp_path: Path) -> None:
         await systemctl(name, "stop", "statsd-ao")
         shown = await systemctl(name, "show", "--property=Result,ExecMainStatus", "statsd-ao")
         assert shown.split() == ["Result=success", "ExecMainStatus=0"]
-        code, listing = await podman("exec", name, "ls", "/var/lib/private/statsd-ao")
+        code, listing = await podman("exec", name, "ls", "/var/lib/private/statsd-ao/appoptics")
         assert code == 0 and ".seg" in listing, listing
 
         api.down = False
