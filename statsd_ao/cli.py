@@ -17,7 +17,7 @@ from statsd_ao.config import Config, ConfigError, build, unknown_environment
 from statsd_ao.core.logs import configure
 from statsd_ao.core.mapping import MappingError
 from statsd_ao.etsy import migration
-from statsd_ao.etsy.config import EtsyConfigError
+from statsd_ao.etsy.configjs import EtsyConfigError
 from statsd_ao.rulesfile import read_rules
 from statsd_ao.settings import GROUPS, HELP_LAYOUT, SETTINGS, Setting
 

@@ -52,14 +52,14 @@ from statsd_ao.io.tcp import MAX_CONNECTIONS as MAX_TCP_CONNECTIONS
 from statsd_ao.io.tcp import TcpListener
 from statsd_ao.otlp import OtlpDryRunSink, OtlpSink
 from statsd_ao.pipeline import Sink, Source
-from statsd_ao.remapping import Remapping
-from statsd_ao.selfreport import (
+from statsd_ao.proxy_metrics import (
     KernelDropWatch,
     SinkReport,
     register_intake,
     register_process,
     standard_metrics,
 )
+from statsd_ao.rulesfile import RulesInUse
 from statsd_ao.wiring import AggregatorSpec
 from statsd_ao.workers import WorkerPool, WorkerSpec
 
@@ -166,7 +166,7 @@ def build(
         "down" if config.health_status == "down" else "up",
         idle=idle,
     )
-    remapping = _remapping(rules_file, aggregator, pool)
+    rules_in_use = _rules_in_use(rules_file, aggregator, pool)
     posters = [s.poster for s in sinks if isinstance(s, AppOpticsSink)]
     poster = next((p for p in posters if isinstance(p, HttpSink)), None)
     metrics: SelfMetrics = standard_metrics(
@@ -177,7 +177,7 @@ def build(
         flusher=flusher,
         aggregator=aggregator,
         sinks=[_report(sink) for sink in sinks],
-        mapping=remapping,
+        mapping=rules_in_use,
         naming=aggregator.naming,
         gc=policy,
         series_active=lambda: flusher.series_flushed,
@@ -224,7 +224,7 @@ def build(
         endpoints=endpoints,
         state=state,
         shutdown_timeout=config.shutdown_timeout,
-        reload=_reloader(remapping),
+        reload=_reloader(rules_in_use),
         gc=policy,
         ready_message=f"ready: flushing every {config.flush_interval}s to {where}",
     )
@@ -488,9 +488,9 @@ def _api_intake(
     )
 
 
-def _remapping(
+def _rules_in_use(
     rules_file: RulesFile | None, aggregator: Aggregator, pool: WorkerPool | None
-) -> Remapping | None:
+) -> RulesInUse | None:
     if rules_file is None:
         return None
     path, rules, text = rules_file
@@ -500,18 +500,18 @@ def _remapping(
         if pool is not None:
             pool.remap(new_text, path)
 
-    return Remapping(path, rules, text, on_rules=use)
+    return RulesInUse(path, rules, text, on_rules=use)
 
 
-def _reloader(remapping: Remapping | None) -> Callable[[], None]:
+def _reloader(rules_in_use: RulesInUse | None) -> Callable[[], None]:
     """SIGHUP: read the mapping rules again (a bad file keeps the rules in use)."""
     reloading: set[asyncio.Task[bool]] = set()
 
     def reload() -> None:
-        if remapping is None:
+        if rules_in_use is None:
             log.info("SIGHUP: nothing to reload (no --mapping file)")
             return
-        task = asyncio.create_task(remapping.reload())
+        task = asyncio.create_task(rules_in_use.reload())
         reloading.add(task)
         task.add_done_callback(reloading.discard)
 

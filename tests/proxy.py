@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Self
 
-from statsd_ao.selfreport import udp_socket_stats
+from statsd_ao.proxy_metrics import udp_socket_stats
 
 _LISTENING = re.compile(r"listening on (udp|tcp) (\S+):(\d+)")
 _READY = "ready: "

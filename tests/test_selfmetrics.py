@@ -17,11 +17,11 @@ from statsd_ao.core.aggregator import Aggregator
 from statsd_ao.core.cardinality import CardinalityGuard
 from statsd_ao.core.measurements import Converter
 from statsd_ao.core.sanitize import Naming
-from statsd_ao.core.selfmetrics import Distribution, Kind, SelfMetrics, Timings
+from statsd_ao.core.selfmetrics import Distribution, MetricType, SelfMetrics, Timings
 from statsd_ao.etsy.admin_state import ProxyAdminState
 from statsd_ao.flusher import Flusher
 from statsd_ao.io.sink import HttpSink
-from statsd_ao.selfreport import (
+from statsd_ao.proxy_metrics import (
     SinkReport,
     UdpSocketStats,
     register_process,
@@ -302,8 +302,13 @@ def test_catalogue_names_each_metric_on_both_sides() -> None:
     metrics.register_counter("posts", "posts", dict, label="outcome")
     metrics.register_summary("post.latency_seconds", "latency", lambda: None)
     assert [(i.name, i.prometheus, i.kind, i.label) for i in metrics.catalogue()] == [
-        ("statsd_ao.posts", "statsd_ao_posts_total", Kind.COUNTER, "outcome"),
-        ("statsd_ao.post.latency_seconds", "statsd_ao_post_latency_seconds", Kind.SUMMARY, None),
+        ("statsd_ao.posts", "statsd_ao_posts_total", MetricType.COUNTER, "outcome"),
+        (
+            "statsd_ao.post.latency_seconds",
+            "statsd_ao_post_latency_seconds",
+            MetricType.SUMMARY,
+            None,
+        ),
     ]
 
 

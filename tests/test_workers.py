@@ -19,7 +19,7 @@ from statsd_ao.core.measurements import Converter, Measurement
 from statsd_ao.core.merge import Merger, from_wire, to_wire
 from statsd_ao.core.protocol import Kind
 from statsd_ao.core.sanitize import Naming
-from statsd_ao.selfreport import udp_socket_stats
+from statsd_ao.proxy_metrics import udp_socket_stats
 from tests.fakeapi import FakeAppOptics
 from tests.proxy import Proxy
 

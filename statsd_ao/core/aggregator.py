@@ -39,12 +39,13 @@ from statsd_ao.core.mapping import MappingRules
 from statsd_ao.core.protocol import (
     Kind,
     ParseError,
+    TagTuple,
     parse_shape,
     parse_value,
     parse_values,
     split_multi_metric,
 )
-from statsd_ao.core.sanitize import DELIBERATE, Naming, TagTuple
+from statsd_ao.core.sanitize import DELIBERATE, Naming
 
 # Distinct line shapes remembered across intervals.  Past this the memory is cleared and
 # rebuilt from traffic (a cost paid once per shape), so a flood of unique garbage cannot grow

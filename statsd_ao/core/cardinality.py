@@ -26,13 +26,14 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from statsd_ao.core.protocol import TagTuple
+
 # AppOptics' documented ceiling per metric per hour.
 DEFAULT_LIMIT = 40_000
 # Across all metrics.  Also the guard's memory bound: ~150 bytes an entry, so ~150 MB.
 DEFAULT_TOTAL_LIMIT = 1_000_000
 WINDOW = 3600.0  # the API counts tag sets per hour
 
-Tags = tuple[tuple[str, str], ...]
 OVERFLOW_TAG = ("overflow", "true")
 # Where metrics new past the total limit fold: one series per kind (a counter and a timer
 # under one name and tag set would be one metric with two meanings to the API), named
@@ -74,7 +75,7 @@ class CardinalityGuard:
         self._window = window
         self._clock = clock
         # metric -> {tag set: last seen}; each dict is ordered oldest-seen first.
-        self._seen: dict[str, dict[Tags, float]] = {}
+        self._seen: dict[str, dict[TagTuple, float]] = {}
         self._total = 0
         self.folded_tag_sets: Tally[str] = Tally()
 
@@ -83,7 +84,7 @@ class CardinalityGuard:
         """Tag sets currently counted, across all metrics."""
         return self._total
 
-    def admit(self, metric: str, tags: Tags) -> bool:
+    def admit(self, metric: str, tags: TagTuple) -> bool:
         """True when ``tags`` may post under ``metric``; False: fold it into the overflow."""
         now = self._clock()
         seen = self._seen.get(metric)
@@ -110,13 +111,13 @@ class CardinalityGuard:
         own overflow series while the guard tracks the metric, else the shared one."""
         return metric if metric in self._seen else shared_overflow(kind)
 
-    def tag_sets(self) -> Iterator[tuple[str, Tags]]:
+    def tag_sets(self) -> Iterator[tuple[str, TagTuple]]:
         """Every ``(metric, tags)`` counted in the window (for the status page)."""
         for metric, seen in self._seen.items():
             for tags in seen:
                 yield metric, tags
 
-    def tracks(self, metric: str, tags: Tags) -> bool:
+    def tracks(self, metric: str, tags: TagTuple) -> bool:
         """True while ``tags`` counts in ``metric``'s window (its slot is taken)."""
         seen = self._seen.get(metric)
         last = seen.get(tags) if seen is not None else None
@@ -159,7 +160,7 @@ class CardinalityGuard:
     def _at_total_limit(self) -> bool:
         return self._total_limit is not None and self._total >= self._total_limit
 
-    def _expire(self, seen: dict[Tags, float], now: float) -> None:
+    def _expire(self, seen: dict[TagTuple, float], now: float) -> None:
         horizon = now - self._window
         while seen:
             oldest = next(iter(seen))

@@ -1,7 +1,7 @@
 """What is particular to one HTTP API in the delivery machinery: a `Dialect` (pure).
 
 `statsd_ao.io.sink.HttpSink` (the outbox, the gate, the spool, the posts) and
-`statsd_ao.io.answers.Answers` (the fate of every post) are the same for every API that takes
+`statsd_ao.io.settling.Settler` (the fate of every post) are the same for every API that takes
 batches of data points over HTTP.  What differs is small, and lives in a dialect: where to
 post, with which headers, how an answer reads (`Verdict`), and how a body is cut in two when
 the API refused it whole.  `AppOptics` is the dialect of ``POST /v1/measurements``;
@@ -21,7 +21,7 @@ from statsd_ao.core.retry import Answer, Verdict, classify
 
 
 class Dialect(Protocol):
-    """One API's particulars, for `HttpSink` and `Answers`."""
+    """One API's particulars, for `HttpSink` and `Settler`."""
 
     # Who answers, for log lines ("AppOptics", "the OTLP endpoint").
     name: str

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from statsd_ao.core.protocol import PRESENCE_VALUE, ParseError, parse_timestamp
+from statsd_ao.core.protocol import PRESENCE_VALUE, ParseError, TagTuple, parse_timestamp
 
 EVENT_PREFIX = b"_e{"
 CHECK_PREFIX = b"_sc|"
@@ -22,8 +22,6 @@ CHECK_STATUSES = {b"0": 0, b"1": 1, b"2": 2, b"3": 3}
 # Digits of an event's title or text length: no line is a gigabyte, and ``int()`` raises
 # its own ValueError past 4,300 digits.
 MAX_LENGTH_DIGITS = 9
-
-Tags = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +46,7 @@ class Event:
     priority: str | None = None
     alert_type: str | None = None
     source: str | None = None
-    tags: Tags = ()
+    tags: TagTuple = ()
     stream: str | None = None  # None: the configured stream (--annotation-stream)
     end_time: int | None = None
     links: tuple[Link, ...] = ()
@@ -61,7 +59,7 @@ class ServiceCheck:
     timestamp: int | None = None
     host: str | None = None
     message: str | None = None
-    tags: Tags = ()
+    tags: TagTuple = ()
 
 
 def parse_event(line: bytes) -> Event:
@@ -137,7 +135,7 @@ def _timestamp(raw: str | None) -> int | None:
     return None if raw is None else parse_timestamp(raw.strip())
 
 
-def _tags(raw: str | None) -> Tags:
+def _tags(raw: str | None) -> TagTuple:
     if not raw:
         return ()
     pairs = []

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-Tags = list[tuple[str, str]]
+from statsd_ao.core.protocol import TagList
 
 # The proxy's Kind values (statsd_ao.core.protocol.Kind): ms, h and d all arrive as "ms".
 KINDS: Mapping[str, frozenset[str]] = {
@@ -146,7 +146,7 @@ class _TagFilter:
     drop: frozenset[str] | None = None
     keep: frozenset[str] | None = None
 
-    def apply(self, tags: Sequence[tuple[str, str]]) -> Tags:
+    def apply(self, tags: Sequence[tuple[str, str]]) -> TagList:
         if self.drop is not None:
             return [(k, v) for k, v in tags if k not in self.drop]
         if self.keep is not None:
@@ -167,7 +167,7 @@ class _Rule:
     tags: tuple[tuple[str, _Template], ...]
     tag_filter: _TagFilter
 
-    def rewrite(self, match: re.Match[str], tags: Sequence[tuple[str, str]]) -> tuple[str, Tags]:
+    def rewrite(self, match: re.Match[str], tags: Sequence[tuple[str, str]]) -> tuple[str, TagList]:
         """The rule's name and tags.  Its added tags replace the line's tags of the same key;
         an added tag whose value expands to "" is not added (constant values are never "")."""
         added = [(key, value) for key, t in self.tags if (value := t.expand(match))]
@@ -210,7 +210,7 @@ class MappingRules:
 
     def apply(
         self, kind: str, name: str, tags: Sequence[tuple[str, str]]
-    ) -> tuple[str, Tags] | None:
+    ) -> tuple[str, TagList] | None:
         """The metric's new name and tags, or None when a drop rule matched.  ``kind`` is a
         `statsd_ao.core.protocol.Kind` value; any other raises ValueError (a caller's bug)."""
         if kind not in _ALL_KINDS:

@@ -25,7 +25,7 @@ from statsd_ao.core.accumulators import (
 )
 from statsd_ao.core.aggregator import SeriesKey, Snapshot
 from statsd_ao.core.cardinality import SHARED_OVERFLOW, CardinalityGuard
-from statsd_ao.core.sanitize import TagTuple
+from statsd_ao.core.protocol import TagTuple
 
 
 class Merger:

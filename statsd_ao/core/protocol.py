@@ -48,7 +48,10 @@ _KINDS: dict[bytes, Kind] = {
     b"s": Kind.SET,
 }
 
-Tags = list[tuple[str, str]]
+# TagList, the two ways the code holds them: as parsed (a list, in the line's order) and as part
+# of a series' identity (a tuple: hashable).
+TagList = list[tuple[str, str]]
+TagTuple = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,7 @@ def parse_shape(name: bytes, tail: bytes, container_tag: str | None = None) -> S
         raise ParseError("missing type" if not fields[0] else "unknown type")
     rate = 1.0
     timestamp = None
-    tags: Tags = []
+    tags: TagList = []
     for field in fields[1:]:
         head = field[:1]
         if head == b"@":
@@ -195,7 +198,7 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").strip()
 
 
-def _split_name(raw: bytes) -> tuple[str, Tags]:
+def _split_name(raw: bytes) -> tuple[str, TagList]:
     """The metric name and the tags written into it, in any of three dialects.
 
     Librato / AppOptics backend ``name#k=v,k2=v2``, Graphite (etsy statsd 0.9 clients)
@@ -219,14 +222,14 @@ def _split_name(raw: bytes) -> tuple[str, Tags]:
     return metric, tags
 
 
-def _signalfx(raw: bytes) -> tuple[bytes, Tags]:
+def _signalfx(raw: bytes) -> tuple[bytes, TagList]:
     """The name without its ``[k=v,...]`` group, and those dimensions.  An item without
     ``=`` or with an empty key or value is skipped (SignalFx does the same).  Anything but
     exactly one ``[`` before exactly one ``]`` is refused: guessing would make garbage tags."""
     start, end = raw.find(b"["), raw.find(b"]")
     if raw.count(b"[") != 1 or raw.count(b"]") != 1 or end < start:
         raise ParseError("unbalanced brackets")
-    dimensions: Tags = []
+    dimensions: TagList = []
     for item in raw[start + 1 : end].split(b","):
         key, equals, value = item.partition(b"=")
         tag_key, tag_value = _decode(key), _decode(value)
@@ -235,9 +238,9 @@ def _signalfx(raw: bytes) -> tuple[bytes, Tags]:
     return raw[:start] + raw[end + 1 :], dimensions
 
 
-def _pairs(raw: bytes, separator: bytes, between: bytes) -> Tags:
+def _pairs(raw: bytes, separator: bytes, between: bytes) -> TagList:
     """``k<sep>v<between>k2<sep>v2``; a value may contain ``sep``; empty items are skipped."""
-    pairs: Tags = []
+    pairs: TagList = []
     for item in raw.split(between):
         key, has_value, value = item.partition(separator)
         tag_key = _decode(key)

@@ -73,7 +73,7 @@ PARTIAL_HEADER = "x-partial-failure"
 Random = Callable[[], float]  # uniform in [0, 1), like random.random
 
 
-class Kind(StrEnum):
+class Outcome(StrEnum):
     """What one post's answer means for its batch."""
 
     DELIVERED = "delivered"  # 2xx: every measurement stored
@@ -86,7 +86,7 @@ class Kind(StrEnum):
 
 
 # Kinds that prove the API is up and reading our posts: they end an outage.
-ANSWERED = frozenset({Kind.DELIVERED, Kind.PARTIAL, Kind.REJECTED, Kind.SPLIT})
+ANSWERED = frozenset({Outcome.DELIVERED, Outcome.PARTIAL, Outcome.REJECTED, Outcome.SPLIT})
 
 
 class Loss(StrEnum):
@@ -126,7 +126,7 @@ class Answer:
 
 
 @dataclass(frozen=True, slots=True)
-class Summary:
+class AnswerSummary:
     """``measurements.summary`` and ``errors`` of an answer body."""
 
     total: int
@@ -139,7 +139,7 @@ class Summary:
 class Verdict:
     """`classify`'s reading of an answer for a post of ``count`` measurements."""
 
-    kind: Kind
+    kind: Outcome
     accepted: int = 0  # measurements the API says it stored
     refused: int = 0  # measurements the API turned down for good
     wait: float | None = None  # seconds the API asked for before the next post
@@ -151,14 +151,14 @@ def classify(answer: Answer, count: int, wall: float) -> Verdict:
     wait = server_wait(answer.headers, wall)
     status = answer.status
     if status is None:
-        return Verdict(Kind.TRANSIENT, wait=wait)
+        return Verdict(Outcome.TRANSIENT, wait=wait)
     summary, errors = parse_summary(answer.body), parse_errors(answer.body)
     if summary is None and answer.truncated:  # the summary may still be whole in the start
         summary = find_summary(answer.body)
     if 200 <= status < 300:
         if PARTIAL_HEADER in answer.headers:
             return _partial(count, summary, errors, wait)
-        return Verdict(Kind.DELIVERED, accepted=count, wait=wait)
+        return Verdict(Outcome.DELIVERED, accepted=count, wait=wait)
     if status == 400:
         return _bad_request(count, summary, errors, wait)
     if status == 429:
@@ -166,47 +166,47 @@ def classify(answer: Answer, count: int, wall: float) -> Verdict:
     return Verdict(status_kind(status), wait=wait, errors=errors)
 
 
-def status_kind(status: int) -> Kind:
+def status_kind(status: int) -> Outcome:
     """The kind of an error status whose body does not matter (not 400 or 429)."""
     if status == 413:  # too large for something between us and the API: halves will pass
-        return Kind.SPLIT
+        return Outcome.SPLIT
     if status == 408 or status >= 500:
-        return Kind.TRANSIENT
-    return Kind.DENIED  # 401, 403, and anything unexpected (404, 415, 3xx): a person must look
+        return Outcome.TRANSIENT
+    return Outcome.DENIED  # 401, 403, and anything unexpected (404, 415, 3xx): a person must look
 
 
 def _partial(
-    count: int, summary: Summary | None, errors: tuple[str, ...], wait: float | None
+    count: int, summary: AnswerSummary | None, errors: tuple[str, ...], wait: float | None
 ) -> Verdict:
     if summary is not None:
         accepted = min(max(summary.accepted, 0), count)
     else:  # no summary: one error per refused measurement is all there is to go on
         accepted = max(count - len(errors), 0)
-    return Verdict(Kind.PARTIAL, accepted, count - accepted, wait, errors)
+    return Verdict(Outcome.PARTIAL, accepted, count - accepted, wait, errors)
 
 
 def _bad_request(
-    count: int, summary: Summary | None, errors: tuple[str, ...], wait: float | None
+    count: int, summary: AnswerSummary | None, errors: tuple[str, ...], wait: float | None
 ) -> Verdict:
     # A 400 with a summary judged each measurement (the reference: "400 if all measurements
     # have been rejected"); without one the whole request was refused (a number over 1e126,
     # a malformed envelope) and only splitting tells the bad measurements from the good.
     if summary is None or summary.total != count:
-        return Verdict(Kind.SPLIT, wait=wait, errors=errors)
+        return Verdict(Outcome.SPLIT, wait=wait, errors=errors)
     if summary.accepted > 0:  # contradicts the reference; never re-send what was stored
         return _partial(count, summary, errors, wait)
-    return Verdict(Kind.REJECTED, refused=count, wait=wait, errors=errors)
+    return Verdict(Outcome.REJECTED, refused=count, wait=wait, errors=errors)
 
 
 def _throttled(
-    count: int, summary: Summary | None, errors: tuple[str, ...], wait: float | None
+    count: int, summary: AnswerSummary | None, errors: tuple[str, ...], wait: float | None
 ) -> Verdict:
     # The reference: on a 429 "it's possible some data was permitted, need to verify response
     # body".  Measurements it says were stored are never posted again (we cannot tell which
     # ones they were, so the whole post is settled as a partial delivery).
     if summary is not None and summary.accepted > 0:
         return _partial(count, summary, errors, wait)
-    return Verdict(Kind.THROTTLED, wait=wait, errors=errors)
+    return Verdict(Outcome.THROTTLED, wait=wait, errors=errors)
 
 
 def _load(body: bytes) -> Any:
@@ -220,7 +220,7 @@ def _count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def parse_summary(body: bytes) -> Summary | None:
+def parse_summary(body: bytes) -> AnswerSummary | None:
     """``measurements.summary`` {total, accepted, failed, filtered}, or None if absent or odd."""
     doc = _load(body)
     measurements = doc.get("measurements") if isinstance(doc, dict) else None
@@ -231,13 +231,13 @@ def parse_summary(body: bytes) -> Summary | None:
     if any(value is None or value < 0 for value in fields):
         return None
     total, accepted, failed, filtered = (value or 0 for value in fields)
-    return Summary(total, accepted, failed, filtered)
+    return AnswerSummary(total, accepted, failed, filtered)
 
 
 _SUMMARY = re.compile(rb'"summary"\s*:\s*(\{[^{}]*\})')
 
 
-def find_summary(start: bytes) -> Summary | None:
+def find_summary(start: bytes) -> AnswerSummary | None:
     """The summary object in the start of a body too long to read whole (not JSON then)."""
     match = _SUMMARY.search(start)
     if match is None:
@@ -434,11 +434,11 @@ class Gate:
             self.failing_since = None
         elif self.failing_since is None:
             self.failing_since = now
-        self.denied = verdict.kind is Kind.DENIED
+        self.denied = verdict.kind is Outcome.DENIED
         delay = None
         if verdict.wait is not None:
             delay = verdict.wait
-        elif verdict.kind is Kind.DENIED:
+        elif verdict.kind is Outcome.DENIED:
             delay = self._own(self._denied.delay(self.failures, self._random))
         elif self.failures:
             delay = self._own(self._backoff.delay(self.failures, self._random))

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 
 from statsd_ao.core.mapping import MappingRules
 from statsd_ao.core.name_rules import NameRules
-from statsd_ao.core.protocol import ParseError
+from statsd_ao.core.protocol import ParseError, TagTuple
 
 MAX_NAME = 255
 MAX_TAG_NAME = 64
@@ -37,7 +37,6 @@ _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9.:_\-]")
 _BAD_TAG_NAME_CHARS = re.compile(r"[^A-Za-z0-9.:_\-]")
 _BAD_TAG_VALUE_CHARS = re.compile(r"[^A-Za-z0-9.:_\-?\\/ ]")
 
-TagTuple = tuple[tuple[str, str], ...]
 # Why a line left out by the include / exclude metric filters is counted.
 FILTERED = "left out by metric filter"
 DROPPED_BY_RULE = "dropped by mapping rule"

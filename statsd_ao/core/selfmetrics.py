@@ -4,7 +4,7 @@ Theory of operation.  Every component counts its own work in plain attributes (c
 since start).  `SelfMetrics` is given *readers*: callables returning the current cumulative
 number, a mapping ``{label value: number}`` (e.g. bad lines by reason), or a `Distribution`
 (count, sum and recent quantiles of durations).  It never imports the components or the
-Config; `statsd_ao.selfreport.standard_metrics` wires the usual set through small
+Config; `statsd_ao.proxy_metrics.standard_metrics` wires the usual set through small
 structural Protocols.
 
 `SelfMetrics.snapshot` calls each reader once.  `SelfMetrics.prometheus` renders a snapshot in
@@ -18,7 +18,7 @@ posted.  Everything runs on the loop thread and must not block: a reader reads a
 returns None; a reader that raises is a bug and the error propagates.
 
 This is the registry and its two renderings; which of the proxy's numbers are registered,
-and the reading of the kernel's UDP tables, are the shell's (`statsd_ao.selfreport`).
+and the reading of the kernel's UDP tables, are the shell's (`statsd_ao.proxy_metrics`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ Reading = float | Mapping[str, float] | None
 _Key = tuple[str, tuple[tuple[str, str], ...], str | None]
 
 
-class Kind(StrEnum):
+class MetricType(StrEnum):
     COUNTER = "counter"  # cumulative; posted as the change per interval
     GAUGE = "gauge"  # a level; posted as is
     SUMMARY = "summary"  # durations: count, sum and recent quantiles
@@ -123,7 +123,7 @@ class MetricInfo:
 
     name: str  # AppOptics, e.g. statsd_ao.lines.bad
     prometheus: str  # e.g. statsd_ao_lines_bad_total
-    kind: Kind
+    kind: MetricType
     help: str
     label: str | None  # the tag / label key of a reader that returns a mapping
     # Labels (tags) of every point, e.g. (("sink", "otlp"),): one name can then be registered
@@ -141,7 +141,7 @@ class Family:
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
+class Readings:
     """Every reader's answer, read once; metrics with nothing to report are absent."""
 
     families: tuple[Family, ...]
@@ -183,7 +183,7 @@ class SelfMetrics:
         ``known``: label values shown (at 0) from the start, before their first event;
         ``constant``: labels of every point (`MetricInfo.constant`)."""
         self._register(
-            name, Kind.COUNTER, help, _with_known(read, known), label=label, constant=constant
+            name, MetricType.COUNTER, help, _with_known(read, known), label=label, constant=constant
         )
 
     def register_gauge(
@@ -196,13 +196,13 @@ class SelfMetrics:
         constant: Mapping[str, str] | None = None,
     ) -> None:
         """A level that goes up and down."""
-        self._register(name, Kind.GAUGE, help, read, label=label, constant=constant)
+        self._register(name, MetricType.GAUGE, help, read, label=label, constant=constant)
 
     def register_summary(
         self, name: str, help: str, read: Callable[[], Distribution | None]
     ) -> None:
         """Durations in seconds (name them ``..._seconds``), e.g. `Timings.distribution`."""
-        self._register(name, Kind.SUMMARY, help, read)
+        self._register(name, MetricType.SUMMARY, help, read)
 
     def register_histogram(
         self,
@@ -214,23 +214,23 @@ class SelfMetrics:
     ) -> None:
         """Durations in seconds with bucket counts: a Prometheus histogram; to AppOptics,
         count and sum per interval and recent quantiles, as a summary."""
-        self._register(name, Kind.HISTOGRAM, help, read, constant=constant)
+        self._register(name, MetricType.HISTOGRAM, help, read, constant=constant)
 
     def catalogue(self) -> tuple[MetricInfo, ...]:
         """Every registered metric, in registration order (for documentation and tests)."""
         return tuple(metric.info for metric in self._metrics)
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> Readings:
         """Call every reader once."""
         families = (_family(metric) for metric in self._metrics)
-        return Snapshot(tuple(family for family in families if family is not None))
+        return Readings(tuple(family for family in families if family is not None))
 
-    def prometheus(self, snapshot: Snapshot | None = None) -> str:
+    def prometheus(self, snapshot: Readings | None = None) -> str:
         """The Prometheus text exposition format (version 0.0.4), cumulative values."""
         return render_prometheus(self.snapshot() if snapshot is None else snapshot)
 
     def measurements(
-        self, time: int, period: int, snapshot: Snapshot | None = None
+        self, time: int, period: int, snapshot: Readings | None = None
     ) -> list[Measurement]:
         """AppOptics measurements stamped ``time`` / ``period``; counters since the last call.
 
@@ -245,10 +245,10 @@ class SelfMetrics:
                 self._summary(out, info, family.distribution, time, period)
             values: dict[str | None, float] = {}  # by label value as posted (sanitized)
             for label_value, number in family.points:
-                if label_value is not None and number == 0 and info.kind is Kind.COUNTER:
+                if label_value is not None and number == 0 and info.kind is MetricType.COUNTER:
                     continue  # a reason that never happened: shown on /metrics, not posted
                 change = number
-                if info.kind is Kind.COUNTER:
+                if info.kind is MetricType.COUNTER:
                     change = self._delta((info.name, info.constant, label_value), number)
                 key = None if label_value is None else _tag_value(info.label, label_value)
                 values[key] = values.get(key, 0.0) + change
@@ -291,7 +291,7 @@ class SelfMetrics:
             period=period,
             value=value,
         )
-        if info.kind is Kind.COUNTER:
+        if info.kind is MetricType.COUNTER:
             m["attributes"] = COUNTER_ATTRIBUTES
         return m
 
@@ -311,7 +311,7 @@ class SelfMetrics:
     def _register(
         self,
         name: str,
-        kind: Kind,
+        kind: MetricType,
         help: str,
         read: Callable[[], object],
         *,
@@ -327,7 +327,7 @@ class SelfMetrics:
         flat = f"{self._prefix}_{name.replace('.', '_')}"
         info = MetricInfo(
             name=f"{self._prefix}.{name}",
-            prometheus=flat + "_total" if kind is Kind.COUNTER else flat,
+            prometheus=flat + "_total" if kind is MetricType.COUNTER else flat,
             kind=kind,
             help=help,
             label=label,
@@ -371,7 +371,7 @@ def _family(metric: _Registered) -> Family | None:
     raise TypeError(f"{info.name}: unexpected reading {reading!r}")
 
 
-def render_prometheus(snapshot: Snapshot) -> str:
+def render_prometheus(snapshot: Readings) -> str:
     """A snapshot in the Prometheus text format 0.0.4 (HELP and TYPE once per family; the
     metrics registered once per part under one name are one family)."""
     families: dict[str, list[Family]] = {}
@@ -396,7 +396,7 @@ def _samples(family: Family) -> list[str]:
     dist = family.distribution
     if dist is None:
         return lines
-    if info.kind is Kind.HISTOGRAM:
+    if info.kind is MetricType.HISTOGRAM:
         for bound, count in dist.buckets:
             lines.append(f"{name}_bucket{_labels(info, 'le', _number(bound))} {count}")
         lines.append(f"{name}_bucket{_labels(info, 'le', '+Inf')} {dist.count}")

@@ -1,6 +1,6 @@
 """Everything that speaks etsy statsd: a drop-in replacement's compatibility part.
 
-Here: reading etsy statsd's JavaScript configuration files (`config`), translating them into
+Here: reading etsy statsd's JavaScript configuration files (`configjs`), translating them into
 our settings (`translation`), what ``--statsd-config`` takes from such a file and what it
 cannot honour (`migration`), and etsy's TCP management interface (`admin`, with the proxy
 state it reads in `admin_state`).

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
 from statsd_ao.core.logs import RateLimitedLog
-from statsd_ao.etsy.config import JsRegExp, js_number_string
+from statsd_ao.etsy.configjs import JsRegExp, js_number_string
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from statsd_ao.etsy.config import load_config
+from statsd_ao.etsy.configjs import load_config
 from statsd_ao.etsy.translation import Translation, translate
 
 

@@ -1,6 +1,6 @@
 """What an etsy statsd configuration means, in statsd-ao's terms.
 
-`translate` takes the dict `statsd_ao.etsy.config.parse_config` returns and yields a
+`translate` takes the dict `statsd_ao.etsy.configjs.parse_config` returns and yields a
 `Translation`: the settings a statsd-ao run needs to behave as that etsy statsd plus its
 ``statsd-appoptics-backend`` (or ``statsd-librato-backend``) did.  Each field holds what the
 option meant, with etsy's or the backend's default when the option is absent (not
@@ -22,7 +22,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from statsd_ao.core.batching import MAX_BATCH
-from statsd_ao.etsy.config import EtsyConfigError, JsRegExp, js_number_string
+from statsd_ao.etsy.configjs import EtsyConfigError, JsRegExp, js_number_string
 
 APPOPTICS_API_URL = "https://api.appoptics.com"
 # statsd-librato-backend posts to Librato's own API unless ``librato.api`` says otherwise.

@@ -5,7 +5,7 @@
 never awaits, so a flush never waits for the network.  One dispatcher task starts posts
 while the `Gate` allows (at most ``concurrency`` in flight, one while the API is failing)
 and sleeps until the next parcel is ready, the gate opens, a parcel expires, or something
-changes.  Each post's answer goes to `statsd_ao.io.answers.Answers`, which settles the
+changes.  Each post's answer goes to `statsd_ao.io.settling.Settler`, which settles the
 parcel (delivered, partly delivered, split, rejected, or queued again) and keeps the
 counts.  `drain` gives the rest a deadline; whatever is still pending then is counted as
 lost at shutdown.
@@ -47,7 +47,7 @@ from statsd_ao.core.retry import (
     Loss,
     Policy,
 )
-from statsd_ao.io.answers import DRAIN_BACKOFF_CAP, LOG_INTERVAL, Answers
+from statsd_ao.io.settling import DRAIN_BACKOFF_CAP, LOG_INTERVAL, Settler
 from statsd_ao.io.spool import Spool, Ticket
 from statsd_ao.io.spoolfile import Record
 
@@ -219,7 +219,7 @@ class HttpSink:
         self._deadline = 0.0
         self._closed = False
         self._log = RateLimitedLog(log, interval=LOG_INTERVAL)
-        self._answers = Answers(
+        self._settler = Settler(
             self._outbox,
             self._policy,
             self._gate,
@@ -236,30 +236,30 @@ class HttpSink:
         self.annotations_lost = 0
         self._on_latency = on_latency
 
-    # The delivery counters (self-metrics, tests) are the answers' (statsd_ao.io.answers).
+    # The delivery counters (self-metrics, tests) are the settler's (statsd_ao.io.settling).
     @property
     def posted(self) -> int:
-        return self._answers.posted
+        return self._settler.posted
 
     @property
     def lost(self) -> dict[str, int]:
-        return self._answers.lost
+        return self._settler.lost
 
     @property
     def outcomes(self) -> dict[str, int]:
-        return self._answers.outcomes
+        return self._settler.outcomes
 
     @property
     def retries(self) -> int:
-        return self._answers.retries
+        return self._settler.retries
 
     @property
     def splits(self) -> int:
-        return self._answers.splits
+        return self._settler.splits
 
     @property
     def unconfirmed(self) -> int:
-        return self._answers.unconfirmed
+        return self._settler.unconfirmed
 
     @property
     def failing_for(self) -> float | None:
@@ -293,7 +293,7 @@ class HttpSink:
         if not batch:
             return
         if self._closed:
-            self._answers.lose(Loss.SHUTDOWN, len(batch))
+            self._settler.lose(Loss.SHUTDOWN, len(batch))
             return
         self.submit_body(encode(batch), len(batch))
 
@@ -301,14 +301,14 @@ class HttpSink:
         """Queue one post already encoded in the dialect, of ``count`` data points; never
         blocks."""
         if self._closed:
-            self._answers.lose(Loss.SHUTDOWN, count)
+            self._settler.lose(Loss.SHUTDOWN, count)
             return
         now = self._clock()
         expires = now + self._policy.max_age
         ticket = None
         if self._spool is not None:
             ticket = self._spool.add(body, count, self._wall() + self._policy.max_age)
-        self._answers.queue(
+        self._settler.queue(
             Parcel(body, count, expires, next(self._seq), not_before=now, ticket=ticket)
         )
         self._changed()
@@ -320,7 +320,7 @@ class HttpSink:
         Ends early once nothing more can be delivered in time: the API denied the token,
         or it asked for a wait past the deadline."""
         if not self._closed and self._dispatcher is not None:
-            self._draining = self._answers.draining = True
+            self._draining = self._settler.draining = True
             now = self._clock()
             self._deadline = now + timeout
             self._gate.hurry(now, DRAIN_BACKOFF_CAP)
@@ -377,7 +377,7 @@ class HttpSink:
             self._wake.clear()
             now = self._clock()
             for expired in self._outbox.expire(now):
-                self._answers.lose(Loss.TOO_OLD, expired.count, parcel=expired)
+                self._settler.lose(Loss.TOO_OLD, expired.count, parcel=expired)
             while self._room() and self._gate.is_open(now):
                 parcel = self._outbox.take(now)
                 if parcel is None:
@@ -449,13 +449,13 @@ class HttpSink:
             self._outbox.settle(parcel)
             self._flying_parcels.pop(id(parcel), None)
             settled = True
-            self._answers.settle(parcel, answer, charged=charged)
+            self._settler.settle(parcel, answer, charged=charged)
         except Exception:  # a bug in this module: say so loudly, count the data, go on
             log.exception("internal error delivering %d measurements", parcel.count)
             if not settled:
                 self._outbox.settle(parcel)
                 self._flying_parcels.pop(id(parcel), None)
-            self._answers.lose(Loss.INTERNAL, parcel.count, parcel=parcel)
+            self._settler.lose(Loss.INTERNAL, parcel.count, parcel=parcel)
         finally:
             self._flying -= 1
             self._changed()
@@ -497,9 +497,9 @@ class HttpSink:
                 record.body, record.count, expires, next(self._seq), not_before=now, ticket=ticket
             )
             if expires <= now:
-                self._answers.lose(Loss.TOO_OLD, record.count, parcel=parcel)
+                self._settler.lose(Loss.TOO_OLD, record.count, parcel=parcel)
             else:
-                self._answers.queue(parcel)
+                self._settler.queue(parcel)
         if stored:
             log.info(
                 "spool: %d measurements a previous run left to deliver (%d posts)",
@@ -510,7 +510,7 @@ class HttpSink:
     def _spool_dropped(self, segment: int) -> int:
         """The spool dropped ``segment`` to stay in its bound: its queued posts go too."""
         dropped = sum(parcel.count for parcel in self._outbox.discard(segment))
-        self._answers.lose(Loss.SPOOL_FULL, dropped)
+        self._settler.lose(Loss.SPOOL_FULL, dropped)
         self._changed()
         return dropped
 
@@ -546,7 +546,7 @@ class HttpSink:
         if self._spool is not None:
             left = await self._keep(unsettled, left)
         if left:
-            self._answers.lose(Loss.SHUTDOWN, left)
+            self._settler.lose(Loss.SHUTDOWN, left)
         log.info(
             "delivery: %d measurements posted, %d retries, %d splits, %d unconfirmed",
             self.posted,

@@ -35,7 +35,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from statsd_ao.core.retry import Answer, Kind, Verdict, server_wait
+from statsd_ao.core.retry import Answer, Outcome, Verdict, server_wait
 from statsd_ao.otlp.requests import GZIP_LEVEL
 
 # SolarWinds Observability's data centres ("Data centers and endpoint URIs").
@@ -101,31 +101,33 @@ def classify(answer: Answer, count: int, wall: float) -> Verdict:
     wait = server_wait(answer.headers, wall)
     status = answer.status
     if status is None:
-        return Verdict(Kind.TRANSIENT, wait=wait)
+        return Verdict(Outcome.TRANSIENT, wait=wait)
     if 200 <= status < 300:
         rejected, message = partial_success(answer)
         errors = (message,) if message else ()
         if rejected:
             refused = min(rejected, count)
-            return Verdict(Kind.PARTIAL, count - refused, refused, wait, errors)
-        return Verdict(Kind.DELIVERED, accepted=count, wait=wait, errors=errors)
+            return Verdict(Outcome.PARTIAL, count - refused, refused, wait, errors)
+        return Verdict(Outcome.DELIVERED, accepted=count, wait=wait, errors=errors)
     errors = (why,) if (why := error_message(answer)) else ()
     kind = _STATUS_KINDS.get(status)
     if kind is None:
-        return Verdict(Kind.REJECTED, refused=count, wait=wait, errors=(f"HTTP {status}", *errors))
+        return Verdict(
+            Outcome.REJECTED, refused=count, wait=wait, errors=(f"HTTP {status}", *errors)
+        )
     return Verdict(kind, wait=wait, errors=errors)
 
 
 # What an error status means (any other: rejected, never retried).
 _STATUS_KINDS = {
-    400: Kind.SPLIT,
-    413: Kind.SPLIT,
-    429: Kind.THROTTLED,
-    502: Kind.TRANSIENT,
-    503: Kind.TRANSIENT,
-    504: Kind.TRANSIENT,
-    401: Kind.DENIED,
-    403: Kind.DENIED,
+    400: Outcome.SPLIT,
+    413: Outcome.SPLIT,
+    429: Outcome.THROTTLED,
+    502: Outcome.TRANSIENT,
+    503: Outcome.TRANSIENT,
+    504: Outcome.TRANSIENT,
+    401: Outcome.DENIED,
+    403: Outcome.DENIED,
 }
 
 

@@ -36,7 +36,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from statsd_ao.core.sanitize import TagTuple
+from statsd_ao.core.protocol import TagTuple
 
 # Data points per request.  Big enough that a request's fixed cost (headers, TLS record,
 # the receiver's per-request work) is spread thin and gzip finds the repeats, small enough

@@ -38,7 +38,7 @@ from statsd_ao.core.retry import (
     MAX_ATTEMPTS,
     Backoff,
 )
-from statsd_ao.io.answers import LOG_INTERVAL
+from statsd_ao.io.settling import LOG_INTERVAL
 from statsd_ao.io.sink import RESEND_UNCONFIRMED, HttpSink
 from statsd_ao.io.spool import Spool
 from statsd_ao.otlp.convert import Converter

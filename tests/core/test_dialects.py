@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from statsd_ao.core.aggregator import Aggregator, Snapshot
 from statsd_ao.core.events import Event, ServiceCheck, parse_event, parse_service_check
 from statsd_ao.core.measurements import Measurement
-from statsd_ao.core.protocol import Kind, ParseError, split_multi_metric
-from statsd_ao.core.sanitize import Naming, TagTuple
+from statsd_ao.core.protocol import Kind, ParseError, TagTuple, split_multi_metric
+from statsd_ao.core.sanitize import Naming
 from tests.core import converting
 from tests.core.grammar import parse_line
 

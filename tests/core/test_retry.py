@@ -18,8 +18,8 @@ from statsd_ao.core.retry import (
     Backoff,
     Gate,
     GiveUp,
-    Kind,
     Loss,
+    Outcome,
     Policy,
     Retry,
     Verdict,
@@ -48,41 +48,41 @@ PARTIAL = {"x-partial-failure": "true"}
 REQUEST_ERROR = body({"errors": {"params": {"measurements": ["1e+127 is too large"]}}})
 
 # (status, headers, body, count) -> (kind, accepted, refused)
-TABLE: list[tuple[int | None, dict[str, str], bytes, int, Kind, int, int]] = [
-    (200, {}, b"", 10, Kind.DELIVERED, 10, 0),
-    (202, {}, summary(10, 10), 10, Kind.DELIVERED, 10, 0),
-    (204, {}, b"", 10, Kind.DELIVERED, 10, 0),
-    (202, PARTIAL, summary(10, 7, 2, 1), 10, Kind.PARTIAL, 7, 3),
+TABLE: list[tuple[int | None, dict[str, str], bytes, int, Outcome, int, int]] = [
+    (200, {}, b"", 10, Outcome.DELIVERED, 10, 0),
+    (202, {}, summary(10, 10), 10, Outcome.DELIVERED, 10, 0),
+    (204, {}, b"", 10, Outcome.DELIVERED, 10, 0),
+    (202, PARTIAL, summary(10, 7, 2, 1), 10, Outcome.PARTIAL, 7, 3),
     (
         202,
         PARTIAL,
         body({"errors": [{"param": "tags", "reason": "x"}] * 2}),
         10,
-        Kind.PARTIAL,
+        Outcome.PARTIAL,
         8,
         2,
     ),
-    (202, PARTIAL, b"not json", 10, Kind.PARTIAL, 10, 0),
-    (400, {}, summary(10, 0, 10), 10, Kind.REJECTED, 0, 10),
-    (400, {}, REQUEST_ERROR, 10, Kind.SPLIT, 0, 0),
-    (400, {}, b"", 10, Kind.SPLIT, 0, 0),
-    (400, {}, summary(5, 0, 5), 10, Kind.SPLIT, 0, 0),  # a summary of some other post
-    (400, {}, summary(10, 4, 6), 10, Kind.PARTIAL, 4, 6),  # never re-send what was stored
-    (413, {}, b"", 10, Kind.SPLIT, 0, 0),
-    (429, {}, b"", 10, Kind.THROTTLED, 0, 0),
-    (429, {}, summary(10, 0, 10), 10, Kind.THROTTLED, 0, 0),
-    (429, {}, summary(10, 3, 7), 10, Kind.PARTIAL, 3, 7),
-    (408, {}, b"", 10, Kind.TRANSIENT, 0, 0),
-    (500, {}, b"", 10, Kind.TRANSIENT, 0, 0),
-    (502, {}, b"<html>bad gateway</html>", 10, Kind.TRANSIENT, 0, 0),
-    (503, {}, body({"errors": {"system": ["maintenance"]}}), 10, Kind.TRANSIENT, 0, 0),
-    (504, {}, b"", 10, Kind.TRANSIENT, 0, 0),
-    (401, {}, body({"errors": {"request": ["Authorization failed"]}}), 10, Kind.DENIED, 0, 0),
-    (403, {}, b"", 10, Kind.DENIED, 0, 0),
-    (404, {}, b"", 10, Kind.DENIED, 0, 0),
-    (415, {}, b"", 10, Kind.DENIED, 0, 0),
-    (301, {}, b"", 10, Kind.DENIED, 0, 0),
-    (None, {}, b"", 10, Kind.TRANSIENT, 0, 0),
+    (202, PARTIAL, b"not json", 10, Outcome.PARTIAL, 10, 0),
+    (400, {}, summary(10, 0, 10), 10, Outcome.REJECTED, 0, 10),
+    (400, {}, REQUEST_ERROR, 10, Outcome.SPLIT, 0, 0),
+    (400, {}, b"", 10, Outcome.SPLIT, 0, 0),
+    (400, {}, summary(5, 0, 5), 10, Outcome.SPLIT, 0, 0),  # a summary of some other post
+    (400, {}, summary(10, 4, 6), 10, Outcome.PARTIAL, 4, 6),  # never re-send what was stored
+    (413, {}, b"", 10, Outcome.SPLIT, 0, 0),
+    (429, {}, b"", 10, Outcome.THROTTLED, 0, 0),
+    (429, {}, summary(10, 0, 10), 10, Outcome.THROTTLED, 0, 0),
+    (429, {}, summary(10, 3, 7), 10, Outcome.PARTIAL, 3, 7),
+    (408, {}, b"", 10, Outcome.TRANSIENT, 0, 0),
+    (500, {}, b"", 10, Outcome.TRANSIENT, 0, 0),
+    (502, {}, b"<html>bad gateway</html>", 10, Outcome.TRANSIENT, 0, 0),
+    (503, {}, body({"errors": {"system": ["maintenance"]}}), 10, Outcome.TRANSIENT, 0, 0),
+    (504, {}, b"", 10, Outcome.TRANSIENT, 0, 0),
+    (401, {}, body({"errors": {"request": ["Authorization failed"]}}), 10, Outcome.DENIED, 0, 0),
+    (403, {}, b"", 10, Outcome.DENIED, 0, 0),
+    (404, {}, b"", 10, Outcome.DENIED, 0, 0),
+    (415, {}, b"", 10, Outcome.DENIED, 0, 0),
+    (301, {}, b"", 10, Outcome.DENIED, 0, 0),
+    (None, {}, b"", 10, Outcome.TRANSIENT, 0, 0),
 ]
 
 
@@ -95,7 +95,7 @@ def test_classification_table(
     headers: dict[str, str],
     raw: bytes,
     count: int,
-    kind: Kind,
+    kind: Outcome,
     accepted: int,
     refused: int,
 ) -> None:
@@ -106,8 +106,8 @@ def test_classification_table(
 
 def test_status_kinds_cover_every_error_status() -> None:
     kinds = {status: status_kind(status) for status in range(300, 600) if status not in {400, 429}}
-    assert {s for s, k in kinds.items() if k is Kind.TRANSIENT} == {408, *range(500, 600)}
-    assert {s for s, k in kinds.items() if k is Kind.SPLIT} == {413}
+    assert {s for s, k in kinds.items() if k is Outcome.TRANSIENT} == {408, *range(500, 600)}
+    assert {s for s, k in kinds.items() if k is Outcome.SPLIT} == {413}
 
 
 def test_partial_failure_reasons_are_read_for_the_log() -> None:
@@ -140,7 +140,7 @@ def test_any_answer_is_classified_without_raising(
     assert 0 <= verdict.accepted <= count
     assert 0 <= verdict.refused <= count - verdict.accepted
     assert verdict.wait is None or 0 <= verdict.wait <= MAX_SERVER_WAIT
-    if verdict.kind in {Kind.PARTIAL, Kind.REJECTED}:  # settled: nothing left to re-send
+    if verdict.kind in {Outcome.PARTIAL, Outcome.REJECTED}:  # settled: nothing left to re-send
         assert verdict.accepted + verdict.refused == count
 
 
@@ -193,9 +193,9 @@ def test_server_wait_reads_retry_after_and_exhausted_rate_limits() -> None:
 
 def test_a_wait_comes_with_any_status() -> None:
     verdict = classify(Answer(503, {"retry-after": "4"}), 1, WALL)
-    assert (verdict.kind, verdict.wait) == (Kind.TRANSIENT, 4.0)
+    assert (verdict.kind, verdict.wait) == (Outcome.TRANSIENT, 4.0)
     ok = classify(Answer(202, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "5"}), 1, WALL)
-    assert (ok.kind, ok.wait) == (Kind.DELIVERED, 5.0)
+    assert (ok.kind, ok.wait) == (Outcome.DELIVERED, 5.0)
 
 
 backoffs = st.builds(
@@ -273,20 +273,20 @@ def test_a_charged_failure_waits_half_its_ceiling_at_a_draw_of_one_half(
     assert decision == Retry(at, attempts + 1)
 
 
-def verdict(kind: Kind, wait: float | None = None) -> Verdict:
+def verdict(kind: Outcome, wait: float | None = None) -> Verdict:
     return Verdict(kind, wait=wait)
 
 
 def test_gate_probes_with_one_post_during_an_outage_and_reopens_on_an_answer() -> None:
     gate = Gate(Backoff(1.0, 30.0), Backoff(10.0, 300.0), random=lambda: 0.5)
     assert gate.limit(4) == 4 and gate.is_open(0.0)
-    gate.record(verdict(Kind.TRANSIENT), 100.0)
+    gate.record(verdict(Outcome.TRANSIENT), 100.0)
     assert gate.limit(4) == 1 and gate.probing
     assert gate.open_at == 100.5 and not gate.is_open(100.4) and gate.is_open(100.5)
-    gate.record(verdict(Kind.TRANSIENT), 101.0)
+    gate.record(verdict(Outcome.TRANSIENT), 101.0)
     assert gate.open_at == 102.0  # ceiling 2 s, half of it
     for kind in ANSWERED:
-        gate.record(verdict(Kind.TRANSIENT), 200.0)
+        gate.record(verdict(Outcome.TRANSIENT), 200.0)
         gate.record(verdict(kind), 201.0)
         assert gate.failures == 0 and gate.limit(4) == 4
 
@@ -294,33 +294,33 @@ def test_gate_probes_with_one_post_during_an_outage_and_reopens_on_an_answer() -
 def test_gate_knows_since_when_the_api_fails() -> None:
     gate = Gate(Backoff(1.0, 30.0), random=lambda: 0.5)
     assert gate.failing_since is None
-    gate.record(verdict(Kind.TRANSIENT), 100.0)
-    gate.record(verdict(Kind.DENIED), 140.0)
+    gate.record(verdict(Outcome.TRANSIENT), 100.0)
+    gate.record(verdict(Outcome.DENIED), 140.0)
     assert gate.failing_since == 100.0  # the first failure of the run, not the last
-    gate.record(verdict(Kind.DELIVERED), 150.0)
+    gate.record(verdict(Outcome.DELIVERED), 150.0)
     assert gate.failing_since is None
-    gate.record(verdict(Kind.TRANSIENT), 160.0)
+    gate.record(verdict(Outcome.TRANSIENT), 160.0)
     assert gate.failing_since == 160.0
 
 
 def test_gate_honours_the_wait_the_api_asks_for() -> None:
     gate = Gate(Backoff(1.0, 30.0), random=lambda: 0.5)
-    gate.record(verdict(Kind.THROTTLED, wait=2.0), 10.0)
+    gate.record(verdict(Outcome.THROTTLED, wait=2.0), 10.0)
     assert gate.open_at == 12.0 and gate.requested
     gate.hurry(10.0, max_delay=1.0)  # a drain does not cut a wait the API asked for
     assert gate.open_at == 12.0
-    gate.record(verdict(Kind.DELIVERED, wait=5.0), 11.0)  # rate limit exhausted on success
+    gate.record(verdict(Outcome.DELIVERED, wait=5.0), 11.0)  # rate limit exhausted on success
     assert gate.open_at == 16.0 and gate.failures == 0
 
 
 def test_gate_backs_off_long_after_a_denial_and_a_drain_caps_only_its_own_waits() -> None:
     gate = Gate(Backoff(1.0, 30.0), Backoff(10.0, 300.0), random=lambda: 0.9)
-    gate.record(verdict(Kind.DENIED), 0.0)
+    gate.record(verdict(Outcome.DENIED), 0.0)
     assert gate.denied and gate.open_at == 9.0
     for _ in range(10):
-        gate.record(verdict(Kind.DENIED), 0.0)
+        gate.record(verdict(Outcome.DENIED), 0.0)
     assert gate.open_at == 270.0  # capped at 300 s, times the draw
     gate.hurry(0.0, max_delay=1.0)
     assert gate.open_at == 1.0
-    gate.record(verdict(Kind.TRANSIENT), 5.0)
+    gate.record(verdict(Outcome.TRANSIENT), 5.0)
     assert gate.open_at == 6.0 and not gate.denied

@@ -1,4 +1,4 @@
-"""etsy statsd configuration files: the literal reader (`statsd_ao.etsy.config`) and what the
+"""etsy statsd configuration files: the literal reader (`statsd_ao.etsy.configjs`) and what the
 options mean (`statsd_ao.etsy.translation`).
 
 Tables for the grammar and for each option; the sample files under ``tests/data/etsy`` (written
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_ao.etsy.config import (
+from statsd_ao.etsy.configjs import (
     EtsyConfigError,
     JsRegExp,
     is_identifier,

@@ -23,7 +23,7 @@ from statsd_ao.core.measurements import Converter as AppOpticsConverter
 from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.protocol import Kind
 from statsd_ao.core.retry import Answer
-from statsd_ao.core.retry import Kind as Verdicts
+from statsd_ao.core.retry import Outcome as Verdicts
 from statsd_ao.core.sanitize import Naming
 from statsd_ao.otlp import swo_url
 from statsd_ao.otlp.convert import NANOS, Converter

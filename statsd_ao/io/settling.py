@@ -1,7 +1,7 @@
 """What each post's answer does to its parcel, and the count of every measurement's fate.
 
 `statsd_ao.io.sink.HttpSink` queues, schedules and posts; every answer it gets comes here.
-`Answers.settle` classifies it (the API's `statsd_ao.core.dialect.Dialect`): delivered,
+`Settler.settle` classifies it (the API's `statsd_ao.core.dialect.Dialect`): delivered,
 partly delivered (the refused part is counted, nothing is re-sent), split in two (a 400
 that judged no measurement), rejected, or queued again within the batch's bounds; the
 spool is told what has left for good.  Every measurement ends in exactly one of `posted`,
@@ -23,8 +23,8 @@ from statsd_ao.core.retry import (
     Answer,
     Gate,
     GiveUp,
-    Kind,
     Loss,
+    Outcome,
     Policy,
     Verdict,
 )
@@ -42,7 +42,7 @@ LOG_INTERVAL = 10.0
 QUOTED_ERRORS = 3
 
 
-class Answers:
+class Settler:
     """Settles parcels by their answers; owns the delivery counters."""
 
     def __init__(
@@ -100,7 +100,7 @@ class Answers:
                 self.pending,
             )
         match verdict.kind:
-            case Kind.DELIVERED:
+            case Outcome.DELIVERED:
                 self.posted += parcel.count
                 self.settled(parcel)
                 if verdict.errors:  # a warning with a full success (OTLP allows it)
@@ -110,15 +110,15 @@ class Answers:
                         self._dialect.name,
                         "; ".join(verdict.errors[:QUOTED_ERRORS]),
                     )
-            case Kind.PARTIAL:
+            case Outcome.PARTIAL:
                 self.posted += verdict.accepted
                 self.lose(Loss.REJECTED, verdict.refused, verdict.errors, parcel=parcel)
-            case Kind.REJECTED:
+            case Outcome.REJECTED:
                 self.lose(Loss.REJECTED, parcel.count, verdict.errors, parcel=parcel)
-            case Kind.SPLIT:
+            case Outcome.SPLIT:
                 self._split(parcel, verdict, now)
             case _:
-                self._retry(parcel, answer, charged and verdict.kind is Kind.TRANSIENT, now)
+                self._retry(parcel, answer, charged and verdict.kind is Outcome.TRANSIENT, now)
                 self._report_failure(parcel, answer, verdict)
 
     def _split(self, parcel: Parcel, verdict: Verdict, now: float) -> None:
@@ -193,7 +193,7 @@ class Answers:
         detail = "; ".join(verdict.errors[:QUOTED_ERRORS]) or answer.body[:200].decode(
             errors="replace"
         )
-        if verdict.kind is Kind.DENIED:
+        if verdict.kind is Outcome.DENIED:
             self._log.error(
                 "denied",
                 "%s refused the post (%s %s): check the token (%s) and the account; "
