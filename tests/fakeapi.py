@@ -27,22 +27,20 @@ could misread.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import math
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, NotRequired, Self, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
+
+from tests.fakeserver import DelayFault, DropFault, LoopbackServer
 
 # "It is recommended that you keep batch requests under 1,000 measurements/post"; the fake
 # refuses anything above, so a proxy that relies on the soft limit fails loudly here.
@@ -55,7 +53,6 @@ FLOAT_ABORT = 1e126
 FLOAT_ZERO = 1e-130
 # The reference names no body limit; aiohttp's 1 MiB default would refuse a full batch of
 # heavily tagged measurements, which the real API takes.
-MAX_BODY_BYTES = 64 * 1024 * 1024
 # "time": Unix epoch seconds.  Outside 2000-01-01 .. 2100-01-01 it is a mistake: milliseconds
 # (1.7e12), or a small number that is not a date at all.
 MIN_TIME = 946_684_800
@@ -67,7 +64,6 @@ RATE_LIMIT = 1_000_000
 RATE_LIMIT_WINDOW = 3600
 # Seconds close() lets in-flight handlers finish. Delays are released by close(), so only a
 # bug in the fake itself could make shutdown wait this long.
-SHUTDOWN_TIMEOUT = 2.0
 
 _NAME = re.compile(r"[A-Za-z0-9.:_-]{1,255}")
 _TAG_NAME = re.compile(r"[-.:_A-Za-z0-9]{1,64}")
@@ -129,18 +125,6 @@ class StatusFault:
     status: int
     body: bytes | None = None  # None: a JSON error body shaped like the real API's
     headers: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class DropFault:
-    """Read the request, then abort the connection without answering."""
-
-
-@dataclass(frozen=True, slots=True)
-class DelayFault:
-    """Wait ``seconds`` (cut short by close()), then handle the request normally."""
-
-    seconds: float
 
 
 AnyFault = StatusFault | DropFault | DelayFault
@@ -484,90 +468,32 @@ def _count_measurements(body: bytes) -> int:
     return len(ms) if isinstance(ms, list) else 0
 
 
-class FakeAppOptics:
+class FakeAppOptics(LoopbackServer[AnyFault]):
     """An AppOptics API on a real loopback port, recording everything it is sent.
 
     All state is touched only on the loop thread; handlers never block it.
     """
 
     def __init__(self, *, token: str = "token") -> None:
+        super().__init__()
         self.token = token
-        self.down = False  # while True every request is answered 503 (script untouched)
         self.accepted: list[AcceptedMeasurement] = []
         self.rejected: list[tuple[Any, str]] = []
         self.requests: list[RecordedRequest] = []
         self.annotations: list[Annotation] = []
-        self.in_flight = 0
         # Each metric under the spelling it was first posted with (names are case-insensitive).
         self.metric_names: dict[str, str] = {}
         self._window_start: float | None = None  # the rate limit's current window
         self._window_requests = 0
-        self._script: deque[AnyFault] = deque()
-        self._changed = asyncio.Condition()
-        self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Bind ``host:port`` (0: any free port) and serve until close()."""
-        if self._runner is not None:
-            raise RuntimeError("FakeAppOptics already started")
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/measurements", self._measurements)
         app.router.add_post("/v1/annotations/{stream}", self._annotations)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound = self._runner.addresses[0][1]
-        self._url = f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
 
     @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT``: the API root to configure the client with."""
-        if self._url is None:
-            raise RuntimeError("FakeAppOptics not started")
-        return self._url
-
-    async def close(self) -> None:
-        """Release pending delays, stop listening and close every connection. Idempotent."""
-        self._closing.set()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def script(self, responses: Iterable[AnyFault]) -> None:
-        """Queue behaviours; each request (any route) consumes one before normal handling."""
-        self._script.extend(responses)
-
-    @property
-    def pending_faults(self) -> int:
-        return len(self._script)
-
-    async def wait_for(
-        self, predicate: Callable[[FakeAppOptics], bool], timeout: float = 10.0
-    ) -> None:
-        """Return once ``predicate(self)`` holds; it is re-checked when a request arrives or
-        is answered, never on a timer. Raises TimeoutError after ``timeout`` seconds."""
-        async with self._changed:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._changed.wait_for(lambda: predicate(self))
-            except TimeoutError:
-                name = getattr(predicate, "__qualname__", repr(predicate))
-                msg = f"predicate {name} still false after {timeout}s; {self.describe()}"
-                raise TimeoutError(msg) from None
+        return self.base
 
     def describe(self) -> str:
         """A one-line summary of what the fake has seen, for failure messages."""
@@ -577,10 +503,6 @@ class FakeAppOptics:
             f"rejected={len(self.rejected)} annotations={len(self.annotations)} "
             f"in_flight={self.in_flight} pending_faults={len(self._script)} down={self.down}"
         )
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     async def _measurements(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self._judge_measurements)
@@ -649,13 +571,10 @@ class FakeAppOptics:
             case StatusFault(status=status, body=bytes() as raw, headers=headers):
                 return web.Response(status=status, body=raw, headers=dict(headers)), "status"
             case DropFault():
-                if request.transport is not None:
-                    request.transport.abort()
+                self._drop(request)
                 return None, "drop"
             case DelayFault(seconds=seconds):
-                # The one real sleep: slowness is the behaviour under test. close() ends it.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), seconds)
+                await self._delay(seconds)
                 return None, "delay"
         raise AssertionError("unreachable")  # pragma: no cover
 

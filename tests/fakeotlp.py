@@ -27,14 +27,10 @@ treated as bad points.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -46,11 +42,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
+from tests.fakeserver import DelayFault, DropFault, LoopbackServer
+
 PATH = "/v1/metrics"
 PROTOBUF = "application/x-protobuf"
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
-MAX_BODY_BYTES = 64 * 1024 * 1024
-SHUTDOWN_TIMEOUT = 2.0
 _RECORDED_HEADERS = ("authorization", "content-type", "content-encoding", "user-agent")
 
 Attributes = tuple[tuple[str, str], ...]
@@ -82,16 +78,6 @@ class StatusFault:
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class DropFault:
-    """Read the request, then abort the connection without answering."""
-
-
-@dataclass(frozen=True, slots=True)
-class DelayFault:
-    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,67 +266,25 @@ def _status_body(message: str) -> bytes:
     return message.encode()
 
 
-class FakeOtlp:
+class FakeOtlp(LoopbackServer[AnyFault]):
     """An OTLP/HTTP metrics receiver on a real loopback port, recording everything."""
 
     def __init__(self, *, token: str = "token", whole: bool = False) -> None:
+        super().__init__()
         self.token = token
         self.whole = whole  # a bad point refuses its whole request with a 400
-        self.down = False
         self.refuse: frozenset[str] = frozenset()
         self.points: list[Point] = []
         self.rejected: list[tuple[str, str]] = []
         self.requests: list[Recorded] = []
-        self.in_flight = 0
-        self._script: deque[AnyFault] = deque()
-        self._changed = asyncio.Condition()
-        self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._base: str | None = None
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+    def routes(self, app: web.Application) -> None:
         app.router.add_post(PATH, self._serve)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self._base = f"http://{host}:{self._runner.addresses[0][1]}"
-
-    @property
-    def base(self) -> str:
-        if self._base is None:
-            raise RuntimeError("FakeOtlp not started")
-        return self._base
 
     @property
     def url(self) -> str:
         """The metrics URL a sender is configured with."""
         return self.base + PATH
-
-    async def close(self) -> None:
-        self._closing.set()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def script(self, faults: Iterable[AnyFault]) -> None:
-        self._script.extend(faults)
-
-    @property
-    def pending_faults(self) -> int:
-        return len(self._script)
 
     def find(self, name: str, **attributes: str) -> list[Point]:
         """The kept points of metric ``name`` whose attributes include ``attributes``."""
@@ -350,25 +294,12 @@ class FakeOtlp:
             if p.name == name and all(p.attributes.get(k) == v for k, v in attributes.items())
         ]
 
-    async def wait_for(self, predicate: Callable[[FakeOtlp], bool], timeout: float = 10.0) -> None:
-        """Return once ``predicate(self)`` holds (re-checked as requests come and go)."""
-        async with self._changed:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._changed.wait_for(lambda: predicate(self))
-            except TimeoutError:
-                raise TimeoutError(f"still false after {timeout}s; {self.describe()}") from None
-
     def describe(self) -> str:
         return (
             f"requests={[r.status for r in self.requests]} points={len(self.points)} "
             f"rejected={self.rejected[:3]}... ({len(self.rejected)}) "
             f"pending_faults={len(self._script)} down={self.down}"
         )
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
@@ -415,13 +346,11 @@ class FakeOtlp:
                 return web.Response(status=status, body=text, headers=dict(headers)), "status"
             case DropFault():
                 self._script.popleft()
-                if request.transport is not None:
-                    request.transport.abort()
+                self._drop(request)
                 return None, "drop"
             case DelayFault(seconds=seconds):
                 self._script.popleft()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), seconds)
+                await self._delay(seconds)
                 return None, "delay"
             case PartialFault():
                 return None, "partial"  # consumed by _handle, which applies it
