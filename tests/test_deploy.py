@@ -22,6 +22,7 @@ import yaml
 
 from statsd_ao.config import Config
 from statsd_ao.io.address import parse_address
+from statsd_ao.otlp import SWO_REGIONS
 from statsd_ao.settings import SETTINGS, parse_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 EXPECTED_KINDS = {
     "sidecar.yaml": ["Deployment"],
     "daemonset.yaml": ["PriorityClass", "DaemonSet", "Service"],
-    "secret.example.yaml": ["Secret"],
+    "secret.example.yaml": ["Secret", "Secret"],
 }
 OUR_PREFIXES = ("STATSD_AO_", "APPOPTICS_")
 IMAGE_USER = 10001  # the Dockerfile's USER, and its group
@@ -148,10 +149,12 @@ def test_tags_come_from_the_downward_api(name: str, doc: Doc) -> None:
     env = {item["name"]: item for item in statsd_ao(doc)["env"]}
     assert "NODE_NAME" in env["STATSD_AO_TAGS"]["value"]
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    token = env["APPOPTICS_TOKEN"]["valueFrom"]["secretKeyRef"]
-    (secret,) = documents("secret.example.yaml")
-    assert token["name"] == secret["metadata"]["name"]
-    assert token["key"] in secret["stringData"]
+    secrets = {d["metadata"]["name"]: d for d in documents("secret.example.yaml")}
+    for variable in ("STATSD_AO_OTLP_TOKEN", "APPOPTICS_TOKEN"):  # each from its Secret
+        token = env[variable]["valueFrom"]["secretKeyRef"]
+        assert token["key"] in secrets[token["name"]]["stringData"], variable
+    assert env["STATSD_AO_SWO_REGION"]["value"] in SWO_REGIONS  # SWO by default
+    assert env["APPOPTICS_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
 @pytest.mark.parametrize(("name", "doc"), workloads())
