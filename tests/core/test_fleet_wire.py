@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 from typing import Any
@@ -154,10 +155,8 @@ def test_a_part_with_any_field_replaced_never_raises_anything_else(part: Part, d
     for step in path[:-1]:
         target_parent = target_parent[step]
     target_parent[path[-1]] = data.draw(json_values)
-    try:
+    with contextlib.suppress(WireError):
         decode(gzip.compress(orjson.dumps(doc)))
-    except WireError:
-        pass
 
 
 def test_a_gzip_bomb_stops_at_the_bound() -> None:
