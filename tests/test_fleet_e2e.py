@@ -12,6 +12,7 @@ import re
 import signal
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from tests.fakeapi import FakeAppOptics
