@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -30,6 +30,7 @@ from statsd_ao.core import hotpath
 from statsd_ao.core.aggregator import Aggregator, Snapshot
 from statsd_ao.core.api_intake import ApiIntake
 from statsd_ao.core.cardinality import WINDOW, CardinalityGuard
+from statsd_ao.core.fleet_parts import FleetParts
 from statsd_ao.core.idle import IdleKeeper
 from statsd_ao.core.logs import fields
 from statsd_ao.core.mapping import MappingRules
@@ -43,6 +44,8 @@ from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.io import descriptors
 from statsd_ao.io.api_server import AppOpticsIntake
 from statsd_ao.io.appoptics import AppOpticsSink
+from statsd_ao.io.fleet_forward import FleetDialect, ForwardSink, parse_targets, sender_id
+from statsd_ao.io.fleet_receiver import FleetReceiver
 from statsd_ao.io.health import HealthState, HttpEndpoint, assess, cardinality_status
 from statsd_ao.io.httpconns import MAX_CONNECTIONS as MAX_HTTP_CONNECTIONS
 from statsd_ao.io.listeners import DatagramListener
@@ -55,6 +58,7 @@ from statsd_ao.pipeline import Sink, Source
 from statsd_ao.proxy_metrics import (
     KernelDropWatch,
     SinkReport,
+    register_fleet,
     register_intake,
     register_process,
     standard_metrics,
@@ -108,11 +112,13 @@ def build(
     tcp = _tcp_listener(config, aggregator)
     keeper = ApiIntake(naming, interval=config.flush_interval, clock=clock)
     intake = _api_intake(config, keeper, clock)
+    fleet = _fleet_receiver(config, clock)
     sources: list[Source] = [
         *([pool] if pool else []),
         *datagrams,
         *([tcp] if tcp else []),
         *([intake] if intake else []),
+        *([fleet] if fleet else []),
     ]
     flush_timings, post_timings = Timings(), Timings()
     sinks = _sinks(config, stdout, clock, post_timings.observe)
@@ -151,7 +157,7 @@ def build(
         aggregator,
         sinks,
         interval=config.flush_interval,
-        take=_merging_take(aggregator, guard, pool, intake),
+        take=_merging_take(aggregator, guard, pool, intake, fleet),
         idle=idle,
         extras=self_measurements if config.posts_self_metrics else None,
         pause=policy.pause if policy is not None else contextlib.nullcontext,
@@ -186,8 +192,7 @@ def build(
     )
 
     register_process(metrics, __version__, hotpath.NATIVE is not None)
-    if intake is not None:
-        register_intake(metrics, keeper, intake.stats)
+    _register_sources(metrics, keeper, intake, fleet)
 
     def health() -> HealthState:
         health_state = assess(
@@ -210,7 +215,7 @@ def build(
                 config.http.port,
                 health=health,
                 metrics_text=metrics.prometheus,
-                status=lambda: _status(guard),
+                status=lambda: _status(guard, fleet),
             )
         )
     if config.admin is not None:
@@ -228,6 +233,18 @@ def build(
         gc=policy,
         ready_message=f"ready: flushing every {config.flush_interval}s to {where}",
     )
+
+
+def _register_sources(
+    metrics: SelfMetrics,
+    keeper: ApiIntake,
+    intake: AppOpticsIntake | None,
+    fleet: FleetReceiver | None,
+) -> None:
+    if intake is not None:
+        register_intake(metrics, keeper, intake.stats)
+    if fleet is not None:
+        register_fleet(metrics, fleet)
 
 
 def aggregator_spec(config: Config) -> AggregatorSpec:
@@ -263,6 +280,8 @@ def _say_what_runs(config: Config) -> None:
 def _destination(config: Config, sink: Sink) -> str:
     if sink.name == "stdout":
         return "stdout"
+    if sink.name == "forward":
+        return "the fleet's global tier"
     return config.api_url if sink.name == "appoptics" else config.otlp_url or "?"
 
 
@@ -354,6 +373,8 @@ def _sinks(
 ) -> list[Sink]:
     """AppOptics, OTLP, or both (dual-write); each prints instead in a dry run, and with no
     backend configured at all the dry run prints AppOptics measurements."""
+    if config.forwarding and not config.dry_run:
+        return [_forward_sink(config, on_latency)]
     sinks: list[Sink] = []
     if config.appoptics_on or not config.otlp_on:
         sinks.append(_appoptics_sink(config, stdout, clock, on_latency))
@@ -423,6 +444,45 @@ def _poster(
     )
 
 
+def _forward_sink(config: Config, on_latency: Callable[[float], None]) -> ForwardSink:
+    """A local of a fleet: one `HttpSink` per global member, each with its own spool
+    subdirectory ``forward/<member>``; the sender id is kept in ``forward/``."""
+    assert config.forward is not None and config.fleet_token is not None
+    token = config.fleet_token
+    root = Path(config.spool_dir) / "forward" if config.spool_dir else None
+
+    def poster(member: str) -> HttpSink:
+        spool = None
+        if root is not None:
+            spool = Spool(root / member.replace(":", "_"), config.spool_max_bytes)
+        return HttpSink(
+            "",
+            "",
+            concurrency=config.concurrency,
+            timeout=config.request_timeout,
+            max_pending=config.max_pending,
+            max_age=config.max_age,
+            max_attempts=config.max_attempts,
+            resend_unconfirmed=True,  # (the global drops the duplicates)
+            spool=spool,
+            on_latency=on_latency,
+            dialect=FleetDialect(member, token),
+        )
+
+    return ForwardSink(parse_targets(",".join(config.forward)), poster, sender=sender_id(root))
+
+
+def _fleet_receiver(config: Config, clock: Callable[[], float]) -> FleetReceiver | None:
+    """A global of a fleet (--fleet-listen): parts held --fleet-grace seconds."""
+    if config.fleet_listen is None:
+        return None
+    assert config.fleet_token is not None
+    keeper = FleetParts(config.fleet_grace, clock=clock)
+    return FleetReceiver(
+        config.fleet_listen, keeper, config.fleet_token, max_body=config.fleet_max_body
+    )
+
+
 def _otlp_sink(config: Config, stdout: IO[bytes] | None) -> OtlpSink | OtlpDryRunSink:
     if config.dry_run:
         return OtlpDryRunSink(
@@ -451,12 +511,14 @@ def _merging_take(
     guard: CardinalityGuard,
     pool: WorkerPool | None,
     intake: AppOpticsIntake | None,
+    fleet: FleetReceiver | None = None,
 ) -> Callable[[], Awaitable[Snapshot]] | None:
     """With part sources, each interval joins their parts with the aggregator's (the guard
     runs in the merge): the workers' whole intervals are merged (gauges continue across
-    them); the API intake's small parts are folded in at O(part).  None: the aggregator's
-    swap alone."""
-    if pool is None and intake is None:
+    them); the API intake's small parts, and the fleet's forwarded parts (each under its
+    own interval's stamp, in the order of the senders' clocks), are folded in at O(part).
+    None: the aggregator's swap alone."""
+    if pool is None and intake is None and fleet is None:
         return None
     merger = Merger(guard, aggregator.overflow_tags, aggregator.folded_samples)
 
@@ -464,6 +526,8 @@ def _merging_take(
         workers = await pool.take() if pool is not None else []
         interval = merger.merge([*workers, aggregator.swap()]) if workers else aggregator.swap()
         for part in await intake.take() if intake is not None else []:
+            merger.fold_into(interval, part)
+        for part in await fleet.take() if fleet is not None else []:
             merger.fold_into(interval, part)
         return interval
 
@@ -518,9 +582,16 @@ def _reloader(rules_in_use: RulesInUse | None) -> Callable[[], None]:
     return reload
 
 
-def _status(guard: CardinalityGuard) -> dict[str, object]:
+def _status(guard: CardinalityGuard, fleet: FleetReceiver | None = None) -> dict[str, object]:
     # Bounded: a scan of a million tag sets would hold the loop for seconds.
     status = cardinality_status(itertools.islice(guard.tag_sets(), STATUS_SCAN))
     status["scanned_tag_sets"] = min(guard.tracked, STATUS_SCAN)
     status["over_budget"] = [vars(o) for o in guard.offenders()]
+    if fleet is not None:
+        keeper = fleet.keeper
+        status["fleet"] = {
+            "held_series": keeper.held_series,
+            "refused_full": keeper.refused_full,
+            "senders": {sender: asdict(stats) for sender, stats in keeper.senders.items()},
+        }
     return status

@@ -20,6 +20,7 @@ from typing import Any
 from statsd_ao.core.annotations import DEFAULT_STREAM
 from statsd_ao.core.batching import DEFAULT_BATCH
 from statsd_ao.core.cardinality import DEFAULT_LIMIT, DEFAULT_TOTAL_LIMIT
+from statsd_ao.core.fleet_parts import DEFAULT_GRACE as DEFAULT_FLEET_GRACE
 from statsd_ao.core.outbox import MAX_PENDING
 from statsd_ao.core.retry import MAX_AGE, MAX_ATTEMPTS
 from statsd_ao.core.sanitize import MAX_TAGS, fit_tag
@@ -28,6 +29,7 @@ from statsd_ao.io.api_server import DEFAULT_BURST as DEFAULT_INTAKE_BURST
 from statsd_ao.io.api_server import DEFAULT_MAX_BODY as DEFAULT_INTAKE_BODY
 from statsd_ao.io.api_server import DEFAULT_MAX_CONNECTIONS as DEFAULT_INTAKE_CONNECTIONS
 from statsd_ao.io.api_server import DEFAULT_RATE as DEFAULT_INTAKE_RATE
+from statsd_ao.io.fleet_receiver import DEFAULT_MAX_BODY as DEFAULT_FLEET_BODY
 from statsd_ao.io.listeners import UNIX_MODE
 from statsd_ao.io.pacing import DEFAULT_PAUSE
 from statsd_ao.io.spoolfile import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_BYTES
@@ -86,6 +88,12 @@ class Config:
     intake_max_connections: int = DEFAULT_INTAKE_CONNECTIONS
     intake_rate: float = DEFAULT_INTAKE_RATE
     intake_burst: int = DEFAULT_INTAKE_BURST
+    # The fleet tier (docs: README "Running a fleet"): a local forwards, a global listens.
+    forward: tuple[str, ...] | None = None  # HOST:PORT and dns:NAME:PORT targets
+    fleet_listen: Address | None = None
+    fleet_token: str | None = field(default=None, repr=False)
+    fleet_grace: float = DEFAULT_FLEET_GRACE
+    fleet_max_body: int = DEFAULT_FLEET_BODY
     max_pending: int = MAX_PENDING
     spool_dir: str | None = None
     spool_max_bytes: int = DEFAULT_SPOOL_BYTES
@@ -137,12 +145,19 @@ class Config:
     @property
     def posting(self) -> bool:
         """True when data goes to a backend (a sink configured, and no --dry-run)."""
-        return (self.appoptics_on or self.otlp_on) and not self.dry_run
+        return (self.appoptics_on or self.otlp_on or self.forwarding) and not self.dry_run
+
+    @property
+    def forwarding(self) -> bool:
+        """A local of a fleet: intervals go to the global tier (--forward)."""
+        return self.forward is not None
 
     @property
     def posts_self_metrics(self) -> bool:
         """The ``statsd_ao.*`` self-metrics go out with each flush."""
-        return self.posting if self.self_metrics is None else self.self_metrics
+        # (a local forwards series only: its self-metrics stay on its /metrics)
+        default = self.posting and not self.forwarding
+        return default if self.self_metrics is None else self.self_metrics
 
     @property
     def global_tags(self) -> dict[str, str]:
@@ -210,8 +225,14 @@ def build(
         raise ConfigError("--tag, --host-tag: every measurement needs a tag; set one with --tag")
     if config.max_pending < config.batch_size:
         raise ConfigError("--max-pending: must hold at least one batch (--batch-size)")
-    if not (config.udp or config.tcp or config.unix or config.appoptics_listen):
+    if not (config.udp or config.tcp or config.unix or config.appoptics_listen) and not (
+        config.fleet_listen
+    ):
         raise ConfigError("--udp, --tcp, --unix: at least one listener must be on")
+    if (config.forward or config.fleet_listen) and not config.fleet_token:
+        raise ConfigError("--fleet-token: --forward and --fleet-listen need the fleet's secret")
+    if config.forward and (config.appoptics_on or config.otlp_url):
+        raise ConfigError("--forward: a local sends to the global tier, not to a backend too")
     if config.appoptics_listen and not config.intake_tokens:
         raise ConfigError("--intake-token: the AppOptics API intake needs at least one token")
     return config

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from statsd_ao.core.logs import RateLimitedLog, fields
 from statsd_ao.core.measurements import DROPPED_VALUE
@@ -233,6 +233,67 @@ class IntakeServerCounts(Protocol):
     def rate_limited(self) -> int: ...
     @property
     def annotations(self) -> int: ...
+
+
+class FleetPartsCounts(Protocol):
+    @property
+    def held_series(self) -> int: ...
+    @property
+    def refused_full(self) -> int: ...
+    @property
+    def senders(self) -> Mapping[str, Any]: ...
+
+
+class FleetCounts(Protocol):
+    """What the fleet receiver reports (statsd_ao.io.fleet_receiver)."""
+
+    @property
+    def requests(self) -> Mapping[int, int]: ...
+    @property
+    def bad_parts(self) -> int: ...
+    @property
+    def keeper(self) -> FleetPartsCounts: ...
+
+
+def register_fleet(metrics: SelfMetrics, fleet: FleetCounts) -> None:
+    """A global's figures (with --fleet-listen): per sender, parts received and duplicated
+    and the lag of its last part (seconds from its interval's end to its arrival)."""
+    keeper = fleet.keeper
+    metrics.register_counter(
+        "fleet.requests",
+        "fleet part requests answered, by HTTP status",
+        lambda: {str(status): n for status, n in fleet.requests.items()},
+        label="status",
+    )
+    metrics.register_counter(
+        "fleet.parts_received",
+        "forwarded parts taken in, by sender",
+        lambda: {sender: s.parts for sender, s in keeper.senders.items()},
+        label="sender",
+    )
+    metrics.register_counter(
+        "fleet.parts_duplicated",
+        "forwarded parts received again and dropped, by sender",
+        lambda: {sender: s.duplicates for sender, s in keeper.senders.items()},
+        label="sender",
+    )
+    metrics.register_gauge(
+        "fleet.sender_lag_seconds",
+        "seconds from the end of a sender's last part's interval to its arrival",
+        lambda: {sender: s.lag for sender, s in keeper.senders.items()},
+        label="sender",
+    )
+    metrics.register_gauge(
+        "fleet.held_series",
+        "series of forwarded parts waiting for their grace to end",
+        lambda: keeper.held_series,
+    )
+    metrics.register_counter(
+        "fleet.parts_refused",
+        "forwarded parts refused, by reason (not a part; too many series held: retried)",
+        lambda: {"bad_part": fleet.bad_parts, "full": keeper.refused_full},
+        label="reason",
+    )
 
 
 def register_intake(metrics: SelfMetrics, keeper: IntakeCounts, server: IntakeServerCounts) -> None:

@@ -19,6 +19,7 @@ from statsd_ao.core.annotations import stream_name
 from statsd_ao.core.batching import MAX_BATCH
 from statsd_ao.io.address import Address, parse_address
 from statsd_ao.io.api_server import parse_tokens
+from statsd_ao.io.fleet_forward import parse_targets
 from statsd_ao.io.pacing import MAX_PAUSE as MAX_READ_PAUSE
 from statsd_ao.io.pacing import TICK as READ_PAUSE_TICK
 from statsd_ao.io.spoolfile import MIN_MAX_BYTES
@@ -155,6 +156,21 @@ def parse_bytes(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
+def _seconds_or_zero(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a number of seconds, 0 or more, got {text!r}")
+    return value
+
+
+def _forward(text: str) -> tuple[str, ...] | None:
+    """``--forward``: the targets as written (checked), or None for ``off`` / empty."""
+    if parse_optional(text) is None:
+        return None
+    parse_targets(text)
+    return tuple(filter(None, (t.strip() for t in text.split(","))))
+
+
 def _spool_bytes(text: str) -> int:
     value = parse_bytes(text)
     if value < MIN_MAX_BYTES:
@@ -284,6 +300,7 @@ SECONDS = frozenset(
         "read_pause",
         "max_age",
         "tcp_idle_timeout",
+        "fleet_grace",
     }
 )
 
@@ -461,6 +478,43 @@ SETTINGS: tuple[Setting, ...] = (
         "requests a client may send at once above --intake-rate",
     ),
     Setting(
+        "forward",
+        "--forward",
+        "STATSD_AO_FORWARD",
+        _forward,
+        "send each interval to the fleet's global tier (HOST:PORT,dns:NAME:PORT,...) "
+        "instead of to a backend",
+    ),
+    Setting(
+        "fleet_listen",
+        "--fleet-listen",
+        "STATSD_AO_FLEET_LISTEN",
+        parse_listen,
+        "take forwarded parts from the fleet's locals on HOST:PORT (a global; default off)",
+    ),
+    Setting(
+        "fleet_token",
+        "--fleet-token",
+        "STATSD_AO_FLEET_TOKEN",
+        parse_token,
+        "the secret shared by the fleet's locals and globals",
+        secret=True,
+    ),
+    Setting(
+        "fleet_grace",
+        "--fleet-grace",
+        "STATSD_AO_FLEET_GRACE",
+        _seconds_or_zero,
+        "seconds a global waits after an interval ends for its forwarded parts",
+    ),
+    Setting(
+        "fleet_max_body",
+        "--fleet-max-body",
+        "STATSD_AO_FLEET_MAX_BODY",
+        parse_bytes,
+        "largest forwarded part a global reads, compressed (413 beyond it)",
+    ),
+    Setting(
         "self_metrics",
         "--self-metrics",
         "STATSD_AO_SELF_METRICS",
@@ -636,7 +690,7 @@ SETTINGS: tuple[Setting, ...] = (
 # --help: each setting's group and the placeholder that says what goes there.  Booleans are
 # written one way: ``true|false`` (on/off, yes/no and 1/0 are taken too).
 BOOLEAN = "true|false"
-GROUPS = ("intake", "aggregation", "delivery", "spool", "naming", "operations")
+GROUPS = ("intake", "aggregation", "delivery", "spool", "naming", "fleet", "operations")
 HELP_LAYOUT: dict[str, tuple[str, str]] = {
     "udp": ("intake", "HOST:PORT|off"),
     "tcp": ("intake", "HOST:PORT|off"),
@@ -690,6 +744,11 @@ HELP_LAYOUT: dict[str, tuple[str, str]] = {
     "intake_max_connections": ("intake", "N"),
     "intake_rate": ("intake", "PER_SECOND"),
     "intake_burst": ("intake", "REQUESTS"),
+    "forward": ("fleet", "TARGETS"),
+    "fleet_listen": ("fleet", "HOST:PORT"),
+    "fleet_token": ("fleet", "TOKEN"),
+    "fleet_grace": ("fleet", "SECONDS"),
+    "fleet_max_body": ("fleet", "SIZE"),
     "admin": ("operations", "HOST:PORT"),
     "health_status": ("operations", "up|down"),
     "self_metrics": ("operations", BOOLEAN),
