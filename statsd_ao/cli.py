@@ -12,7 +12,8 @@ from pathlib import Path
 import uvloop
 
 from statsd_ao import __version__
-from statsd_ao.compose import RulesFile, run
+from statsd_ao.compose import run
+from statsd_ao.compose_sources import RulesFile
 from statsd_ao.config import Config, ConfigError, build, unknown_environment
 from statsd_ao.core.logs import configure
 from statsd_ao.core.mapping import MappingError

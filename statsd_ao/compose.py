@@ -19,22 +19,29 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
 from statsd_ao import __version__
 from statsd_ao.app import App, RunState
+from statsd_ao.compose_sinks import make_sinks, sink_report
+from statsd_ao.compose_sources import (
+    RulesFile,
+    api_intake,
+    datagram_listeners,
+    fleet_receiver,
+    tcp_listener,
+    worker_pool,
+)
 from statsd_ao.config import Config
 from statsd_ao.core import hotpath
 from statsd_ao.core.aggregator import Aggregator, Snapshot
 from statsd_ao.core.api_intake import ApiIntake
 from statsd_ao.core.cardinality import WINDOW, CardinalityGuard
-from statsd_ao.core.fleet_parts import FleetParts
 from statsd_ao.core.idle import IdleKeeper
 from statsd_ao.core.logs import fields
 from statsd_ao.core.mapping import MappingRules
-from statsd_ao.core.measurements import Converter, Measurement
+from statsd_ao.core.measurements import Measurement
 from statsd_ao.core.merge import Merger
 from statsd_ao.core.selfmetrics import SelfMetrics, Timings
 from statsd_ao.etsy.admin import MAX_ADMIN_SESSIONS, AdminCommands, AdminEndpoint
@@ -44,20 +51,14 @@ from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.io import descriptors
 from statsd_ao.io.api_server import AppOpticsIntake
 from statsd_ao.io.appoptics import AppOpticsSink
-from statsd_ao.io.fleet_forward import FleetDialect, ForwardSink, parse_targets, sender_id
 from statsd_ao.io.fleet_receiver import FleetReceiver
 from statsd_ao.io.health import HealthState, HttpEndpoint, assess, cardinality_status
 from statsd_ao.io.httpconns import MAX_CONNECTIONS as MAX_HTTP_CONNECTIONS
-from statsd_ao.io.listeners import DatagramListener
-from statsd_ao.io.sink import DryRunSink, HttpSink
-from statsd_ao.io.spool import Spool
+from statsd_ao.io.sink import HttpSink
 from statsd_ao.io.tcp import MAX_CONNECTIONS as MAX_TCP_CONNECTIONS
-from statsd_ao.io.tcp import TcpListener
-from statsd_ao.otlp import OtlpDryRunSink, OtlpSink
 from statsd_ao.pipeline import Sink, Source
 from statsd_ao.proxy_metrics import (
     KernelDropWatch,
-    SinkReport,
     register_fleet,
     register_intake,
     register_process,
@@ -65,7 +66,7 @@ from statsd_ao.proxy_metrics import (
 )
 from statsd_ao.rulesfile import RulesInUse
 from statsd_ao.wiring import AggregatorSpec
-from statsd_ao.workers import WorkerPool, WorkerSpec
+from statsd_ao.workers import WorkerPool
 
 log = logging.getLogger("statsd_ao")
 
@@ -74,9 +75,6 @@ log = logging.getLogger("statsd_ao")
 OTLP_CHUNK = 250
 # /status looks at this many tracked tag sets at most (~50 ms of work).
 STATUS_SCAN = 100_000
-
-# The mapping rules file as read once at start: its path, its checked rules and its text.
-RulesFile = tuple[str, MappingRules, str]
 
 
 async def run(config: Config, rules_file: RulesFile | None = None) -> int:
@@ -107,12 +105,12 @@ def build(
     spec = aggregator_spec(config)
     naming = spec.naming(rules_file[1] if rules_file else None)
     aggregator = spec.build(guard, naming=naming)
-    pool = _worker_pool(config, spec, rules_file)
-    datagrams = _datagram_listeners(config, aggregator, with_udp=pool is None)
-    tcp = _tcp_listener(config, aggregator)
+    pool = worker_pool(config, spec, rules_file)
+    datagrams = datagram_listeners(config, aggregator, with_udp=pool is None)
+    tcp = tcp_listener(config, aggregator)
     keeper = ApiIntake(naming, interval=config.flush_interval, clock=clock)
-    intake = _api_intake(config, keeper, clock)
-    fleet = _fleet_receiver(config, clock)
+    intake = api_intake(config, keeper, clock)
+    fleet = fleet_receiver(config, clock)
     sources: list[Source] = [
         *([pool] if pool else []),
         *datagrams,
@@ -121,7 +119,7 @@ def build(
         *([fleet] if fleet else []),
     ]
     flush_timings, post_timings = Timings(), Timings()
-    sinks = _sinks(config, stdout, clock, post_timings.observe)
+    sinks = make_sinks(config, stdout, clock, post_timings.observe)
     policy = GcPolicy() if gc else None
     idle = IdleKeeper(config.send_idle) if config.send_idle else None
     state = RunState()
@@ -182,7 +180,7 @@ def build(
         tcp=tcp.stats if tcp is not None else None,
         flusher=flusher,
         aggregator=aggregator,
-        sinks=[_report(sink) for sink in sinks],
+        sinks=[sink_report(sink) for sink in sinks],
         mapping=rules_in_use,
         naming=aggregator.naming,
         gc=policy,
@@ -317,195 +315,6 @@ def _ensure_descriptors(config: Config) -> None:
         log.warning("%s", warning)
 
 
-def _worker_pool(
-    config: Config, spec: AggregatorSpec, rules_file: RulesFile | None
-) -> WorkerPool | None:
-    """With --workers, UDP is read by worker processes; TCP and Unix sockets stay here."""
-    if config.workers <= 1 or config.udp is None:
-        return None
-    worker = WorkerSpec(
-        aggregator=spec,
-        rcvbuf=config.rcvbuf,
-        read_pause=config.read_pause,
-        log_level=config.log_level,
-        json_logs=config.log_format == "json",
-        mapping=(rules_file[0], rules_file[2]) if rules_file else None,
-    )
-    return WorkerPool(worker, config.workers, config.udp)
-
-
-def _datagram_listeners(
-    config: Config, aggregator: Aggregator, *, with_udp: bool
-) -> list[DatagramListener]:
-    # The C loop's batch reader, when it is loaded.
-    receive = aggregator.receive if aggregator.receives else None
-    targets = [config.udp if with_udp else None, config.unix]
-    return [
-        DatagramListener(
-            target,
-            aggregator.ingest,
-            config.rcvbuf,
-            receive=receive,
-            pause=config.read_pause,
-            unix_mode=config.unix_mode,
-        )
-        for target in targets
-        if target is not None
-    ]
-
-
-def _tcp_listener(config: Config, aggregator: Aggregator) -> TcpListener | None:
-    if config.tcp is None:
-        return None
-    return TcpListener(
-        config.tcp,
-        aggregator.ingest,
-        max_line=config.tcp_max_line,
-        idle_timeout=config.tcp_idle_timeout,
-    )
-
-
-def _sinks(
-    config: Config,
-    stdout: IO[bytes] | None,
-    clock: Callable[[], float],
-    on_latency: Callable[[float], None],
-) -> list[Sink]:
-    """AppOptics, OTLP, or both (dual-write); each prints instead in a dry run, and with no
-    backend configured at all the dry run prints AppOptics measurements."""
-    if config.forwarding and not config.dry_run:
-        return [_forward_sink(config, on_latency)]
-    sinks: list[Sink] = []
-    if config.appoptics_on or not config.otlp_on:
-        sinks.append(_appoptics_sink(config, stdout, clock, on_latency))
-    if config.otlp_on:
-        sinks.append(_otlp_sink(config, stdout))
-    return sinks
-
-
-def _report(sink: Sink) -> SinkReport:
-    """What a sink reports in the self-metrics."""
-    if isinstance(sink, AppOpticsSink) and isinstance(sink.poster, HttpSink):
-        http = sink.poster
-        return SinkReport(sink.name, lambda: sink.lost, http, http.spool, annotations=http)
-    if isinstance(sink, OtlpSink):
-        return SinkReport(sink.name, lambda: sink.lost, sink, sink.http.spool)
-    return SinkReport(sink.name, lambda: sink.lost)
-
-
-def _spool(config: Config, sink: str) -> Spool | None:
-    """The sink's own subdirectory of --spool-dir.  (An earlier version spooled AppOptics
-    posts in the root itself: the AppOptics sink adopts them.)"""
-    if not config.spool_dir:
-        return None
-    root = Path(config.spool_dir)
-    adopt = root if sink == "appoptics" else None
-    return Spool(root / sink, config.spool_max_bytes, adopt_from=adopt)
-
-
-def _appoptics_sink(
-    config: Config,
-    stdout: IO[bytes] | None,
-    clock: Callable[[], float],
-    on_latency: Callable[[float], None],
-) -> AppOpticsSink:
-    converter = Converter(
-        config.percentiles,
-        style=config.percentile_style,
-        always_suffix_percentile=config.always_suffix_percentile,
-    )
-    posting = config.appoptics_on and not config.dry_run
-    return AppOpticsSink(
-        converter,
-        _poster(config, stdout, on_latency) if posting else DryRunSink(stdout),
-        name="appoptics" if posting else "stdout",
-        batch_size=config.batch_size,
-        annotation_stream=config.annotation_stream,
-        host=config.global_tags.get("host", "statsd-ao"),
-        clock=clock,
-    )
-
-
-def _poster(
-    config: Config, stdout: IO[bytes] | None, on_latency: Callable[[float], None]
-) -> HttpSink:
-    assert config.token is not None
-    return HttpSink(
-        config.api_url,
-        config.token,
-        concurrency=config.concurrency,
-        timeout=config.request_timeout,
-        max_pending=config.max_pending,
-        max_age=config.max_age,
-        max_attempts=config.max_attempts,
-        resend_unconfirmed=config.resend_unconfirmed,
-        spool=_spool(config, "appoptics"),
-        on_latency=on_latency,
-    )
-
-
-def _forward_sink(config: Config, on_latency: Callable[[float], None]) -> ForwardSink:
-    """A local of a fleet: one `HttpSink` per global member, each with its own spool
-    subdirectory ``forward/<member>``; the sender id is kept in ``forward/``."""
-    assert config.forward is not None and config.fleet_token is not None
-    token = config.fleet_token
-    root = Path(config.spool_dir) / "forward" if config.spool_dir else None
-
-    def poster(member: str) -> HttpSink:
-        spool = None
-        if root is not None:
-            spool = Spool(root / member.replace(":", "_"), config.spool_max_bytes)
-        return HttpSink(
-            "",
-            "",
-            concurrency=config.concurrency,
-            timeout=config.request_timeout,
-            max_pending=config.max_pending,
-            max_age=config.max_age,
-            max_attempts=config.max_attempts,
-            resend_unconfirmed=True,  # (the global drops the duplicates)
-            spool=spool,
-            on_latency=on_latency,
-            dialect=FleetDialect(member, token),
-        )
-
-    return ForwardSink(parse_targets(",".join(config.forward)), poster, sender=sender_id(root))
-
-
-def _fleet_receiver(config: Config, clock: Callable[[], float]) -> FleetReceiver | None:
-    """A global of a fleet (--fleet-listen): parts held --fleet-grace seconds."""
-    if config.fleet_listen is None:
-        return None
-    assert config.fleet_token is not None
-    keeper = FleetParts(config.fleet_grace, clock=clock)
-    return FleetReceiver(
-        config.fleet_listen, keeper, config.fleet_token, max_body=config.fleet_max_body
-    )
-
-
-def _otlp_sink(config: Config, stdout: IO[bytes] | None) -> OtlpSink | OtlpDryRunSink:
-    if config.dry_run:
-        return OtlpDryRunSink(
-            stdout, service_name=config.otlp_service_name, percentiles=config.percentiles
-        )
-    assert config.otlp_url is not None
-    return OtlpSink(
-        config.otlp_url,
-        config.otlp_token or "",
-        headers=config.otlp_headers,
-        gzip=config.otlp_gzip,
-        concurrency=config.concurrency,
-        timeout=config.request_timeout,
-        max_pending=config.max_pending,
-        max_age=config.max_age,
-        max_attempts=config.max_attempts,
-        resend_unconfirmed=config.resend_unconfirmed,
-        spool=_spool(config, "otlp"),
-        service_name=config.otlp_service_name,
-        percentiles=config.percentiles,
-    )
-
-
 def _merging_take(
     aggregator: Aggregator,
     guard: CardinalityGuard,
@@ -532,24 +341,6 @@ def _merging_take(
         return interval
 
     return take
-
-
-def _api_intake(
-    config: Config, keeper: ApiIntake, clock: Callable[[], float]
-) -> AppOpticsIntake | None:
-    """The AppOptics API stand-in (--appoptics-listen), naming series as StatsD lines are."""
-    if config.appoptics_listen is None:
-        return None
-    return AppOpticsIntake(
-        config.appoptics_listen,
-        keeper,
-        config.intake_tokens,
-        max_body=config.intake_max_body,
-        max_connections=config.intake_max_connections,
-        rate=config.intake_rate,
-        burst=config.intake_burst,
-        clock=clock,
-    )
 
 
 def _rules_in_use(

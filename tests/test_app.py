@@ -26,6 +26,7 @@ import pytest
 
 from statsd_ao import compose
 from statsd_ao.app import App, RunState
+from statsd_ao.compose_sources import RulesFile
 from statsd_ao.config import build as build_config
 from statsd_ao.core.accumulators import Accumulator
 from statsd_ao.core.aggregator import Aggregator, SeriesKey
@@ -229,7 +230,7 @@ def printed(out: io.BytesIO) -> dict[str, Measurement]:
 
 
 def run_composed(
-    scenario_flags: dict[str, str], rules_file: compose.RulesFile | None, body: object
+    scenario_flags: dict[str, str], rules_file: RulesFile | None, body: object
 ) -> io.BytesIO:
     """Build the real proxy in-process (dry run into a buffer) and run ``body(app)``, then
     stop it through the shutdown trigger."""
