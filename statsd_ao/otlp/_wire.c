@@ -32,7 +32,6 @@ static char point_tag[SHAPES][MAX_TAG], h_count[MAX_TAG], h_sum[MAX_TAG], h_min[
 static Py_ssize_t point_tag_n[SHAPES], h_count_n, h_sum_n, h_min_n, h_max_n;
 static Py_ssize_t metric_bound, host_bound, max_name;
 static double plain, max_magnitude;
-static PyObject *fsum;
 
 static PyObject *s_hosts, *s_metrics, *s_series, *s_count, *s_bytes, *s_max_points,
     *s_max_bytes, *s_scope_size, *s_number_head, *s_histogram_head, *s_number_attributes,
@@ -324,6 +323,8 @@ typedef struct {
     PyObject *suffixes; /* tuple of (percentile, suffix) */
     PyObject *unit;     /* the summaries' unit */
     PyObject *empty;    /* "" */
+    PyObject *names;    /* dict: a summary's name -> its percentile names (or None) */
+    Py_ssize_t names_bound;
     int monotonic;
     int summaries_declined;
     Py_ssize_t negative_counters;
@@ -366,65 +367,176 @@ static int fits(PyObject *name) {
     return 1;
 }
 
-/* _plain_figures and the percentile points of a summary, or DECLINED. */
+/* ---- exact sums, as math.fsum makes them ---- */
+
+#define MAX_PARTIALS 64 /* the partials of finite doubles never number more than ~40 */
+
+typedef struct {
+    double p[MAX_PARTIALS];
+    int n;
+} Sum;
+
+/* Add a finite ``x`` to the non-overlapping partials (Shewchuk); 0 when out of room. */
+static int sum_add(Sum *s, double x) {
+    int kept = 0;
+    for (int j = 0; j < s->n; j++) {
+        double y = s->p[j];
+        if (fabs(x) < fabs(y)) {
+            double t = x;
+            x = y;
+            y = t;
+        }
+        double hi = x + y, lo = y - (hi - x);
+        if (lo != 0.0) s->p[kept++] = lo;
+        x = hi;
+    }
+    s->n = kept;
+    if (x != 0.0) {
+        if (s->n == MAX_PARTIALS) return 0;
+        s->p[s->n++] = x;
+    }
+    return 1;
+}
+
+/* The correctly rounded total, ties to even across partials (math.fsum's last step). */
+static double sum_of(const Sum *s) {
+    int n = s->n;
+    double hi = 0.0, lo = 0.0;
+    if (n == 0) return hi;
+    hi = s->p[--n];
+    while (n > 0) {
+        double x = hi, y = s->p[--n];
+        hi = x + y;
+        lo = y - (hi - x);
+        if (lo != 0.0) break;
+    }
+    if (n > 0 && ((lo < 0.0 && s->p[n - 1] < 0.0) || (lo > 0.0 && s->p[n - 1] > 0.0))) {
+        double y = lo * 2.0, x = hi + y;
+        if (y == x - hi) hi = x;
+    }
+    return hi;
+}
+
+/* Weights taken here: 1/rate of a sample rate down to 1e-20, and a total weight that is an
+   exact whole-number count's range; anything else is left to Python. */
+#define MAX_WEIGHT 1e20
+#define MAX_TOTAL_WEIGHT 9007199254740992.0 /* 2**53 */
+
+/* A summary's count, sum, min and max as measurements.summarize makes them, for values all
+   below ``plain`` in magnitude and sane weights (so no figure of it, its spread included,
+   is out of either sink's range); 0 to decline. */
+static int figures(PyObject *values, PyObject *weights, double *count, double *total,
+                   double *low, double *high) {
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    if (weights != Py_None && (!PyList_CheckExact(weights) || PyList_GET_SIZE(weights) != n))
+        return 0;
+    PyObject **items = ((PyListObject *)values)->ob_item;
+    PyObject **rates = weights == Py_None ? NULL : ((PyListObject *)weights)->ob_item;
+    Sum sums = {.n = 0}, weight = {.n = 0};
+    for (Py_ssize_t i = 0; i < n; i++) { /* min() and max(): the first of equals */
+        if (!PyFloat_CheckExact(items[i])) return 0;
+        double x = PyFloat_AS_DOUBLE(items[i]);
+        if (!(fabs(x) < plain)) return 0; /* (NaN too) */
+        if (i == 0 || x < *low) *low = x;
+        if (i == 0 || x > *high) *high = x;
+        if (rates == NULL) {
+            if (!sum_add(&sums, x)) return 0;
+            continue;
+        }
+        if (!PyFloat_CheckExact(rates[i])) return 0;
+        double w = PyFloat_AS_DOUBLE(rates[i]);
+        if (!(w > 0.0 && w <= MAX_WEIGHT) || !sum_add(&sums, w * x) || !sum_add(&weight, w))
+            return 0;
+    }
+    double total_weight = rates == NULL ? (double)n : sum_of(&weight);
+    if (!(total_weight > 0.0 && total_weight <= MAX_TOTAL_WEIGHT)) return 0;
+    *count = nearbyint(total_weight); /* Python's round(): half to even */
+    if (*count < 1.0) *count = 1.0;
+    *total = sum_of(&sums);
+    return 1;
+}
+
+#define SORT_HERE 64 /* values sorted in a C array (by insertion); more: the list's sort */
+
+/* The tuple of ``name``'s percentile names, or None when one needs fitting (Python's
+   fit_name does it); a new reference, NULL on error. */
+static PyObject *percentile_names(const Context *c, PyObject *name) {
+    Py_ssize_t count = PyTuple_GET_SIZE(c->suffixes);
+    PyObject *names = PyTuple_New(count);
+    if (names == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *suffix = PyTuple_GET_ITEM(PyTuple_GET_ITEM(c->suffixes, i), 1);
+        PyObject *whole = PyUnicode_Concat(name, suffix);
+        if (whole == NULL) {
+            Py_DECREF(names);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(names, i, whole);
+        if (!fits(whole)) {
+            Py_DECREF(names);
+            Py_RETURN_NONE;
+        }
+    }
+    return names;
+}
+
+/* The histogram and percentile points of a summary, or DECLINED. */
 static int summary(Open *o, Context *c, PyObject *acc, PyObject *name, PyObject *tags) {
     PyObject *values = get(acc, &values_slot), *weights = get(acc, &weights_slot);
     PyObject *running = get(acc, &running_slot);
-    if (values == NULL || !PyList_CheckExact(values) || running != Py_None ||
-        weights != Py_None)
+    if (values == NULL || !PyList_CheckExact(values) || running != Py_None || weights == NULL)
         return DECLINED;
     Py_ssize_t n = PyList_GET_SIZE(values), count = PyTuple_GET_SIZE(c->suffixes);
     if (n == 0 || count > MAX_SUFFIXES) return DECLINED;
-    PyObject **items = ((PyListObject *)values)->ob_item;
-    double low = 0.0, high = 0.0;
-    for (Py_ssize_t i = 0; i < n; i++) { /* min() and max(): the first of equals */
-        if (!PyFloat_CheckExact(items[i])) return DECLINED;
-        double x = PyFloat_AS_DOUBLE(items[i]);
-        if (i == 0 || x < low) low = x;
-        if (i == 0 || x > high) high = x;
-    }
-    if (!(-plain < low && low <= high && high < plain)) return DECLINED;
-    PyObject *summed = PyObject_CallOneArg(fsum, values);
-    if (summed == NULL) {
-        PyErr_Clear(); /* (Python's path meets the same error and decides) */
-        return DECLINED;
-    }
-    double total = PyFloat_AsDouble(summed);
-    Py_DECREF(summed);
+    double whole, total, low = 0.0, high = 0.0;
+    if (!figures(values, weights, &whole, &total, &low, &high)) return DECLINED;
     /* measurements.consistent_sum */
-    double floor_sum = (double)n * low, ceiling_sum = (double)n * high;
+    double floor_sum = whole * low, ceiling_sum = whole * high;
     if (total < floor_sum)
         total = floor_sum;
     else if (total > ceiling_sum)
         total = ceiling_sum;
     if (!in_range(total)) return DECLINED;
-    /* The percentile names first: a name needing fitting leaves the whole item to Python. */
-    PyObject *names[MAX_SUFFIXES];
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *suffix = PyTuple_GET_ITEM(PyTuple_GET_ITEM(c->suffixes, i), 1);
-        names[i] = PyUnicode_Concat(name, suffix);
-        if (names[i] == NULL || !fits(names[i])) {
-            int failed = names[i] == NULL;
-            for (Py_ssize_t j = 0; j <= i; j++) Py_XDECREF(names[j]);
-            if (failed) PyErr_Clear();
-            return DECLINED;
+    PyObject *names = NULL; /* the percentile points' names, or None: one needs fitting */
+    if (count) {
+        names = PyDict_GetItemWithError(c->names, name);
+        if (names == NULL) {
+            if (PyErr_Occurred() || (names = percentile_names(c, name)) == NULL) return FAILED;
+            if (PyDict_GET_SIZE(c->names) >= c->names_bound) PyDict_Clear(c->names);
+            int failed = PyDict_SetItem(c->names, name, names) < 0;
+            Py_DECREF(names); /* (the cache holds it) */
+            if (failed) return FAILED;
         }
+        if (names == Py_None) return DECLINED; /* (Python fits it) */
     }
-    int status = histogram(o, name, tags, c->unit, (unsigned long long)n, total, low, high);
+    int status = histogram(o, name, tags, c->unit, (unsigned long long)whole, total, low, high);
+    if (status != DONE || !count) return status;
+    /* The values in order, as sorted() orders them (a stable sort on <). */
+    double few[SORT_HERE];
     PyObject *ordered = NULL;
-    if (status == DONE && count) {
+    if (n <= SORT_HERE) {
+        PyObject **items = ((PyListObject *)values)->ob_item;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double x = PyFloat_AS_DOUBLE(items[i]);
+            Py_ssize_t j = i;
+            for (; j > 0 && x < few[j - 1]; j--) few[j] = few[j - 1];
+            few[j] = x;
+        }
+    } else {
         ordered = PyList_GetSlice(values, 0, n);
-        if (ordered == NULL || PyList_Sort(ordered) < 0) status = FAILED;
+        if (ordered == NULL || PyList_Sort(ordered) < 0) {
+            Py_XDECREF(ordered);
+            return FAILED;
+        }
     }
     for (Py_ssize_t i = 0; i < count && status == DONE; i++) {
         double p = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(PyTuple_GET_ITEM(c->suffixes, i), 0));
         double rank = ceil(p / 100.0 * (double)n); /* measurements.nearest_rank */
         Py_ssize_t at = rank < 1.0 ? 0 : (Py_ssize_t)rank - 1;
-        double value = PyFloat_AS_DOUBLE(PyList_GET_ITEM(ordered, at));
-        status = number(o, GAUGE, names[i], tags, c->unit, value);
+        double value = ordered == NULL ? few[at] : PyFloat_AS_DOUBLE(PyList_GET_ITEM(ordered, at));
+        status = number(o, GAUGE, PyTuple_GET_ITEM(names, i), tags, c->unit, value);
     }
     Py_XDECREF(ordered);
-    for (Py_ssize_t i = 0; i < count; i++) Py_DECREF(names[i]);
     return status;
 }
 
@@ -450,15 +562,16 @@ static int one_item(Open *o, Context *c, PyObject *item) {
     return number(o, shape, name, tags, c->empty, value);
 }
 
-/* series(requests, items, suffixes, unit, monotonic)
+/* series(requests, items, suffixes, unit, monotonic, names, names bound)
    -> (points made, negative counters, the items left for Python) */
 static PyObject *series(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyList_CheckExact(args[1]) || !PyTuple_CheckExact(args[2]) ||
-        !PyUnicode_CheckExact(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "series(requests, list, tuple, str, bool) expected");
+    if (nargs != 7 || !PyList_CheckExact(args[1]) || !PyTuple_CheckExact(args[2]) ||
+        !PyUnicode_CheckExact(args[3]) || !PyDict_CheckExact(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "series(requests, list, tuple, str, bool, dict, int) expected");
         return NULL;
     }
-    if (values_slot.type == NULL || fsum == NULL) {
+    if (values_slot.type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "series() before configure()");
         return NULL;
     }
@@ -471,7 +584,9 @@ static PyObject *series(PyObject *Py_UNUSED(module), PyObject *const *args, Py_s
             return NULL;
         }
     }
-    Context c = {.suffixes = args[2], .unit = args[3], .monotonic = PyObject_IsTrue(args[4])};
+    Context c = {.suffixes = args[2], .unit = args[3], .monotonic = PyObject_IsTrue(args[4]),
+                 .names = args[5], .names_bound = PyLong_AsSsize_t(args[6])};
+    if (c.names_bound == -1 && PyErr_Occurred()) return NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[2]); i++) {
         double p = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(PyTuple_GET_ITEM(args[2], i), 0));
         if (!(p >= 0.0 && p <= 100.0)) c.summaries_declined = 1; /* Python's own error */
@@ -513,14 +628,14 @@ static int tag_of(PyObject *bytes, char *where, Py_ssize_t *n) {
 }
 
 /* configure(descriptors, shapes, point tags, (count, sum, min, max tags), metric bound,
-   host bound, max name, plain, max magnitude, fsum): see convert.load_native. */
+   host bound, max name, plain, max magnitude): see convert.load_native. */
 static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     const unsigned int one = 1;
     if (*(const unsigned char *)&one != 1) {
         PyErr_SetString(PyExc_ImportError, "_wire writes doubles little-endian only");
         return NULL;
     }
-    if (nargs != 10 || !PyTuple_CheckExact(args[0]) || PyTuple_GET_SIZE(args[0]) != 6 ||
+    if (nargs != 9 || !PyTuple_CheckExact(args[0]) || PyTuple_GET_SIZE(args[0]) != 6 ||
         !PyTuple_CheckExact(args[1]) || PyTuple_GET_SIZE(args[1]) != SHAPES ||
         !PyTuple_CheckExact(args[2]) || PyTuple_GET_SIZE(args[2]) != SHAPES ||
         !PyTuple_CheckExact(args[3]) || PyTuple_GET_SIZE(args[3]) != 4) {
@@ -546,7 +661,6 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, P
     max_magnitude = PyFloat_AsDouble(args[8]);
     if (PyErr_Occurred()) return NULL;
     for (int i = 0; i < SHAPES; i++) Py_XSETREF(shapes[i], Py_NewRef(PyTuple_GET_ITEM(args[1], i)));
-    Py_XSETREF(fsum, Py_NewRef(args[9]));
     for (int i = 0; i < 6; i++) {
         PyTypeObject *old = slots[i]->type;
         Py_INCREF(checked[i].type);
@@ -722,9 +836,9 @@ static PyObject *configure_encode(PyObject *Py_UNUSED(module), PyObject *const *
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(descriptors, shapes, point tags, histogram tags, metric bound, host bound,"
-     " max name, plain, max magnitude, fsum)"},
+     " max name, plain, max magnitude)"},
     {"series", (PyCFunction)(void (*)(void))series, METH_FASTCALL,
-     "series(requests, items, suffixes, unit, monotonic)"
+     "series(requests, items, suffixes, unit, monotonic, names, names bound)"
      " -> (points made, negative counters, items left for Python)"},
     {"configure_encode", (PyCFunction)(void (*)(void))configure_encode, METH_FASTCALL,
      "configure_encode(data tags, trailers, metrics tag, scope metrics tag,"
