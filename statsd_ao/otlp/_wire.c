@@ -1,16 +1,18 @@
 /* The OTLP converter's common cases in C: a chunk of an interval's accumulators to data
-   points written into the open request of a statsd_ao.otlp.requests.Requests.
+   points written into the open request of a statsd_ao.otlp.requests.Requests, and the
+   request's bytes when it is sealed.
 
    statsd_ao/otlp/convert.py and requests.py stay the definition.  For each item it fully
    understands (a counter, gauge or set whose value is inside the AppOptics range; a summary
-   of plain values, statsd_ao.otlp.convert._plain_figures, with percentile names that need no
-   fitting) this does what Converter.series and Requests.number / Requests.histogram do,
-   on the same Python containers of the Requests object (its metrics, hosts, series, counts,
-   caches), and calls back into it for what is rare (a cache miss, sealing a request).  Every
-   other item is handed back untouched for the Python code.  No field number is written
-   here: the tags of the fields come from requests.py (read from opentelemetry-proto's
-   descriptors) through configure().  tests/otlp/test_wire.py holds the requests made with
-   this and without it equal, byte for byte. */
+   of values below convert.PLAIN in magnitude, with sane weights and percentile names that
+   need no fitting) this does what Converter.series and Requests.number / .histogram do, on
+   the same Python containers of the Requests object (its metrics, hosts, series, counts and
+   caches: a cache miss is filled here as Requests._attributes / ._head fill it), and calls
+   back into it to seal a request.  Every other item is handed back untouched for the
+   Python code.  No field number is written here: the tags of the fields come from
+   requests.py (read from opentelemetry-proto's descriptors) through configure().
+   tests/otlp/test_wire.py holds both against Python (the same points) and the library
+   (the same bytes). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
@@ -31,12 +33,17 @@ static char point_tag[SHAPES][MAX_TAG], h_count[MAX_TAG], h_sum[MAX_TAG], h_min[
     h_max[MAX_TAG];
 static Py_ssize_t point_tag_n[SHAPES], h_count_n, h_sum_n, h_min_n, h_max_n;
 static Py_ssize_t metric_bound, host_bound, max_name;
+/* The tags of a KeyValue's key and value, an AnyValue's string, each point's attributes,
+   a metric's name and unit; the tag that becomes the resource's host.name. */
+enum { KEY, VALUE, STRING_VALUE, NUMBER_ATTRIBUTE, HISTOGRAM_ATTRIBUTE, NAME, UNIT, STRINGS };
+static char string_tag[STRINGS][MAX_TAG];
+static Py_ssize_t string_tag_n[STRINGS];
+static PyObject *host_tag;
 static double plain, max_magnitude;
 
 static PyObject *s_hosts, *s_metrics, *s_series, *s_count, *s_bytes, *s_max_points,
     *s_max_bytes, *s_scope_size, *s_number_head, *s_histogram_head, *s_number_attributes,
-    *s_histogram_attributes, *s_heads, *s_seal, *s_head, *s_number_found,
-    *s_histogram_found;
+    *s_histogram_attributes, *s_heads, *s_seal, *s_attribute_sets;
 
 enum { DONE = 1, DECLINED = 0, FAILED = -1 };
 
@@ -51,7 +58,7 @@ typedef struct {
     PyObject *hosts, *metrics, *series, *heads; /* new references */
     PyObject *number_attributes, *histogram_attributes;
     PyObject *number_head, *histogram_head; /* bytes */
-    Py_ssize_t count, bytes, max_points, max_bytes, scope_size;
+    Py_ssize_t count, bytes, max_points, max_bytes, scope_size, attribute_sets;
     Py_ssize_t added; /* points added by this call */
 } Open;
 
@@ -100,7 +107,8 @@ static int open_read(Open *o) {
     if ((o->count = int_attr(r, s_count)) < 0 || (o->bytes = int_attr(r, s_bytes)) < 0 ||
         (o->max_points = int_attr(r, s_max_points)) < 0 ||
         (o->max_bytes = int_attr(r, s_max_bytes)) < 0 ||
-        (o->scope_size = int_attr(r, s_scope_size)) < 0)
+        (o->scope_size = int_attr(r, s_scope_size)) < 0 ||
+        (o->attribute_sets = int_attr(r, s_attribute_sets)) < 0)
         return PyErr_Occurred() ? -1 : 0;
     return 0;
 }
@@ -118,6 +126,86 @@ static int open_write(Open *o) {
                : 0;
 }
 
+static char *varint(char *p, size_t n);
+static char *put(char *p, const void *what, size_t n);
+static Py_ssize_t varint_size(size_t n);
+
+/* A length-delimited string field: its size, or -1 (an error set) for a str without UTF-8. */
+static Py_ssize_t string_size(int tag, PyObject *text, const char **utf8, Py_ssize_t *n) {
+    if (!PyUnicode_Check(text) || (*utf8 = PyUnicode_AsUTF8AndSize(text, n)) == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "str expected");
+        return -1;
+    }
+    return string_tag_n[tag] + varint_size((size_t)*n) + *n;
+}
+
+static char *put_string(char *p, int tag, const char *utf8, Py_ssize_t n) {
+    p = put(p, string_tag[tag], (size_t)string_tag_n[tag]);
+    p = varint(p, (size_t)n);
+    return put(p, utf8, (size_t)n);
+}
+
+/* Requests._attributes in C: (host or None, the other tags as repeated KeyValue entries of
+   the field ``field``); a new reference, or NULL. */
+static PyObject *encode_attributes(PyObject *tags, int field) {
+    Py_ssize_t count = PyTuple_GET_SIZE(tags), size = 0;
+    PyObject *host = Py_None;
+    for (int pass = 0; pass < 2; pass++) {
+        PyObject *out = pass ? PyBytes_FromStringAndSize(NULL, size) : NULL;
+        if (pass && out == NULL) return NULL;
+        char *p = pass ? PyBytes_AS_STRING(out) : NULL;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *pair = PyTuple_GET_ITEM(tags, i);
+            if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+                PyErr_SetString(PyExc_TypeError, "tags: (str, str) pairs expected");
+                Py_XDECREF(out);
+                return NULL;
+            }
+            PyObject *key = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+            int is_host = PyUnicode_Check(key) ? PyUnicode_Compare(key, host_tag) == 0 : 0;
+            if (PyErr_Occurred()) {
+                Py_XDECREF(out);
+                return NULL;
+            }
+            if (is_host) {
+                host = value;
+                continue;
+            }
+            const char *k, *v;
+            Py_ssize_t kn, vn;
+            Py_ssize_t ks = string_size(KEY, key, &k, &kn), vs = string_size(STRING_VALUE, value, &v, &vn);
+            if (ks < 0 || vs < 0) {
+                Py_XDECREF(out);
+                return NULL;
+            }
+            Py_ssize_t any = string_tag_n[VALUE] + varint_size((size_t)vs) + vs;
+            Py_ssize_t kv = ks + any;
+            if (!pass) {
+                size += string_tag_n[field] + varint_size((size_t)kv) + kv;
+                continue;
+            }
+            p = put(p, string_tag[field], (size_t)string_tag_n[field]);
+            p = varint(p, (size_t)kv);
+            p = put_string(p, KEY, k, kn);
+            p = put(p, string_tag[VALUE], (size_t)string_tag_n[VALUE]);
+            p = varint(p, (size_t)vs);
+            p = put_string(p, STRING_VALUE, v, vn);
+        }
+        if (pass) {
+            PyObject *found = PyTuple_Pack(2, host, out);
+            Py_DECREF(out);
+            return found;
+        }
+    }
+    return NULL; /* (not reached) */
+}
+
+/* Keep ``value`` under ``key`` in a cache of at most ``bound`` entries (cleared when full). */
+static int keep(PyObject *cache, PyObject *key, PyObject *value, Py_ssize_t bound) {
+    if (PyDict_GET_SIZE(cache) >= bound) PyDict_Clear(cache);
+    return PyDict_SetItem(cache, key, value);
+}
+
 /* (host, encoded attributes) of the tags, borrowed from the cache (filled on a miss). */
 static int attributes(Open *o, PyObject *tags, int histogram, PyObject **host,
                       PyObject **encoded) {
@@ -125,15 +213,11 @@ static int attributes(Open *o, PyObject *tags, int histogram, PyObject **host,
     PyObject *found = PyDict_GetItemWithError(cache, tags);
     if (found == NULL) {
         if (PyErr_Occurred()) return -1;
-        PyObject *made = PyObject_CallMethodOneArg(
-            o->requests, histogram ? s_histogram_found : s_number_found, tags);
-        if (made == NULL) return -1;
-        Py_DECREF(made); /* the cache holds it */
-        found = PyDict_GetItemWithError(cache, tags);
-        if (found == NULL) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "attributes not kept");
-            return -1;
-        }
+        found = encode_attributes(tags, histogram ? HISTOGRAM_ATTRIBUTE : NUMBER_ATTRIBUTE);
+        if (found == NULL) return -1;
+        int failed = keep(cache, tags, found, o->attribute_sets) < 0;
+        Py_DECREF(found); /* the cache holds it */
+        if (failed) return -1;
     }
     if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2 ||
         !PyBytes_CheckExact(PyTuple_GET_ITEM(found, 1))) {
@@ -147,13 +231,29 @@ static int attributes(Open *o, PyObject *tags, int histogram, PyObject **host,
 
 /* The metric's encoded name and unit: a new reference, or NULL. */
 static PyObject *head(Open *o, PyObject *name, PyObject *unit) {
-    PyObject *key = PyTuple_Pack(2, name, unit);
+    /* (keyed as Requests._head keys it: by the name alone when there is no unit) */
+    PyObject *key = PyUnicode_GET_LENGTH(unit) ? PyTuple_Pack(2, name, unit) : Py_NewRef(name);
     if (key == NULL) return NULL;
     PyObject *found = PyDict_GetItemWithError(o->heads, key);
+    if (found != NULL || PyErr_Occurred()) {
+        Py_DECREF(key);
+        return Py_XNewRef(found);
+    }
+    /* Requests._head in C */
+    const char *name_utf8, *unit_utf8 = NULL;
+    Py_ssize_t name_n, unit_n = 0, size = string_size(NAME, name, &name_utf8, &name_n);
+    if (size >= 0 && PyUnicode_GET_LENGTH(unit)) {
+        Py_ssize_t more = string_size(UNIT, unit, &unit_utf8, &unit_n);
+        size = more < 0 ? -1 : size + more;
+    }
+    if (size >= 0) found = PyBytes_FromStringAndSize(NULL, size);
+    if (found != NULL) {
+        char *p = put_string(PyBytes_AS_STRING(found), NAME, name_utf8, name_n);
+        if (unit_utf8 != NULL) put_string(p, UNIT, unit_utf8, unit_n);
+        if (keep(o->heads, key, found, o->attribute_sets) < 0) Py_CLEAR(found);
+    }
     Py_DECREF(key);
-    if (found != NULL) return Py_NewRef(found);
-    if (PyErr_Occurred()) return NULL;
-    return PyObject_CallMethodObjArgs(o->requests, s_head, name, unit, NULL);
+    return found;
 }
 
 /* Requests._new_parts for a metric not in the request: -1 on error. */
@@ -233,19 +333,18 @@ static int add_point(Open *o, int shape, PyObject *name, PyObject *tags, PyObjec
         if (parts < 0) goto done;
         size += parts;
     }
-    if (o->count) {
-        int repeated = PySet_Contains(o->series, series);
-        if (repeated < 0) goto done;
-        if (o->count >= o->max_points || repeated || o->bytes + size > o->max_bytes) {
-            if (seal(o) < 0) goto done;
-            points = NULL;
-            if (metric_head == NULL && (metric_head = head(o, name, unit)) == NULL) goto done;
-            Py_ssize_t parts = new_parts(o, host, metric_head);
-            if (parts < 0) goto done;
-            size = point_n + parts;
-        }
-    }
+    /* Added first (one hash): a repeated series leaves the set's size as it was. */
+    Py_ssize_t known = PySet_GET_SIZE(o->series);
     if (PySet_Add(o->series, series) < 0) goto done;
+    if (o->count && (o->count >= o->max_points || PySet_GET_SIZE(o->series) == known ||
+                     o->bytes + size > o->max_bytes)) {
+        if (seal(o) < 0) goto done;
+        points = NULL;
+        if (metric_head == NULL && (metric_head = head(o, name, unit)) == NULL) goto done;
+        Py_ssize_t parts = new_parts(o, host, metric_head);
+        if (parts < 0 || PySet_Add(o->series, series) < 0) goto done;
+        size = point_n + parts;
+    }
     o->bytes += size;
     if (points == NULL) { /* Requests._new_metric */
         PyObject *fresh = PyList_New(0);
@@ -628,14 +727,17 @@ static int tag_of(PyObject *bytes, char *where, Py_ssize_t *n) {
 }
 
 /* configure(descriptors, shapes, point tags, (count, sum, min, max tags), metric bound,
-   host bound, max name, plain, max magnitude): see convert.load_native. */
+   host bound, max name, plain, max magnitude, (key, value, string value, number point
+   attributes, histogram point attributes, name, unit tags), host tag): see
+   convert.load_native. */
 static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     const unsigned int one = 1;
     if (*(const unsigned char *)&one != 1) {
         PyErr_SetString(PyExc_ImportError, "_wire writes doubles little-endian only");
         return NULL;
     }
-    if (nargs != 9 || !PyTuple_CheckExact(args[0]) || PyTuple_GET_SIZE(args[0]) != 6 ||
+    if (nargs != 11 || !PyTuple_CheckExact(args[9]) || PyTuple_GET_SIZE(args[9]) != STRINGS ||
+        !PyUnicode_CheckExact(args[10]) || !PyTuple_CheckExact(args[0]) || PyTuple_GET_SIZE(args[0]) != 6 ||
         !PyTuple_CheckExact(args[1]) || PyTuple_GET_SIZE(args[1]) != SHAPES ||
         !PyTuple_CheckExact(args[2]) || PyTuple_GET_SIZE(args[2]) != SHAPES ||
         !PyTuple_CheckExact(args[3]) || PyTuple_GET_SIZE(args[3]) != 4) {
@@ -654,6 +756,10 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, P
         tag_of(PyTuple_GET_ITEM(args[3], 2), h_min, &h_min_n) < 0 ||
         tag_of(PyTuple_GET_ITEM(args[3], 3), h_max, &h_max_n) < 0)
         return NULL;
+    for (int i = 0; i < STRINGS; i++)
+        if (tag_of(PyTuple_GET_ITEM(args[9], i), string_tag[i], &string_tag_n[i]) < 0)
+            return NULL;
+    Py_XSETREF(host_tag, Py_NewRef(args[10]));
     metric_bound = PyLong_AsSsize_t(args[4]);
     host_bound = PyLong_AsSsize_t(args[5]);
     max_name = PyLong_AsSsize_t(args[6]);
@@ -836,7 +942,7 @@ static PyObject *configure_encode(PyObject *Py_UNUSED(module), PyObject *const *
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(descriptors, shapes, point tags, histogram tags, metric bound, host bound,"
-     " max name, plain, max magnitude)"},
+     " max name, plain, max magnitude, string field tags, host tag)"},
     {"series", (PyCFunction)(void (*)(void))series, METH_FASTCALL,
      "series(requests, items, suffixes, unit, monotonic, names, names bound)"
      " -> (points made, negative counters, items left for Python)"},
@@ -871,9 +977,7 @@ PyMODINIT_FUNC PyInit__wire(void) {
                  {&s_histogram_attributes, "_histogram_attributes"},
                  {&s_heads, "_heads"},
                  {&s_seal, "seal"},
-                 {&s_head, "_head"},
-                 {&s_number_found, "_number_found"},
-                 {&s_histogram_found, "_histogram_found"}};
+                 {&s_attribute_sets, "_attribute_sets"}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         *names[i].where = PyUnicode_InternFromString(names[i].text);
         if (*names[i].where == NULL) return NULL;

@@ -281,6 +281,8 @@ def load_native() -> ModuleType | None:
         MAX_NAME,
         PLAIN,
         MAX_MAGNITUDE,
+        requests.STRING_FIELDS,
+        requests.HOST_TAG,
     )
     module: ModuleType = _wire
     return module

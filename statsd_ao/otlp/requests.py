@@ -206,6 +206,7 @@ POINTS = _POINTS
 HISTOGRAM_FIGURES = (_H_COUNT, _H_SUM, _H_MIN, _H_MAX)
 METRIC_BOUND = _METRIC
 HOST_BOUND = len(HOST_ATTRIBUTE) + 4 * 5  # `_host_size` less the host's own bytes
+STRING_FIELDS = (_KEY, _VALUE, _STRING_VALUE, _NUMBER_ATTRIBUTE, _HISTOGRAM_ATTRIBUTE, _NAME, _UNIT)
 
 _FIXED64 = struct.Struct("<Q").pack
 _DOUBLE = struct.Struct("<d").pack
@@ -261,7 +262,8 @@ class Requests:
         self._number_attributes: dict[TagTuple, tuple[str | None, bytes]] = {}
         self._histogram_attributes: dict[TagTuple, tuple[str | None, bytes]] = {}
         self._resources: dict[str | None, bytes] = {}  # host -> the encoded resource field
-        self._heads: dict[tuple[str, str], bytes] = {}  # (name, unit) -> `_head`
+        # name, or (name, unit) when it has one -> `_head`
+        self._heads: dict[str | tuple[str, str], bytes] = {}
         self.window(0, 0)
         self.requests = 0  # sealed
         self.points = 0  # in sealed requests
@@ -411,12 +413,13 @@ class Requests:
 
     def _head(self, name: str, unit: str) -> bytes:
         """A metric's encoded name and unit (kept: the same names come every interval)."""
-        found = self._heads.get((name, unit))
+        key = (name, unit) if unit else name
+        found = self._heads.get(key)
         if found is None:
             found = _string(_NAME, name) + (_string(_UNIT, unit) if unit else b"")
             if len(self._heads) >= self._attribute_sets:
                 self._heads.clear()
-            self._heads[name, unit] = found
+            self._heads[key] = found
         return found
 
     def _new_parts(self, metric: MetricKey) -> int:
@@ -452,14 +455,6 @@ class Requests:
                 self._resources.clear()
             self._resources[host] = found
         return found
-
-    def _number_found(self, tags: TagTuple) -> tuple[str | None, bytes]:
-        """`_attributes` of a Sum or Gauge point (the C conversion's cache miss)."""
-        return self._attributes(self._number_attributes, _NUMBER_ATTRIBUTE, tags)
-
-    def _histogram_found(self, tags: TagTuple) -> tuple[str | None, bytes]:
-        """`_attributes` of a Histogram point (the C conversion's cache miss)."""
-        return self._attributes(self._histogram_attributes, _HISTOGRAM_ATTRIBUTE, tags)
 
     def _attributes(
         self, cache: dict[TagTuple, tuple[str | None, bytes]], tag: bytes, tags: TagTuple
