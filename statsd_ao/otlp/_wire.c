@@ -6,9 +6,10 @@
    understands (a counter, gauge or set whose value is inside the AppOptics range; a summary
    of values below convert.PLAIN in magnitude, with sane weights and percentile names that
    need no fitting) this does what Converter.series and Requests.number / .histogram do, on
-   the same Python containers of the Requests object (its metrics, hosts, series, counts and
-   caches: a cache miss is filled here as Requests._attributes / ._head fill it), and calls
-   back into it to seal a request.  Every other item is handed back untouched for the
+   the same Python containers of the Requests object (its metrics, hosts, series and
+   counts), and calls back into it to seal a request.  A point's attributes and a metric's
+   name are encoded here each time (Requests keeps them in caches for the Python path:
+   here, finding them in a cache of every series is slower than writing them).  Every other item is handed back untouched for the
    Python code.  No field number is written here: the tags of the fields come from
    requests.py (read from opentelemetry-proto's descriptors) through configure().
    tests/otlp/test_wire.py holds both against Python (the same points) and the library
@@ -42,8 +43,8 @@ static PyObject *host_tag;
 static double plain, max_magnitude;
 
 static PyObject *s_hosts, *s_metrics, *s_series, *s_count, *s_bytes, *s_max_points,
-    *s_max_bytes, *s_scope_size, *s_number_head, *s_histogram_head, *s_number_attributes,
-    *s_histogram_attributes, *s_heads, *s_seal, *s_attribute_sets;
+    *s_max_bytes, *s_scope_size, *s_number_head, *s_histogram_head,
+    *s_seal;
 
 enum { DONE = 1, DECLINED = 0, FAILED = -1 };
 
@@ -55,10 +56,9 @@ static inline PyObject *get(PyObject *self, const Slot *slot) {
 
 typedef struct {
     PyObject *requests;                        /* borrowed */
-    PyObject *hosts, *metrics, *series, *heads; /* new references */
-    PyObject *number_attributes, *histogram_attributes;
+    PyObject *hosts, *metrics, *series;        /* new references */
     PyObject *number_head, *histogram_head; /* bytes */
-    Py_ssize_t count, bytes, max_points, max_bytes, scope_size, attribute_sets;
+    Py_ssize_t count, bytes, max_points, max_bytes, scope_size;
     Py_ssize_t added; /* points added by this call */
 } Open;
 
@@ -74,9 +74,6 @@ static void open_clear(Open *o) {
     Py_CLEAR(o->hosts);
     Py_CLEAR(o->metrics);
     Py_CLEAR(o->series);
-    Py_CLEAR(o->heads);
-    Py_CLEAR(o->number_attributes);
-    Py_CLEAR(o->histogram_attributes);
     Py_CLEAR(o->number_head);
     Py_CLEAR(o->histogram_head);
 }
@@ -88,27 +85,21 @@ static int open_read(Open *o) {
     o->hosts = PyObject_GetAttr(r, s_hosts);
     o->metrics = PyObject_GetAttr(r, s_metrics);
     o->series = PyObject_GetAttr(r, s_series);
-    o->heads = PyObject_GetAttr(r, s_heads);
-    o->number_attributes = PyObject_GetAttr(r, s_number_attributes);
-    o->histogram_attributes = PyObject_GetAttr(r, s_histogram_attributes);
     o->number_head = PyObject_GetAttr(r, s_number_head);
     o->histogram_head = PyObject_GetAttr(r, s_histogram_head);
-    if (o->hosts == NULL || o->metrics == NULL || o->series == NULL || o->heads == NULL ||
-        o->number_attributes == NULL || o->histogram_attributes == NULL ||
+    if (o->hosts == NULL || o->metrics == NULL || o->series == NULL ||
         o->number_head == NULL || o->histogram_head == NULL)
         return -1;
     if (!PyDict_CheckExact(o->hosts) || !PyDict_CheckExact(o->metrics) ||
-        !PyAnySet_CheckExact(o->series) || !PyDict_CheckExact(o->heads) ||
-        !PyDict_CheckExact(o->number_attributes) || !PyDict_CheckExact(o->histogram_attributes) ||
-        !PyBytes_CheckExact(o->number_head) || !PyBytes_CheckExact(o->histogram_head)) {
+        !PyAnySet_CheckExact(o->series) || !PyBytes_CheckExact(o->number_head) ||
+        !PyBytes_CheckExact(o->histogram_head)) {
         PyErr_SetString(PyExc_TypeError, "Requests: unexpected state");
         return -1;
     }
     if ((o->count = int_attr(r, s_count)) < 0 || (o->bytes = int_attr(r, s_bytes)) < 0 ||
         (o->max_points = int_attr(r, s_max_points)) < 0 ||
         (o->max_bytes = int_attr(r, s_max_bytes)) < 0 ||
-        (o->scope_size = int_attr(r, s_scope_size)) < 0 ||
-        (o->attribute_sets = int_attr(r, s_attribute_sets)) < 0)
+        (o->scope_size = int_attr(r, s_scope_size)) < 0)
         return PyErr_Occurred() ? -1 : 0;
     return 0;
 }
@@ -200,59 +191,32 @@ static PyObject *encode_attributes(PyObject *tags, int field) {
     return NULL; /* (not reached) */
 }
 
-/* Keep ``value`` under ``key`` in a cache of at most ``bound`` entries (cleared when full). */
-static int keep(PyObject *cache, PyObject *key, PyObject *value, Py_ssize_t bound) {
-    if (PyDict_GET_SIZE(cache) >= bound) PyDict_Clear(cache);
-    return PyDict_SetItem(cache, key, value);
-}
-
-/* (host, encoded attributes) of the tags, borrowed from the cache (filled on a miss). */
-static int attributes(Open *o, PyObject *tags, int histogram, PyObject **host,
-                      PyObject **encoded) {
-    PyObject *cache = histogram ? o->histogram_attributes : o->number_attributes;
-    PyObject *found = PyDict_GetItemWithError(cache, tags);
-    if (found == NULL) {
-        if (PyErr_Occurred()) return -1;
-        found = encode_attributes(tags, histogram ? HISTOGRAM_ATTRIBUTE : NUMBER_ATTRIBUTE);
-        if (found == NULL) return -1;
-        int failed = keep(cache, tags, found, o->attribute_sets) < 0;
-        Py_DECREF(found); /* the cache holds it */
-        if (failed) return -1;
+/* (host, encoded attributes) of the tags, encoded each time: a new reference (a tuple
+   holding both), or NULL.  (Encoding here is cheaper than finding them in a cache of every
+   series' attributes: bench/README.md, "OTLP encoding".) */
+static PyObject *attributes(PyObject *tags, int histogram, PyObject **host,
+                            PyObject **encoded) {
+    PyObject *found = encode_attributes(tags, histogram ? HISTOGRAM_ATTRIBUTE : NUMBER_ATTRIBUTE);
+    if (found != NULL) {
+        *host = PyTuple_GET_ITEM(found, 0);
+        *encoded = PyTuple_GET_ITEM(found, 1);
     }
-    if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2 ||
-        !PyBytes_CheckExact(PyTuple_GET_ITEM(found, 1))) {
-        PyErr_SetString(PyExc_TypeError, "attributes cache: (host, bytes) expected");
-        return -1;
-    }
-    *host = PyTuple_GET_ITEM(found, 0);
-    *encoded = PyTuple_GET_ITEM(found, 1);
-    return 0;
+    return found;
 }
 
 /* The metric's encoded name and unit: a new reference, or NULL. */
-static PyObject *head(Open *o, PyObject *name, PyObject *unit) {
-    /* (keyed as Requests._head keys it: by the name alone when there is no unit) */
-    PyObject *key = PyUnicode_GET_LENGTH(unit) ? PyTuple_Pack(2, name, unit) : Py_NewRef(name);
-    if (key == NULL) return NULL;
-    PyObject *found = PyDict_GetItemWithError(o->heads, key);
-    if (found != NULL || PyErr_Occurred()) {
-        Py_DECREF(key);
-        return Py_XNewRef(found);
-    }
-    /* Requests._head in C */
+static PyObject *head(PyObject *name, PyObject *unit) {
     const char *name_utf8, *unit_utf8 = NULL;
     Py_ssize_t name_n, unit_n = 0, size = string_size(NAME, name, &name_utf8, &name_n);
     if (size >= 0 && PyUnicode_GET_LENGTH(unit)) {
         Py_ssize_t more = string_size(UNIT, unit, &unit_utf8, &unit_n);
         size = more < 0 ? -1 : size + more;
     }
-    if (size >= 0) found = PyBytes_FromStringAndSize(NULL, size);
+    PyObject *found = size < 0 ? NULL : PyBytes_FromStringAndSize(NULL, size);
     if (found != NULL) {
         char *p = put_string(PyBytes_AS_STRING(found), NAME, name_utf8, name_n);
         if (unit_utf8 != NULL) put_string(p, UNIT, unit_utf8, unit_n);
-        if (keep(o->heads, key, found, o->attribute_sets) < 0) Py_CLEAR(found);
     }
-    Py_DECREF(key);
     return found;
 }
 
@@ -324,7 +288,7 @@ static int add_point(Open *o, int shape, PyObject *name, PyObject *tags, PyObjec
     if (points == NULL && PyErr_Occurred()) goto done;
     Py_ssize_t size = point_n;
     if (points == NULL) {
-        if ((metric_head = head(o, name, unit)) == NULL) goto done;
+        if ((metric_head = head(name, unit)) == NULL) goto done;
         if (!PyBytes_CheckExact(metric_head)) {
             PyErr_SetString(PyExc_TypeError, "metric head: bytes expected");
             goto done;
@@ -340,7 +304,7 @@ static int add_point(Open *o, int shape, PyObject *name, PyObject *tags, PyObjec
                      o->bytes + size > o->max_bytes)) {
         if (seal(o) < 0) goto done;
         points = NULL;
-        if (metric_head == NULL && (metric_head = head(o, name, unit)) == NULL) goto done;
+        if (metric_head == NULL && (metric_head = head(name, unit)) == NULL) goto done;
         Py_ssize_t parts = new_parts(o, host, metric_head);
         if (parts < 0 || PySet_Add(o->series, series) < 0) goto done;
         size = point_n + parts;
@@ -383,28 +347,35 @@ done:
 /* A Sum or Gauge point of ``value`` (Requests.number). */
 static int number(Open *o, int shape, PyObject *name, PyObject *tags, PyObject *unit,
                   double value) {
-    PyObject *host, *encoded;
-    if (attributes(o, tags, 0, &host, &encoded) < 0) return FAILED;
+    PyObject *host, *encoded, *held = attributes(tags, 0, &host, &encoded);
+    if (held == NULL) return FAILED;
     Py_ssize_t head_n = PyBytes_GET_SIZE(o->number_head), n = head_n + 8 + PyBytes_GET_SIZE(encoded);
     char stack[512], *data = n <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)n);
-    if (data == NULL) return (PyErr_NoMemory(), FAILED);
+    if (data == NULL) {
+        Py_DECREF(held);
+        return (PyErr_NoMemory(), FAILED);
+    }
     char *p = put(data, PyBytes_AS_STRING(o->number_head), (size_t)head_n);
     p = put_double(p, value);
     put(p, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded));
     int status = add_point(o, shape, name, tags, unit, host, data, n);
     if (data != stack) PyMem_Free(data);
+    Py_DECREF(held);
     return status;
 }
 
 /* A Histogram point (Requests.histogram without buckets). */
 static int histogram(Open *o, PyObject *name, PyObject *tags, PyObject *unit,
                      unsigned long long count, double total, double low, double high) {
-    PyObject *host, *encoded;
-    if (attributes(o, tags, 1, &host, &encoded) < 0) return FAILED;
+    PyObject *host, *encoded, *held = attributes(tags, 1, &host, &encoded);
+    if (held == NULL) return FAILED;
     Py_ssize_t head_n = PyBytes_GET_SIZE(o->histogram_head), attributes_n = PyBytes_GET_SIZE(encoded);
     Py_ssize_t n = head_n + h_count_n + 8 + h_sum_n + 8 + attributes_n + h_min_n + 8 + h_max_n + 8;
     char stack[512], *data = n <= (Py_ssize_t)sizeof stack ? stack : PyMem_Malloc((size_t)n);
-    if (data == NULL) return (PyErr_NoMemory(), FAILED);
+    if (data == NULL) {
+        Py_DECREF(held);
+        return (PyErr_NoMemory(), FAILED);
+    }
     char *p = put(data, PyBytes_AS_STRING(o->histogram_head), (size_t)head_n);
     p = put_fixed64(put(p, h_count, (size_t)h_count_n), count);
     p = put_double(put(p, h_sum, (size_t)h_sum_n), total);
@@ -413,6 +384,7 @@ static int histogram(Open *o, PyObject *name, PyObject *tags, PyObject *unit,
     put_double(put(p, h_max, (size_t)h_max_n), high);
     int status = add_point(o, HISTOGRAM, name, tags, unit, host, data, n);
     if (data != stack) PyMem_Free(data);
+    Py_DECREF(held);
     return status;
 }
 
@@ -422,8 +394,6 @@ typedef struct {
     PyObject *suffixes; /* tuple of (percentile, suffix) */
     PyObject *unit;     /* the summaries' unit */
     PyObject *empty;    /* "" */
-    PyObject *names;    /* dict: a summary's name -> its percentile names (or None) */
-    Py_ssize_t names_bound;
     int monotonic;
     int summaries_declined;
     Py_ssize_t negative_counters;
@@ -598,18 +568,17 @@ static int summary(Open *o, Context *c, PyObject *acc, PyObject *name, PyObject 
     if (!in_range(total)) return DECLINED;
     PyObject *names = NULL; /* the percentile points' names, or None: one needs fitting */
     if (count) {
-        names = PyDict_GetItemWithError(c->names, name);
-        if (names == NULL) {
-            if (PyErr_Occurred() || (names = percentile_names(c, name)) == NULL) return FAILED;
-            if (PyDict_GET_SIZE(c->names) >= c->names_bound) PyDict_Clear(c->names);
-            int failed = PyDict_SetItem(c->names, name, names) < 0;
-            Py_DECREF(names); /* (the cache holds it) */
-            if (failed) return FAILED;
+        if ((names = percentile_names(c, name)) == NULL) return FAILED;
+        if (names == Py_None) {
+            Py_DECREF(names);
+            return DECLINED; /* (Python fits it) */
         }
-        if (names == Py_None) return DECLINED; /* (Python fits it) */
     }
     int status = histogram(o, name, tags, c->unit, (unsigned long long)whole, total, low, high);
-    if (status != DONE || !count) return status;
+    if (status != DONE || !count) {
+        Py_XDECREF(names);
+        return status;
+    }
     /* The values in order, as sorted() orders them (a stable sort on <). */
     double few[SORT_HERE];
     PyObject *ordered = NULL;
@@ -625,6 +594,7 @@ static int summary(Open *o, Context *c, PyObject *acc, PyObject *name, PyObject 
         ordered = PyList_GetSlice(values, 0, n);
         if (ordered == NULL || PyList_Sort(ordered) < 0) {
             Py_XDECREF(ordered);
+            Py_DECREF(names);
             return FAILED;
         }
     }
@@ -636,6 +606,7 @@ static int summary(Open *o, Context *c, PyObject *acc, PyObject *name, PyObject 
         status = number(o, GAUGE, PyTuple_GET_ITEM(names, i), tags, c->unit, value);
     }
     Py_XDECREF(ordered);
+    Py_DECREF(names);
     return status;
 }
 
@@ -661,13 +632,12 @@ static int one_item(Open *o, Context *c, PyObject *item) {
     return number(o, shape, name, tags, c->empty, value);
 }
 
-/* series(requests, items, suffixes, unit, monotonic, names, names bound)
+/* series(requests, items, suffixes, unit, monotonic)
    -> (points made, negative counters, the items left for Python) */
 static PyObject *series(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7 || !PyList_CheckExact(args[1]) || !PyTuple_CheckExact(args[2]) ||
-        !PyUnicode_CheckExact(args[3]) || !PyDict_CheckExact(args[5])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "series(requests, list, tuple, str, bool, dict, int) expected");
+    if (nargs != 5 || !PyList_CheckExact(args[1]) || !PyTuple_CheckExact(args[2]) ||
+        !PyUnicode_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "series(requests, list, tuple, str, bool) expected");
         return NULL;
     }
     if (values_slot.type == NULL) {
@@ -683,9 +653,7 @@ static PyObject *series(PyObject *Py_UNUSED(module), PyObject *const *args, Py_s
             return NULL;
         }
     }
-    Context c = {.suffixes = args[2], .unit = args[3], .monotonic = PyObject_IsTrue(args[4]),
-                 .names = args[5], .names_bound = PyLong_AsSsize_t(args[6])};
-    if (c.names_bound == -1 && PyErr_Occurred()) return NULL;
+    Context c = {.suffixes = args[2], .unit = args[3], .monotonic = PyObject_IsTrue(args[4])};
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[2]); i++) {
         double p = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(PyTuple_GET_ITEM(args[2], i), 0));
         if (!(p >= 0.0 && p <= 100.0)) c.summaries_declined = 1; /* Python's own error */
@@ -944,7 +912,7 @@ static PyMethodDef methods[] = {
      "configure(descriptors, shapes, point tags, histogram tags, metric bound, host bound,"
      " max name, plain, max magnitude, string field tags, host tag)"},
     {"series", (PyCFunction)(void (*)(void))series, METH_FASTCALL,
-     "series(requests, items, suffixes, unit, monotonic, names, names bound)"
+     "series(requests, items, suffixes, unit, monotonic)"
      " -> (points made, negative counters, items left for Python)"},
     {"configure_encode", (PyCFunction)(void (*)(void))configure_encode, METH_FASTCALL,
      "configure_encode(data tags, trailers, metrics tag, scope metrics tag,"
@@ -973,11 +941,7 @@ PyMODINIT_FUNC PyInit__wire(void) {
                  {&s_scope_size, "_scope_size"},
                  {&s_number_head, "_number_head"},
                  {&s_histogram_head, "_histogram_head"},
-                 {&s_number_attributes, "_number_attributes"},
-                 {&s_histogram_attributes, "_histogram_attributes"},
-                 {&s_heads, "_heads"},
-                 {&s_seal, "seal"},
-                 {&s_attribute_sets, "_attribute_sets"}};
+                 {&s_seal, "seal"}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         *names[i].where = PyUnicode_InternFromString(names[i].text);
         if (*names[i].where == NULL) return NULL;

@@ -54,9 +54,6 @@ DROPPED_VALUE = "value not finite"
 # the AppOptics range, so `_plain_figures` need not compute it to know the summary is sent
 # whole and not counted as wide.
 PLAIN = MAX_MAGNITUDE / 10
-# Summary names whose percentile names the C conversion keeps between intervals (bounded as
-# the attribute sets are: statsd_ao.otlp.requests.ATTRIBUTE_SETS).
-PERCENTILE_NAMES = 200_000
 # The summary fields of a measurement an OTLP histogram has room for.
 SUMMARY_FIELDS = ("count", "sum", "min", "max")
 
@@ -116,9 +113,6 @@ class Converter:
         wire = isinstance(out, Requests) and not self._bounds
         self._native = NATIVE if native and wire else None
         self._native_suffixes = tuple(self._suffixes)
-        # A summary's name -> its percentile names (None: one needs fitting), for C, which
-        # clears it past `PERCENTILE_NAMES` entries.
-        self._percentile_names: dict[str, tuple[str, ...] | None] = {}
         self.dropped: dict[str, int] = {}
         self.wide = 0  # points sent that the AppOptics path drops as out of its range
         self.negative_counters = 0  # counter totals below 0, sent as up-down sums
@@ -139,8 +133,6 @@ class Converter:
                 self._native_suffixes,
                 self._unit,
                 self._counter == Shape.SUM,
-                self._percentile_names,
-                PERCENTILE_NAMES,
             )
             self.negative_counters += negatives
         for (_kind, name, tags), acc in items:

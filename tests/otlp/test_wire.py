@@ -236,4 +236,4 @@ def test_the_c_conversion_is_built_here() -> None:
         ((Kind.COUNTER, "c", (("host", "h"),)), counter(2.0)),
         ((Kind.GAUGE, "g", ()), gauge(1.0)),
     ]
-    assert NATIVE.series(out, chunk, (), "", True, {}, 10) == (2, 0, [])
+    assert NATIVE.series(out, chunk, (), "", True) == (2, 0, [])
