@@ -15,6 +15,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
+from statsd_ao.core import native
 from statsd_ao.core.accumulators import Summary
 from statsd_ao.core.measurements import MAX_COUNT, postable_stats, summarize
 from statsd_ao.core.protocol import Kind
@@ -118,9 +119,10 @@ def test_requests_are_the_bytes_the_library_serializes(
     )
 
 
-def test_the_c_writer_is_built_here() -> None:
-    """(where a compiler is: the other tests then compare it, not Python with itself)"""
-    assert requests.ENCODE is not None
+def test_the_c_writer_is_built_unless_switched_off() -> None:
+    """(the install builds it where a compiler is: the tests here then compare it, not
+    Python with itself)"""
+    assert (requests.ENCODE is None) == native.disabled()
 
 
 def test_a_changed_schema_is_refused_at_import() -> None:
@@ -201,35 +203,46 @@ class Collect:
 
 
 @settings(max_examples=300, deadline=None)
-@given(convert_items, percentile_lists, st.booleans(), st.sampled_from(["", "ms"]))
+@given(
+    convert_items,
+    percentile_lists,
+    st.booleans(),
+    st.sampled_from(["", "ms"]),
+    st.sampled_from([2, 10_000]),
+)
 def test_c_and_python_make_the_same_points(
-    chunk: list[Any], percentiles: list[float], monotonic: bool, unit: str
+    chunk: list[Any], percentiles: list[float], monotonic: bool, unit: str, max_points: int
 ) -> None:
     made: dict[bool, list[tuple[bytes, int]]] = {True: [], False: []}
     counts: dict[bool, object] = {}
-    for native in (True, False):
+    for in_c in (True, False):
         out = requests.Requests(
-            Collect(made[native]),
+            Collect(made[in_c]),
             resource={"service.name": "s"},
             gzip=False,
-            max_points=10_000,
+            max_points=max_points,
+            max_bytes=2_000,  # (a few points: sealed for bytes in C as in Python)
         )
         converter = Converter(
-            out, percentiles, summary_unit=unit, monotonic_counters=monotonic, native=native
+            out, percentiles, summary_unit=unit, monotonic_counters=monotonic, native=in_c
         )
         try:
             points = converter.series(list(chunk), 1_800_000_000, 10)
         except (IndexError, ValueError) as error:  # (a percentile past 100: both alike)
-            counts[native] = repr(error)
+            counts[in_c] = repr(error)
             continue
         out.seal()
-        counts[native] = (points, converter.dropped, converter.wide, converter.negative_counters)
+        counts[in_c] = (points, converter.dropped, converter.wide, converter.negative_counters)
     assert counts[True] == counts[False]
     assert decoded(made[True]) == decoded(made[False])
+    for body, points in made[True]:
+        assert points <= max_points and len(body) <= 2_000
 
 
-def test_the_c_conversion_is_built_here() -> None:
-    assert NATIVE is not None
+def test_the_c_conversion_is_built_unless_switched_off() -> None:
+    assert (NATIVE is None) == native.disabled()
+    if NATIVE is None:
+        return
     made: list[tuple[bytes, int]] = []
     out = requests.Requests(lambda body, n: made.append((body, n)), resource={})
     chunk = [
