@@ -12,15 +12,17 @@ a gauge of one name, a ``|T`` sample of an earlier interval), the request is sea
 written out, gzipped, and handed to ``emit`` with its point count.
 
 The request is written as protobuf wire bytes here, not built as messages: each data point
-is encoded to bytes as it is added (the interval's timestamps once per window, a series'
-attributes once and cached), and sealing concatenates them inside their metrics, scopes
-and resources (a repeated field's entries are concatenated).  A message object per metric
-and per point was most of the cost (bench/README.md, "OTLP encoding").  The schema of
-record stays ``opentelemetry-proto``: every field number and type used here is read from
-its generated descriptors at import (`_field`, which refuses a field whose type is not the
-one written), the resource and the instrumentation scope are serialized by its messages,
-and tests/otlp/test_wire.py holds the bytes equal to its own ``SerializeToString`` of the
-same request built from its messages (`statsd_ao.otlp.reference`).
+is encoded to bytes as it is added (the interval's timestamps once per window; here a
+series' attributes once, then from a bounded cache), and sealing concatenates them inside
+their metrics, scopes and resources (a repeated field's entries are concatenated).  The
+common cases are converted and written in C (statsd_ao/otlp/_wire.c, through
+`statsd_ao.otlp.convert`) into the same containers, and sealed in C (`ENCODE`).  A message
+object per metric and per point was most of the cost (bench/README.md, "OTLP encoding").
+The schema of record stays ``opentelemetry-proto``: every field number and type used here
+is read from its generated descriptors at import (`_field`, which refuses a field whose type
+is not the one written), the resource and the instrumentation scope are serialized by its
+messages, and tests/otlp/test_wire.py holds the bytes equal to its own ``SerializeToString``
+of the same request built from its messages (`statsd_ao.otlp.reference`).
 """
 
 from __future__ import annotations
