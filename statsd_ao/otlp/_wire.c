@@ -239,12 +239,20 @@ static Py_ssize_t new_parts(Open *o, PyObject *host, PyObject *metric_head) {
     return size;
 }
 
+/* Requests.seal, then the new request's state; read again even when sealing raised (the
+   request may be reset before ``emit`` raises), so the counts written back stay true. */
 static int seal(Open *o) {
     if (open_write(o) < 0) return -1;
     PyObject *r = PyObject_CallMethodNoArgs(o->requests, s_seal);
-    if (r == NULL) return -1;
-    Py_DECREF(r);
-    return open_read(o);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return open_read(o);
+    }
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    if (open_read(o) < 0) PyErr_Clear();
+    PyErr_Restore(type, value, traceback);
+    return -1;
 }
 
 static char *varint(char *p, size_t n) {
@@ -702,7 +710,12 @@ static PyObject *series(PyObject *Py_UNUSED(module), PyObject *const *args, Py_s
     Py_DECREF(c.empty);
     return Py_BuildValue("(nnN)", made, c.negative_counters, rest);
 failed:
-    if (o.requests != NULL && !PyErr_Occurred()) open_write(&o);
+    if (o.hosts != NULL) { /* (the points added so far stay counted) */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (open_write(&o) < 0) PyErr_Clear();
+        PyErr_Restore(type, value, traceback);
+    }
     open_clear(&o);
     Py_XDECREF(c.empty);
     Py_XDECREF(rest);

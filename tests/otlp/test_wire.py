@@ -9,6 +9,7 @@ import math
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -250,3 +251,34 @@ def test_the_c_conversion_is_built_unless_switched_off() -> None:
         ((Kind.GAUGE, "g", ()), gauge(1.0)),
     ]
     assert NATIVE.series(out, chunk, (), "", True) == (2, 0, [])
+
+
+@pytest.mark.parametrize("in_c", [True, False])
+def test_an_emit_that_raises_leaves_the_request_counted_true(in_c: bool) -> None:
+    sent: list[int] = []
+
+    def emit(body: bytes, points: int) -> None:
+        sent.append(points)
+        if len(sent) == 1:
+            raise RuntimeError("emit failed")
+
+    out = requests.Requests(emit, resource={}, gzip=False, max_points=2)
+    converter = Converter(out, native=in_c)
+    chunk = [((Kind.COUNTER, f"c{i}", ()), counter(1.0)) for i in range(5)]
+    with pytest.raises(RuntimeError):
+        converter.series(chunk, 1_800_000_000, 10)  # the third point seals the first two
+    assert (sent, out.open_points) == ([2], 0)
+    assert converter.series(chunk[3:], 1_800_000_000, 10) == 2
+    out.seal()
+    assert (sent, out.points) == ([2, 2], 4)
+
+
+@pytest.mark.parametrize("in_c", [True, False])
+def test_a_failure_midway_leaves_the_points_made_counted(in_c: bool) -> None:
+    out = requests.Requests(lambda body, n: None, resource={}, gzip=False)
+    converter = Converter(out, native=in_c)
+    bad: Any = (("env", 1),)  # (never from the aggregator: tags are strings)
+    chunk = [((Kind.COUNTER, "good", ()), counter(1.0)), ((Kind.COUNTER, "bad", bad), counter(1.0))]
+    with pytest.raises((TypeError, AttributeError)):
+        converter.series(chunk, 1_800_000_000, 10)
+    assert out.open_points == 1
