@@ -21,7 +21,10 @@ the loop between chunks), inline, to the last encoded byte:
 - ``otlp-cold``: `statsd_ao.otlp` conversion into requests of at most 2000 points, each
   serialized and gzipped, on a new sink (no attribute set encoded yet: the first interval);
 - ``otlp-warm``: the same sink's next interval (the attribute sets are cached: every later
-  interval of the same series).
+  interval of the same series);
+- with ``--otlp-also python`` / ``library``: the same two with the C conversion and writer
+  off (Python writes the same bytes), or with requests built from opentelemetry-proto's
+  messages and Python's conversion (`statsd_ao.otlp.reference`: how it was done before).
 
 For these the bytes per data point on the wire are printed too (AppOptics JSON, OTLP
 protobuf before and after gzip).
@@ -56,6 +59,7 @@ from statsd_ao.flusher import CONVERT_CHUNK, Flusher, _free_some
 from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.io.appoptics import AppOpticsSink
 from statsd_ao.otlp.convert import Converter as OtlpConverter
+from statsd_ao.otlp.reference import Requests as ReferenceRequests
 from statsd_ao.otlp.requests import Requests
 
 BATCH_SIZE = 500  # statsd_ao.core.batching.DEFAULT_BATCH
@@ -289,12 +293,22 @@ class AppOpticsPath:
 
 
 class OtlpPath:
-    """The OTLP sink's work for a chunk: convert into requests, serialize and gzip each."""
+    """The OTLP sink's work for a chunk: convert into requests, serialize and gzip each.
 
-    def __init__(self, percentiles: Sequence[float]) -> None:
+    ``how``: "c" as the sink runs (the C conversion and writer when built), "python" (the
+    same wire bytes written by Python), "library" (Python conversion into requests built
+    from opentelemetry-proto's messages: `statsd_ao.otlp.reference`, as before the writer)."""
+
+    def __init__(self, percentiles: Sequence[float], how: str = "c") -> None:
         self.wire = Wire()
-        self._requests = Requests(self._emit, resource={"service.name": "bench"})
-        self._converter = OtlpConverter(self._requests, percentiles)
+        self._requests: Requests | ReferenceRequests
+        if how == "library":
+            self._requests = ReferenceRequests(self._emit, resource={"service.name": "bench"})
+        else:
+            self._requests = Requests(
+                self._emit, resource={"service.name": "bench"}, native=how == "c"
+            )
+        self._converter = OtlpConverter(self._requests, percentiles, native=how == "c")
         self._raw_seen = 0
 
     def series(self, chunk: list[Any], stamp: int) -> None:
@@ -342,7 +356,7 @@ def compare_sinks(
     print()
     print(f"the two sinks on one interval, fed {args.chunk} series at a time as the flusher does")
     print(
-        f"{'path':<10} {'round':>5} {'series':>8} {'points':>8} {'flush ms':>9} {'stall':>7} "
+        f"{'path':<13} {'round':>5} {'series':>8} {'points':>8} {'flush ms':>9} {'stall':>7} "
         f"{'no GC':>7} {'bodies':>7} {'B/pt raw':>9} {'B/pt wire':>10}  load avg"
     )
     for round_no in range(1, args.rounds + 1):
@@ -352,6 +366,9 @@ def compare_sinks(
             ("otlp-cold", otlp),
             ("otlp-warm", otlp),
         ]
+        for how in args.otlp_also:
+            other = OtlpPath(percentiles, how)
+            runs += [(f"{how}-cold", other), (f"{how}-warm", other)]
         for name, path in runs:
             aggregator, _ = fill(args.series, args.values)
             if policy is None:
@@ -367,7 +384,7 @@ def compare_sinks(
             stall, _, no_gc = meter.longest()
             one, five, fifteen = os.getloadavg()
             print(
-                f"{name:<10} {round_no:>5} {series:>8,} {points:>8,} {elapsed * 1e3:>9.0f} "
+                f"{name:<13} {round_no:>5} {series:>8,} {points:>8,} {elapsed * 1e3:>9.0f} "
                 f"{stall * 1e3:>7.1f} {no_gc * 1e3:>7.1f} {wire.bodies - before.bodies:>7} "
                 f"{raw:>9.1f} {sent:>10.1f}  {one:.2f} {five:.2f} {fifteen:.2f}",
                 flush=True,
@@ -390,6 +407,14 @@ def main() -> None:
         "--only-sinks",
         action="store_true",
         help="skip the flusher rounds; only compare the AppOptics and OTLP sinks",
+    )
+    parser.add_argument(
+        "--otlp-also",
+        action="append",
+        default=[],
+        choices=["python", "library"],
+        help="also run the OTLP path with Python's writer (python) or the library's messages"
+        " (library: as before the writer); repeatable",
     )
     parser.add_argument(
         "--gc-policy",
