@@ -23,7 +23,7 @@ COPY --from=build /install /usr/local
 # The C parts are optional to pip (a machine without a compiler still installs the pure
 # Python code, at half the speed): here their absence fails the build instead.  Then the
 # user and group 10001, and the spool directory they own.
-RUN python -c "import statsd_ao.core._hotpath, statsd_ao.core._convert" \
+RUN python -c "import statsd_ao.core._hotpath, statsd_ao.core._convert, statsd_ao.otlp._wire" \
     && groupadd --gid 10001 statsd \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin statsd \

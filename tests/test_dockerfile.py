@@ -275,8 +275,8 @@ def test_the_build_stage_compiles_both_c_parts_and_the_image_refuses_to_lack_the
     with zipfile.ZipFile(wheel) as contents:
         names = contents.namelist()
         contents.extractall(tmp_path / "installed")
-    for extension in ("_hotpath", "_convert"):
-        assert f"statsd_ao/core/{extension}{suffix}" in names
+    for extension in ("core/_hotpath", "core/_convert", "otlp/_wire"):
+        assert f"statsd_ao/{extension}{suffix}" in names
 
     def check(path: Path) -> int:
         env = {k: v for k, v in os.environ.items() if k != "STATSD_AO_PURE_PYTHON"}

@@ -25,7 +25,15 @@ from tests.proxy import Proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-C_SOURCES = ("_hotpath.c", "_gauges.c", "_convert.c", "_gauges.h", "_slots.h")
+C_SOURCES = (
+    "core/_hotpath.c",
+    "core/_gauges.c",
+    "core/_convert.c",
+    "core/_gauges.h",
+    "core/_slots.h",
+    "otlp/_wire.c",
+)
+C_PARTS = ("core/_hotpath", "core/_convert", "otlp/_wire")
 
 
 def run(*command: str | Path, cwd: Path | None = None) -> str:
@@ -61,7 +69,7 @@ def test_the_sdist_carries_the_c_sources_license_and_changelog(dist: Path) -> No
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     for source in C_SOURCES:
-        assert f"statsd_ao/core/{source}" in names
+        assert f"statsd_ao/{source}" in names
     assert {"LICENSE", "CHANGELOG.md", "setup.py", "pyproject.toml"} <= names
     assert not [name for name in names if name.endswith((".so", ".pyc"))]
 
@@ -71,8 +79,8 @@ def test_the_wheel_has_both_c_parts_and_the_license(dist: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(f"statsd_ao-{PROJECT['version']}.dist-info/METADATA").decode()
-    for extension in ("_hotpath", "_convert"):
-        assert any(name.startswith(f"statsd_ao/core/{extension}.") for name in names)
+    for extension in C_PARTS:
+        assert any(name.startswith(f"statsd_ao/{extension}.") for name in names)
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     assert "License-Expression: Apache-2.0" in metadata.splitlines()
 
