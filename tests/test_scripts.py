@@ -28,9 +28,10 @@ def checkout(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "scripts", root / "scripts")
     for name in ("pyproject.toml", "setup.py", "MANIFEST.in"):
         shutil.copy(ROOT / name, root / name)
-    (root / "statsd_ao" / "core").mkdir(parents=True)
-    for source in [*(ROOT / "statsd_ao" / "core").glob("*.[ch]")]:
-        shutil.copy(source, root / "statsd_ao" / "core" / source.name)
+    for folder in ("core", "otlp"):  # the C parts' sources
+        (root / "statsd_ao" / folder).mkdir(parents=True)
+        for source in (ROOT / "statsd_ao" / folder).glob("*.[ch]"):
+            shutil.copy(source, root / "statsd_ao" / folder / source.name)
     bin_ = root / ".venv" / "bin"
     bin_.mkdir(parents=True)
     (bin_ / "python").write_text(FAKE_PYTHON)
