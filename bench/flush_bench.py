@@ -24,7 +24,7 @@ the loop between chunks), inline, to the last encoded byte:
   interval of the same series);
 - with ``--otlp-also python`` / ``library``: the same two with the C conversion and writer
   off (Python writes the same bytes), or with requests built from opentelemetry-proto's
-  messages and Python's conversion (`statsd_ao.otlp.reference`: how it was done before).
+  messages and Python's conversion (`tests.otlp.reference`: how it was done before).
 
 For these the bytes per data point on the wire are printed too (AppOptics JSON, OTLP
 protobuf before and after gzip).
@@ -59,8 +59,8 @@ from statsd_ao.flusher import CONVERT_CHUNK, Flusher, _free_some
 from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.io.appoptics import AppOpticsSink
 from statsd_ao.otlp.convert import Converter as OtlpConverter
-from statsd_ao.otlp.reference import Requests as ReferenceRequests
 from statsd_ao.otlp.requests import Requests
+from tests.otlp.reference import Requests as ReferenceRequests
 
 BATCH_SIZE = 500  # statsd_ao.core.batching.DEFAULT_BATCH
 INTERVAL = 10
@@ -297,7 +297,7 @@ class OtlpPath:
 
     ``how``: "c" as the sink runs (the C conversion and writer when built), "python" (the
     same wire bytes written by Python), "library" (Python conversion into requests built
-    from opentelemetry-proto's messages: `statsd_ao.otlp.reference`, as before the writer)."""
+    from opentelemetry-proto's messages: `tests.otlp.reference`, as before the writer)."""
 
     def __init__(self, percentiles: Sequence[float], how: str = "c") -> None:
         self.wire = Wire()

@@ -46,7 +46,7 @@ def sink_report(sink: Sink) -> SinkReport:
         http = sink.poster
         return SinkReport(sink.name, lambda: sink.lost, http, http.spool, annotations=http)
     if isinstance(sink, OtlpSink):
-        return SinkReport(sink.name, lambda: sink.lost, sink, sink.http.spool)
+        return SinkReport(sink.name, lambda: sink.lost, sink.http, sink.http.spool)
     return SinkReport(sink.name, lambda: sink.lost)
 
 

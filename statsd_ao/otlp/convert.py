@@ -60,7 +60,7 @@ SUMMARY_FIELDS = ("count", "sum", "min", "max")
 
 class Points(Protocol):
     """Where points go: `statsd_ao.otlp.requests.Requests` (or its reference, built from
-    the library's messages: `statsd_ao.otlp.reference.Requests`)."""
+    the library's messages: `tests.otlp.reference.Requests`)."""
 
     def window(self, start: int, end: int) -> None: ...
 

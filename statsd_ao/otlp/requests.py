@@ -22,7 +22,7 @@ The schema of record stays ``opentelemetry-proto``: every field number and type 
 is read from its generated descriptors at import (`_field`, which refuses a field whose type
 is not the one written), the resource and the instrumentation scope are serialized by its
 messages, and tests/otlp/test_wire.py holds the bytes equal to its own ``SerializeToString``
-of the same request built from its messages (`statsd_ao.otlp.reference`).
+of the same request built from its messages (`tests.otlp.reference`).
 """
 
 from __future__ import annotations

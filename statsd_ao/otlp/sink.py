@@ -69,7 +69,27 @@ def resource_of(service_name: str, attributes: Mapping[str, str] | None) -> dict
     return {"service.name": service_name, **(attributes or {})}
 
 
-class OtlpSink:
+class _Converting:
+    """What both OTLP sinks do with an interval: convert each chunk into the open request,
+    seal it at the interval's end.  ``converter`` and ``requests`` are set by the sink."""
+
+    converter: Converter
+    requests: Requests
+
+    def prepare(self, table: Mapping[SeriesKey, Accumulator]) -> None:
+        return None  # (a series named like a percentile gauge: both are sent; docs/otlp.md)
+
+    def series(self, items: SeriesItems, stamp: int, period: int) -> int:
+        return self.converter.series(items, stamp, period)
+
+    def measurements(self, batch: Sequence[Measurement]) -> int:
+        return self.converter.measurements(batch)
+
+    def end_interval(self) -> None:
+        self.requests.seal()
+
+
+class OtlpSink(_Converting):
     """Delivers flushed intervals to an OTLP/HTTP metrics URL (protobuf, gzip by default).
 
     ``url`` is the full metrics URL (`statsd_ao.otlp.swo_url` gives SWO's); ``token`` is
@@ -166,22 +186,6 @@ class OtlpSink:
         return merged
 
     @property
-    def outcomes(self) -> dict[str, int]:
-        return self.http.outcomes
-
-    @property
-    def retries(self) -> int:
-        return self.http.retries
-
-    @property
-    def splits(self) -> int:
-        return self.http.splits
-
-    @property
-    def unconfirmed(self) -> int:
-        return self.http.unconfirmed
-
-    @property
     def kept(self) -> int:
         """Data points left in the spool at exit, for the next run."""
         return self.http.kept
@@ -199,18 +203,6 @@ class OtlpSink:
         """Open the spool (`SpoolError` if it cannot be used), queue what a previous run
         left in it, and start posting."""
         await self.http.start()
-
-    def prepare(self, table: Mapping[SeriesKey, Accumulator]) -> None:
-        return None  # (a series named like a percentile gauge: both are sent; docs/otlp.md)
-
-    def series(self, items: SeriesItems, stamp: int, period: int) -> int:
-        return self.converter.series(items, stamp, period)
-
-    def measurements(self, batch: Sequence[Measurement]) -> int:
-        return self.converter.measurements(batch)
-
-    def end_interval(self) -> None:
-        self.requests.seal()
 
     def event(self, event: Event) -> None:
         self.events_dropped += 1
@@ -232,7 +224,7 @@ class OtlpSink:
         await self.http.close()
 
 
-class OtlpDryRunSink:
+class OtlpDryRunSink(_Converting):
     """Prints each request as one line of OTLP/JSON (the protobuf JSON mapping, enums as
     integers as OTLP/JSON requires) instead of sending it."""
 
@@ -288,18 +280,6 @@ class OtlpDryRunSink:
 
     async def start(self) -> None:
         return None
-
-    def prepare(self, table: Mapping[SeriesKey, Accumulator]) -> None:
-        return None  # (a series named like a percentile gauge: both are sent; docs/otlp.md)
-
-    def series(self, items: SeriesItems, stamp: int, period: int) -> int:
-        return self.converter.series(items, stamp, period)
-
-    def measurements(self, batch: Sequence[Measurement]) -> int:
-        return self.converter.measurements(batch)
-
-    def end_interval(self) -> None:
-        self.requests.seal()
 
     def event(self, event: Event) -> None:
         return None

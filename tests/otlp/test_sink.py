@@ -111,7 +111,7 @@ def test_retryable_answers_are_retried_honouring_retry_after() -> None:
             assert time.monotonic() - started >= 0.3  # the wait the receiver asked for
             await sink.drain(5.0)
             await sink.close()
-            assert (sink.posted, sink.lost, sink.retries) == (50, {}, 3)
+            assert (sink.posted, sink.lost, sink.http.retries) == (50, {}, 3)
             assert [r.status for r in otlp.requests] == [503, 502, None, 200]
 
     run(scenario())
@@ -150,7 +150,7 @@ def test_a_request_refused_whole_is_split_until_the_bad_point_is_isolated() -> N
             assert sorted(p.name for p in otlp.points) == sorted(
                 f"g.{i}" for i in range(32) if i != 13
             )
-            assert sink.splits == 5  # 32 -> 16 -> 8 -> 4 -> 2 -> 1
+            assert sink.http.splits == 5  # 32 -> 16 -> 8 -> 4 -> 2 -> 1
             assert len(otlp.requests) == 11  # 1 + 2 * 5
 
     run(scenario())
@@ -170,7 +170,7 @@ def test_a_denied_token_holds_the_points_until_it_is_fixed() -> None:
             await sink.drain(5.0)
             await sink.close()
             assert (sink.posted, sink.lost) == (5, {})
-            assert sink.outcomes["401"] >= 2
+            assert sink.http.outcomes["401"] >= 2
 
     run(scenario())
 
@@ -184,7 +184,7 @@ def test_other_statuses_are_not_retried() -> None:
             sink.series(gauges("g", 8), STAMP, 10)
             await sink.drain(5.0)
             await sink.close()
-            assert (sink.posted, sink.lost, sink.retries) == (0, {"rejected": 8}, 0)
+            assert (sink.posted, sink.lost, sink.http.retries) == (0, {"rejected": 8}, 0)
             assert len(otlp.requests) == 2
 
     run(scenario())

@@ -1,6 +1,6 @@
 """The wire writer (`statsd_ao.otlp.requests`) against the library: the same requests,
 byte for byte, as ``opentelemetry-proto``'s messages serialize them
-(`statsd_ao.otlp.reference`); and the converter's shortcut for plain summaries against
+(`tests.otlp.reference`); and the converter's shortcut for plain summaries against
 `summarize`, the definition."""
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from statsd_ao.core import native
 from statsd_ao.core.accumulators import Summary
 from statsd_ao.core.measurements import MAX_COUNT, postable_stats, summarize
 from statsd_ao.core.protocol import Kind
-from statsd_ao.otlp import reference, requests
+from statsd_ao.otlp import requests
 from statsd_ao.otlp.convert import NATIVE, Converter, _histogram_fits, _plain_figures
 from statsd_ao.otlp.requests import Shape
 from tests.core.test_convert import counter, gauge, percentile_lists
 from tests.core.test_convert import items as convert_items
+from tests.otlp import reference
 
 texts = st.text(min_size=1, max_size=12)  # any code point a str holds in UTF-8
 doubles = st.floats(allow_nan=False, width=64)
