@@ -20,8 +20,9 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from statsd_ao.config import Config
+from statsd_ao.config import Config, build
 from statsd_ao.io.address import parse_address
+from statsd_ao.io.fleet_forward import parse_targets
 from statsd_ao.otlp import SWO_REGIONS
 from statsd_ao.settings import SETTINGS, parse_bytes
 
@@ -30,15 +31,26 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 EXPECTED_KINDS = {
     "sidecar.yaml": ["Deployment"],
     "daemonset.yaml": ["PriorityClass", "DaemonSet", "Service"],
-    "secret.example.yaml": ["Secret", "Secret"],
+    "secret.example.yaml": ["Secret", "Secret", "Secret"],
+    "fleet.yaml": [
+        "PriorityClass",
+        "DaemonSet",
+        "Service",
+        "StatefulSet",
+        "Service",
+        "PodDisruptionBudget",
+    ],
 }
 OUR_PREFIXES = ("STATSD_AO_", "APPOPTICS_")
 IMAGE_USER = 10001  # the Dockerfile's USER, and its group
 STATSD_PORT = 8125
 HTTP_PORT = 18125  # the image's too: 8080 is where applications listen
+FLEET_PORT = 8126
 # Kubernetes versions whose schemas the manifests must pass: native sidecars (an init
 # container with restartPolicy: Always) need 1.29; and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+
+API_VERSIONS = ("v1", "apps/v1", "scheduling.k8s.io/v1", "policy/v1")
 
 Doc = dict[str, Any]
 
@@ -69,8 +81,11 @@ def statsd_ao(doc: Doc) -> Doc:
     return container
 
 
+WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
+
+
 def workloads() -> list[tuple[str, Doc]]:
-    return [(n, d) for n, d in all_documents() if d["kind"] in ("Deployment", "DaemonSet")]
+    return [(n, d) for n, d in all_documents() if d["kind"] in WORKLOAD_KINDS]
 
 
 def env_values(container: Doc) -> dict[str, str]:
@@ -89,7 +104,7 @@ def test_every_manifest_parses_and_has_the_expected_kinds() -> None:
         docs = documents(name)
         assert [doc["kind"] for doc in docs] == kinds, name
         for doc in docs:
-            assert doc["apiVersion"] in ("v1", "apps/v1", "scheduling.k8s.io/v1"), name
+            assert doc["apiVersion"] in API_VERSIONS, name
             assert doc["metadata"]["name"], name
 
 
@@ -144,17 +159,59 @@ def test_env_references_are_defined_before_use(name: str, doc: Doc) -> None:
             defined.add(item["name"])
 
 
-@pytest.mark.parametrize(("name", "doc"), workloads())
+def env_items(doc: Doc) -> dict[str, Doc]:
+    return {item["name"]: item for item in statsd_ao(doc)["env"]}
+
+
+def from_example_secret(item: Doc) -> None:
+    """The variable comes from a Secret, and secret.example.yaml has that Secret and key."""
+    secrets = {d["metadata"]["name"]: d for d in documents("secret.example.yaml")}
+    token = item["valueFrom"]["secretKeyRef"]
+    assert token["key"] in secrets[token["name"]]["stringData"], item["name"]
+
+
+def receives_statsd(doc: Doc) -> bool:
+    """Not a global of a fleet (which takes forwarded parts only)."""
+    return "STATSD_AO_FLEET_LISTEN" not in env_items(doc)
+
+
+def posts(doc: Doc) -> bool:
+    """Not a local of a fleet (which forwards to the globals instead)."""
+    return "STATSD_AO_FORWARD" not in env_items(doc)
+
+
+@pytest.mark.parametrize(("name", "doc"), [(n, d) for n, d in workloads() if receives_statsd(d)])
 def test_tags_come_from_the_downward_api(name: str, doc: Doc) -> None:
-    env = {item["name"]: item for item in statsd_ao(doc)["env"]}
+    env = env_items(doc)
     assert "NODE_NAME" in env["STATSD_AO_TAGS"]["value"]
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    secrets = {d["metadata"]["name"]: d for d in documents("secret.example.yaml")}
+
+
+@pytest.mark.parametrize(("name", "doc"), [(n, d) for n, d in workloads() if posts(d)])
+def test_backend_tokens_come_from_secrets(name: str, doc: Doc) -> None:
+    env = env_items(doc)
     for variable in ("STATSD_AO_OTLP_TOKEN", "APPOPTICS_TOKEN"):  # each from its Secret
-        token = env[variable]["valueFrom"]["secretKeyRef"]
-        assert token["key"] in secrets[token["name"]]["stringData"], variable
+        from_example_secret(env[variable])
     assert env["STATSD_AO_SWO_REGION"]["value"] in SWO_REGIONS  # SWO by default
     assert env["APPOPTICS_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def sample_environment(container: Doc) -> dict[str, str]:
+    """The container's environment as the process would see it: literal values (with
+    $(VAR) samples), and a sample for each value from a Secret or the Downward API."""
+    out = env_values(container)
+    for item in container.get("env", []):
+        if "valueFrom" in item:
+            out[item["name"]] = f"sample-{item['name'].lower()}"
+    return out
+
+
+@pytest.mark.parametrize(("name", "doc"), workloads())
+def test_statsd_ao_accepts_the_whole_configuration(name: str, doc: Doc) -> None:
+    """Each value parses (above), and together they pass statsd-ao's own checks at start:
+    a local of a fleet with a backend token, or a fleet member without the fleet's token,
+    would not start."""
+    build({}, environ=sample_environment(statsd_ao(doc)))
 
 
 @pytest.mark.parametrize(("name", "doc"), workloads())
@@ -206,8 +263,19 @@ def test_the_sidecar_listens_on_loopback_where_the_app_sends() -> None:
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
-def test_the_daemonset_service_keeps_traffic_on_the_node() -> None:
-    _, daemonset, service = documents("daemonset.yaml")
+# The files with a proxy per node: a PriorityClass, the DaemonSet, its Service first.
+NODE_TIERS = ("daemonset.yaml", "fleet.yaml")
+
+
+def node_tier(name: str) -> tuple[Doc, Doc, Doc]:
+    priority, found, service = documents(name)[:3]
+    assert (priority["kind"], found["kind"], service["kind"]) == tuple(EXPECTED_KINDS[name][:3])
+    return priority, found, service
+
+
+@pytest.mark.parametrize("name", NODE_TIERS)
+def test_the_daemonset_service_keeps_traffic_on_the_node(name: str) -> None:
+    _, daemonset, service = node_tier(name)
     labels = daemonset["spec"]["template"]["metadata"]["labels"]
     assert daemonset["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert service["spec"]["selector"].items() <= labels.items()
@@ -219,11 +287,6 @@ def test_the_daemonset_service_keeps_traffic_on_the_node() -> None:
     assert (target["containerPort"], target["protocol"]) == (STATSD_PORT, "UDP")
     listen = parse_address(env_values(container)["STATSD_AO_UDP"])
     assert (listen.host, listen.port) == ("0.0.0.0", STATSD_PORT)
-
-
-def daemonset() -> Doc:
-    (found,) = [doc for doc in documents("daemonset.yaml") if doc["kind"] == "DaemonSet"]
-    return found
 
 
 def settings(container: Doc) -> dict[str, Any]:
@@ -302,33 +365,113 @@ def test_the_spool_volume_belongs_to_the_proxys_group(name: str, doc: Doc) -> No
     assert pod_spec(doc)["securityContext"]["fsGroup"] == IMAGE_USER, name
 
 
-def test_the_daemonset_tags_host_with_the_node_name() -> None:
+@pytest.mark.parametrize("name", NODE_TIERS)
+def test_the_daemonset_tags_host_with_the_node_name(name: str) -> None:
     """A pod's name (the default `host`) changes on every rollout: new tag sets, new series."""
-    container = statsd_ao(daemonset())
+    container = statsd_ao(node_tier(name)[1])
     env = {item["name"]: item for item in container["env"]}
     tags = dict(pair.split("=") for pair in env["STATSD_AO_TAGS"]["value"].split(","))
     assert tags["host"] == "$(NODE_NAME)"
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
 
 
-def test_a_daemonset_rollout_starts_the_new_pod_before_stopping_the_old() -> None:
+@pytest.mark.parametrize("name", NODE_TIERS)
+def test_a_daemonset_rollout_starts_the_new_pod_before_stopping_the_old(name: str) -> None:
     """maxSurge: the node always has a ready proxy (the Service sends to the ready one, as
     internalTrafficPolicy: Local has no other node to fall back on); the new one is ready a
     while before the old one goes; the old one listens a while after it is taken out."""
-    spec = daemonset()["spec"]
+    spec = node_tier(name)[1]["spec"]
     rolling = spec["updateStrategy"]["rollingUpdate"]
     assert (rolling["maxSurge"], rolling["maxUnavailable"]) == (1, 0)
     assert spec["minReadySeconds"] >= 5
-    container = statsd_ao(daemonset())
+    container = statsd_ao(node_tier(name)[1])
     assert pre_stop_seconds(container) >= 3
     # Two pods of a node cannot both hold a hostPort: a surge needs the Service.
     assert all("hostPort" not in port for port in container["ports"])
 
 
-def test_the_daemonset_runs_on_every_node_with_its_own_priority() -> None:
-    priority, found, _ = documents("daemonset.yaml")
+@pytest.mark.parametrize("name", NODE_TIERS)
+def test_the_daemonset_runs_on_every_node_with_its_own_priority(name: str) -> None:
+    priority, found, _ = node_tier(name)
     spec = found["spec"]["template"]["spec"]
     assert spec["priorityClassName"] == priority["metadata"]["name"]
     assert 0 < priority["value"] < 2_000_000_000  # above apps, below Kubernetes' own
     assert priority["globalDefault"] is False
     assert {"operator": "Exists"} in spec["tolerations"]  # tainted nodes too
+
+
+def fleet() -> dict[str, Doc]:
+    """fleet.yaml's documents by kind, the global tier's Service as "Headless"."""
+    _, local, local_service, globals_, headless, budget = documents("fleet.yaml")
+    return {
+        "DaemonSet": local,
+        "Service": local_service,
+        "StatefulSet": globals_,
+        "Headless": headless,
+        "PodDisruptionBudget": budget,
+    }
+
+
+def test_the_fleet_locals_forward_to_every_global_through_the_headless_service() -> None:
+    """A dns: target is a member per A record: the Service must be headless (a cluster IP
+    would be one member, behind which kube-proxy spreads connections, not metric names),
+    name the StatefulSet's pods, and lead to the port the globals listen on."""
+    docs = fleet()
+    headless, globals_ = docs["Headless"], docs["StatefulSet"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert not headless["spec"].get("publishNotReadyAddresses", False)  # ready globals only
+    assert globals_["spec"]["serviceName"] == headless["metadata"]["name"]
+    labels = globals_["spec"]["template"]["metadata"]["labels"]
+    assert globals_["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert headless["spec"]["selector"].items() <= labels.items()
+    assert globals_["spec"]["replicas"] == 2
+    (port,) = headless["spec"]["ports"]
+    assert (port["port"], port["protocol"]) == (FLEET_PORT, "TCP")
+    container = statsd_ao(globals_)
+    target = next(p for p in container["ports"] if p["name"] == port["targetPort"])
+    listen = parse_address(env_values(container)["STATSD_AO_FLEET_LISTEN"])
+    assert (
+        (listen.host, listen.port)
+        == ("0.0.0.0", FLEET_PORT)
+        == ("0.0.0.0", target["containerPort"])
+    )
+    local = statsd_ao(docs["DaemonSet"])
+    (forward,) = parse_targets(env_values(local)["STATSD_AO_FORWARD"])
+    # The Service in the pod's own namespace (from the Downward API), completed by the
+    # pod's DNS search list.
+    assert forward == (f"{headless['metadata']['name']}.sample-NAMESPACE.svc", FLEET_PORT)
+    namespace = env_items(docs["DaemonSet"])["NAMESPACE"]
+    assert namespace["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+def test_the_fleet_shares_one_token_and_one_flush_interval() -> None:
+    """Every member has the fleet's token from the same Secret; the locals have no backend
+    token (they never post); both tiers flush on the same interval."""
+    docs = fleet()
+    local, globals_ = statsd_ao(docs["DaemonSet"]), statsd_ao(docs["StatefulSet"])
+    tokens = [
+        env_items(d)["STATSD_AO_FLEET_TOKEN"] for d in (docs["DaemonSet"], docs["StatefulSet"])
+    ]
+    for token in tokens:
+        from_example_secret(token)
+    assert tokens[0]["valueFrom"] == tokens[1]["valueFrom"]
+    backend = {
+        "STATSD_AO_OTLP_TOKEN",
+        "APPOPTICS_TOKEN",
+        "STATSD_AO_SWO_REGION",
+        "STATSD_AO_OTLP_URL",
+    }
+    assert not backend & set(env_items(docs["DaemonSet"]))
+    assert settings(local)["flush_interval"] == settings(globals_)["flush_interval"]
+    assert settings(globals_)["udp"] is None  # only the locals take StatsD
+
+
+def test_the_fleet_globals_leave_one_at_a_time() -> None:
+    """A drain or upgrade takes at most one global; the budget selects the globals only
+    (not the locals, whose DaemonSet a drain leaves in place anyway)."""
+    docs = fleet()
+    budget = docs["PodDisruptionBudget"]["spec"]
+    assert budget["maxUnavailable"] == 1
+    selector = budget["selector"]["matchLabels"].items()
+    assert selector <= docs["StatefulSet"]["spec"]["template"]["metadata"]["labels"].items()
+    assert not selector <= docs["DaemonSet"]["spec"]["template"]["metadata"]["labels"].items()
