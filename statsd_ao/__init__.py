@@ -1,4 +1,5 @@
-"""statsd-ao: a StatsD/DogStatsD aggregation proxy for AppOptics."""
+"""statsd-ao: a StatsD/DogStatsD aggregation proxy for SolarWinds Observability (OTLP), any OTLP
+backend and the AppOptics API."""
 
 from importlib import metadata
 

@@ -28,7 +28,8 @@ EXIT_CONFIG = 2
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="statsd-ao",
-        description="StatsD/DogStatsD aggregation proxy for AppOptics. Every flag can also be "
+        description="StatsD/DogStatsD aggregation proxy for SolarWinds Observability (OTLP), any "
+        "OTLP backend and the AppOptics API. Every flag can also be "
         "set by its environment variable or in a TOML file (--config).",
     )
     p.add_argument("--version", action="version", version=f"statsd-ao {__version__}")
