@@ -26,6 +26,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from statsd_ao.core.logs import fields
+from statsd_ao.core.retry import Loss
 from statsd_ao.flusher import Flusher
 from statsd_ao.gcpolicy import GcPolicy
 from statsd_ao.io.spool import SpoolError
@@ -87,24 +88,29 @@ class App:
         """Run until the trigger returns (default: SIGTERM or SIGINT; a second one cuts the
         delivery at shutdown short); the exit status."""
         stop = asyncio.Event()
-        async with AsyncExitStack() as stack:
-            trigger = shutdown_trigger or self._signals(stack, stop)
-            try:
-                await self._open(stack)
-            except StartFailed:
-                return 1
-            watcher = asyncio.ensure_future(trigger())
-            watcher.add_done_callback(lambda _: stop.set())
-            stack.callback(watcher.cancel)
-            log.info("%s", self._ready_message)
-            self.state.started.set()
-            await self.flusher.run(stop)
-            log.info(
-                "shutting down: final flush, then up to %gs to deliver (a second signal stops "
-                "at once)",
-                self._shutdown_timeout,
-            )
-        self._summary()
+        started = False
+        try:
+            async with AsyncExitStack() as stack:
+                trigger = shutdown_trigger or self._signals(stack, stop)
+                try:
+                    await self._open(stack)
+                except StartFailed:
+                    return 1
+                started = True
+                watcher = asyncio.ensure_future(trigger())
+                watcher.add_done_callback(lambda _: stop.set())
+                stack.callback(watcher.cancel)
+                log.info("%s", self._ready_message)
+                self.state.started.set()
+                await self.flusher.run(stop)
+                log.info(
+                    "shutting down: final flush, then up to %gs to deliver (a second signal "
+                    "stops at once)",
+                    self._shutdown_timeout,
+                )
+        finally:
+            if started:  # (also when a part's close failed: what it did is still said)
+                self._summary()
         return 0
 
     # -- opening -------------------------------------------------------------------------
@@ -191,6 +197,9 @@ class App:
         return 0
 
     def _summary(self) -> None:
+        # A drain cut short by a second signal reports nothing: its sink's close counted it.
+        at_close = sum(sink.lost.get(Loss.SHUTDOWN.value, 0) for sink in self.sinks)
+        self.lost = max(self.lost, at_close)
         for sink in self.sinks:
             lost = dict(sink.lost)
             log.info(

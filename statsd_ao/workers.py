@@ -192,7 +192,10 @@ class WorkerPool:
                 self._processes.append(process)
                 self._commands.append(command_out)
                 self._answers.append(answer_in)
-            await asyncio.gather(*(self._receive(answers) for answers in self._answers))
+            try:
+                await asyncio.gather(*(self._receive(answers) for answers in self._answers))
+            except EOFError as error:  # a worker died starting (its pipe closed)
+                raise OSError(f"a worker process did not start: {error!r}") from error
         finally:
             for sock in group:  # each worker holds its own copy
                 sock.close()
@@ -215,23 +218,35 @@ class WorkerPool:
         the next `take` (the final flush) returns; then they exit."""
         if not self._commands:
             return
-        self._last = await self._ask("stop")
-        for conn in (*self._commands, *self._answers):
-            conn.close()
-        self._commands, self._answers = [], []
+        try:
+            self._last = await self._ask("stop")
+        finally:
+            for conn in (*self._commands, *self._answers):
+                conn.close()
+            self._commands, self._answers = [], []
         for process in self._processes:
             await asyncio.get_running_loop().run_in_executor(None, process.join, WORKER_TIMEOUT)
             if process.is_alive():
                 process.kill()
 
     async def _ask(self, command: str) -> list[Snapshot]:
-        for commands in self._commands:
-            commands.send(command)
-        answers = await asyncio.gather(
-            *(self._receive(answers) for answers in self._answers), return_exceptions=True
+        """Each worker's answer to ``command``; a worker that is gone loses its interval,
+        said loudly, and never keeps the others' answers from being read."""
+        reached: list[tuple[int, Connection]] = []
+        for index, (commands, answers) in enumerate(
+            zip(self._commands, self._answers, strict=True)
+        ):
+            try:
+                commands.send(command)
+            except OSError as error:
+                log.error("worker %d is gone (%r): its interval is lost", index, error)
+                continue
+            reached.append((index, answers))
+        results = await asyncio.gather(
+            *(self._receive(answers) for _, answers in reached), return_exceptions=True
         )
         parts = []
-        for index, answer in enumerate(answers):
+        for (index, _), answer in zip(reached, results, strict=True):
             if isinstance(answer, tuple):
                 parts.append(from_wire(answer))
             else:  # a worker that died loses its interval: say so loudly

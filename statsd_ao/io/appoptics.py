@@ -84,6 +84,7 @@ class AppOpticsSink:
         self.poster.annotate(stream_of(event, self._stream), annotation)
 
     async def drain(self, timeout: float) -> int:
+        self._submit(whole_posts_only=False)  # (held back if the final flush failed midway)
         return await self.poster.drain(timeout)
 
     @property

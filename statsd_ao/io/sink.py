@@ -218,6 +218,7 @@ class HttpSink:
         self._draining = False
         self._deadline = 0.0
         self._closed = False
+        self._stopping: asyncio.Future[int] | None = None
         self._log = RateLimitedLog(log, interval=LOG_INTERVAL)
         self._settler = Settler(
             self._outbox,
@@ -364,6 +365,8 @@ class HttpSink:
         )
 
     async def close(self) -> None:
+        for task in self._annotating:  # done after a drain; after one cut short: no more wait
+            task.cancel()
         await self._stop()
         if self._session is not None:
             session, self._session = self._session, None
@@ -530,9 +533,14 @@ class HttpSink:
         return max(left - self.kept, 0)
 
     async def _stop(self) -> int:
-        """Cancel the dispatcher and posts in flight; count what is left as lost."""
-        if self._closed:
-            return 0
+        """Cancel the dispatcher and posts in flight; count what is left as lost (or keep it
+        in the spool).  Runs once, to its end: shielded, so a drain cancelled midway (a second
+        signal) still leaves `close` a complete stop, never a half one."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop_once())
+        return await asyncio.shield(self._stopping)
+
+    async def _stop_once(self) -> int:
         self._closed = True
         remaining = self._deadline - self._clock() if self._draining else 0.0
         if self._annotating and remaining > 0:  # annotations get what is left of the drain

@@ -141,23 +141,28 @@ def adopt(source: Path, target: Path) -> int:
     """Move the segments (and their acknowledgements) that an earlier version left directly
     in ``source``, the spool root, into ``target``, a sink's own subdirectory that the caller
     holds locked.  Under ``source``'s lock, so never from under a running older proxy
-    (`SpoolError` then).  Only into a ``target`` with no segment of its own (their numbers
-    would collide).  Returns the segments moved."""
-    legacy = sorted(p for p in source.glob("*.seg") if _NAME.fullmatch(p.name))
-    if not legacy or any(target.glob("*.seg")):
+    (`SpoolError` then).  Each segment's acknowledgements move before it, so a crash midway
+    never makes a confirmed post look unconfirmed; a name the target already has is left
+    (their numbers would collide), and a later start moves what an interrupted one left.
+    Returns the segments moved."""
+    if not any(source.glob("*.seg")):
         return 0
     fd = lock(source)
+    moved = 0
     try:
-        for segment in legacy:
+        for segment in sorted(p for p in source.glob("*.seg") if _NAME.fullmatch(p.name)):
+            if (target / segment.name).exists():
+                continue
             acks = segment.with_suffix(".ack")
-            os.rename(segment, target / segment.name)
             if acks.exists():
                 os.rename(acks, target / acks.name)
+            os.rename(segment, target / segment.name)
+            moved += 1
         sync_directory(target)
         sync_directory(source)
     finally:
         os.close(fd)
-    return len(legacy)
+    return moved
 
 
 def check_private(directory: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import orjson
@@ -90,3 +91,13 @@ def test_default_batch_respects_the_api_limit() -> None:
     assert 1 <= DEFAULT_BATCH <= MAX_BATCH <= 1000
     _, posts = posts_of([2 * DEFAULT_BATCH + 1], DEFAULT_BATCH)
     assert [len(post) for post in posts] == [DEFAULT_BATCH, DEFAULT_BATCH, 1]
+
+
+def test_a_drain_sends_what_waited_for_a_full_post() -> None:
+    """If the final flush failed before the interval's end, what it held back still goes."""
+    poster = ListSink()
+    sink = AppOpticsSink(Converter(), poster, batch_size=10, annotation_stream="s", host="h")
+    sink.measurements([measurement(i) for i in range(3)])
+    assert poster.batches == []
+    assert asyncio.run(sink.drain(1.0)) == 0
+    assert [len(post) for post in poster.batches] == [3]

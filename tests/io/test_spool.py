@@ -431,3 +431,24 @@ def test_no_spool_file_is_opened_through_a_link(tmp_path: Path, name: str) -> No
 
     run(scenario)
     assert victim.read_bytes() == b"precious"
+
+
+def test_adopting_an_older_root_spool_resumes_after_an_interruption(tmp_path: Path) -> None:
+    """A move cut short leaves some segments in the root: the next start moves the rest, and
+    never one whose name the sink's directory already has."""
+    root, target = tmp_path / "spool", tmp_path / "spool" / "appoptics"
+    target.mkdir(parents=True, mode=0o700)
+    os.chmod(root, 0o700)
+    for number in (1, 2, 3):
+        spoolfile.write_segment(root, number, [Record(b"post %d" % number, 1, 1e12)])
+    spoolfile.append_acks(root, 3, [0])
+    os.rename(root / "000000000001.seg", target / "000000000001.seg")  # the interrupted move
+    assert spoolfile.adopt(root, target) == 2
+    assert sorted(p.name for p in target.iterdir() if p.suffix in (".seg", ".ack")) == [
+        "000000000001.seg",
+        "000000000002.seg",
+        "000000000003.ack",
+        "000000000003.seg",
+    ]
+    assert not list(root.glob("*.seg")) and not list(root.glob("*.ack"))
+    assert spoolfile.adopt(root, target) == 0

@@ -138,3 +138,35 @@ def test_a_post_split_around_a_bad_measurement_is_settled_once_both_halves_are(
         assert not list(tmp_path.glob("*.seg"))
 
     run(scenario())
+
+
+def test_a_drain_cut_short_still_leaves_close_a_whole_stop(tmp_path: Path) -> None:
+    """A second signal cancels the drain while it stops (here: waiting on an annotation);
+    `close` must still finish the stop: the spool closed, the post kept for the next run."""
+
+    async def scenario() -> None:
+        async with FakeAppOptics(token="t") as api:
+            api.down = True
+            spool = Spool(tmp_path / "spool", MIN_MAX_BYTES)
+            sink = HttpSink(api.url, "t", concurrency=1, timeout=5.0, spool=spool)
+            await sink.start()
+            sink.submit([Measurement(name="kept", tags={"h": "1"}, time=60, period=10, value=1)])
+            await api.wait_for(lambda fake: len(fake.requests) >= 1)  # failing: all spooled
+            never = asyncio.Event()
+
+            async def annotation_in_flight() -> None:
+                await never.wait()
+
+            sink._annotating.add(asyncio.create_task(annotation_in_flight()))
+            drain = asyncio.create_task(sink.drain(30.0))
+            async with asyncio.timeout(10):
+                while not sink._closed:  # the drain has reached its stop
+                    await asyncio.sleep(0)
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+            async with asyncio.timeout(10):
+                await sink.close()
+            assert sink.kept == 1 and sink.lost == {}
+            assert spool._lock_fd is None  # closed: the lock released
+
+    run(scenario())
