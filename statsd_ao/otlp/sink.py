@@ -43,7 +43,7 @@ from statsd_ao.io.sink import RESEND_UNCONFIRMED, HttpSink
 from statsd_ao.io.spool import Spool
 from statsd_ao.otlp.convert import Converter
 from statsd_ao.otlp.dialect import Otlp, decode
-from statsd_ao.otlp.requests import DEFAULT_MAX_BYTES, DEFAULT_MAX_POINTS, Requests
+from statsd_ao.otlp.requests import DEFAULT_MAX_BYTES, DEFAULT_MAX_POINTS, Emit, Requests
 from statsd_ao.pipeline import SeriesItems
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,37 @@ class _Converting:
 
     converter: Converter
     requests: Requests
+
+    def _shape(
+        self,
+        emit: Emit,
+        *,
+        gzip: bool,
+        service_name: str,
+        resource_attributes: Mapping[str, str] | None,
+        percentiles: Sequence[float],
+        buckets: Sequence[float],
+        summary_unit: str,
+        monotonic_counters: bool,
+        max_points: int,
+        max_bytes: int,
+    ) -> None:
+        """The requests (each sealed one handed to ``emit``) and the converter filling them."""
+        self.requests = Requests(
+            emit,
+            resource=resource_of(service_name, resource_attributes),
+            version=VERSION,
+            max_points=max_points,
+            max_bytes=max_bytes,
+            gzip=gzip,
+        )
+        self.converter = Converter(
+            self.requests,
+            percentiles,
+            buckets=buckets,
+            summary_unit=summary_unit,
+            monotonic_counters=monotonic_counters,
+        )
 
     def prepare(self, table: Mapping[SeriesKey, Accumulator]) -> None:
         return None  # (a series named like a percentile gauge: both are sent; docs/otlp.md)
@@ -149,20 +180,17 @@ class OtlpSink(_Converting):
             wall=wall,
             dialect=self.dialect,
         )
-        self.requests = Requests(
+        self._shape(
             self.http.submit_body,
-            resource=resource_of(service_name, resource_attributes),
-            version=VERSION,
-            max_points=max_points,
-            max_bytes=max_bytes,
             gzip=gzip,
-        )
-        self.converter = Converter(
-            self.requests,
-            percentiles,
+            service_name=service_name,
+            resource_attributes=resource_attributes,
+            percentiles=percentiles,
             buckets=buckets,
             summary_unit=summary_unit,
             monotonic_counters=monotonic_counters,
+            max_points=max_points,
+            max_bytes=max_bytes,
         )
         self.events_dropped = 0
         self._log = RateLimitedLog(log, interval=LOG_INTERVAL)
@@ -244,20 +272,17 @@ class OtlpDryRunSink(_Converting):
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
-        self.requests = Requests(
+        self._shape(
             self._print,
-            resource=resource_of(service_name, resource_attributes),
-            version=VERSION,
-            max_points=max_points,
-            max_bytes=max_bytes,
             gzip=False,
-        )
-        self.converter = Converter(
-            self.requests,
-            percentiles,
+            service_name=service_name,
+            resource_attributes=resource_attributes,
+            percentiles=percentiles,
             buckets=buckets,
             summary_unit=summary_unit,
             monotonic_counters=monotonic_counters,
+            max_points=max_points,
+            max_bytes=max_bytes,
         )
         self.points = 0
 
